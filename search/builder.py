@@ -1,0 +1,168 @@
+"""corpus -> index folder.  Written in a temporary sibling folder and renamed into place
+only when complete, so a failed or killed build never leaves a half index where readers look.
+
+Two passes keep memory flat on large corpora: records go to SQLite first (validated,
+line numbers on errors), then texts stream back out in row order to the encoder,
+whose vectors land in a preallocated ``.npy`` memory map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .corpus import CorpusSpec, ReadStats, read_corpus
+from .encoder import Encoder
+from .errors import CorpusError, IndexBuildError
+from .fileutil import describe_files, sha256_file, write_json_atomic
+from .index import (DTYPES, EMBEDDINGS_NAME, FIELD_NAME_RE, INDEX_FORMAT, MANIFEST_NAME, SCALES_NAME,
+                    field_file)
+from .metadata import METADATA_NAME, MetadataWriter
+from .progress import Progress
+
+INSERT_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    dtype: str = "float32"
+    workers: int = 1          # single-text runs in flight at once
+    skip_bad: bool = False
+    show_progress: bool = True
+
+
+def build_index(corpus: str | Path, encoder: Encoder, out: str | Path, spec: CorpusSpec,
+                options: BuildOptions = BuildOptions()) -> dict:
+    """Build and publish the index at ``out``; returns its manifest."""
+    if options.dtype not in DTYPES:
+        raise IndexBuildError(f"dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
+    for name in spec.fields:
+        if not FIELD_NAME_RE.match(name):
+            raise IndexBuildError(f"field name {name!r} is not allowed (letters, digits, _ . -)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _build_into(Path(corpus), encoder, tmp, spec, options)
+        _publish(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:
+    started = time.monotonic()
+    stats = ReadStats()
+    writer = MetadataWriter(tmp / METADATA_NAME)
+    progress = Progress("reading", unit="records", enabled=options.show_progress)
+    batch: list = []
+    row = 0
+    for record in read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats):
+        batch.append((row, record.id, record.title, record.text, record.fields))
+        row += 1
+        if len(batch) >= INSERT_BATCH:
+            writer.add_items(batch)
+            progress.update(len(batch))
+            batch = []
+    writer.add_items(batch)
+    progress.update(len(batch))
+    progress.close()
+    count = row
+    if count == 0:
+        raise CorpusError("no usable records", path=str(corpus))
+
+    texts = (spec.document_text(title, text) for title, text in writer.iter_texts())
+    _write_embeddings(tmp, encoder, texts, count, options)
+    for name in spec.fields:
+        _write_field(tmp, writer, name, count)
+    writer.close()
+
+    names = sorted(p.name for p in tmp.iterdir())
+    files = describe_files(tmp, names)
+    version = hashlib.sha256("".join(files[n]["sha256"] for n in names).encode()).hexdigest()[:16]
+    manifest = {
+        "format": INDEX_FORMAT,
+        "version": version,
+        "count": count,
+        "dimension": encoder.dimension,
+        "dtype": options.dtype,
+        "model": {
+            "fingerprint": encoder.fingerprint,
+            "source_model": encoder.bundle.source_model,
+            "quantization": encoder.bundle.quantization,
+        },
+        "fields": list(spec.fields),
+        "corpus": {
+            "file": corpus.name,
+            "sha256": sha256_file(corpus),
+            "records": count,
+            "skipped": stats.skipped,
+            "first_errors": stats.first_errors,
+        },
+        "spec": asdict(spec),
+        "files": files,
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _write_embeddings(tmp: Path, encoder: Encoder, texts, count: int, options: BuildOptions) -> None:
+    dim = encoder.dimension
+    target = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=options.dtype, shape=(count, dim))
+    scales = (np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+              if options.dtype == "int8" else None)
+    progress = Progress("embedding", count, unit="docs", enabled=options.show_progress)
+    for row, vector in enumerate(encoder.embed_stream(texts, workers=options.workers)):
+        if scales is not None:
+            target[row], scales[row] = quantize_int8(vector)
+        else:
+            target[row] = vector
+        progress.update()
+    progress.close()
+    target.flush()
+    del target
+    if scales is not None:
+        scales.flush()
+        del scales
+
+
+def quantize_int8(vector: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """Symmetric per-row int8: ``vector ≈ q * scale``; the row's largest component maps to ±127."""
+    peak = float(np.abs(vector).max())
+    scale = np.float32(peak / 127.0 if peak > 0 else 1.0)
+    return np.clip(np.rint(vector / scale), -127, 127).astype(np.int8), scale
+
+
+def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> None:
+    column = list(writer.field_column(name))
+    counts = Counter(column)
+    codes_of = {value: code for code, value in enumerate(sorted(counts))}
+    writer.add_field_values(name, [(code, value, counts[value]) for value, code in codes_of.items()])
+    codes = np.lib.format.open_memmap(tmp / field_file(name), mode="w+", dtype=np.int32, shape=(count,))
+    codes[:] = np.fromiter((codes_of[v] for v in column), dtype=np.int32, count=count)
+    codes.flush()
+    del codes
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished folder into place; an old index is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

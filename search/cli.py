@@ -1,0 +1,179 @@
+"""``python -m search``: build, query, info, serve.
+
+Errors the user can fix print one line and exit 1; usage errors exit 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SearchError
+from .settings import DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
+
+
+def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
+    """``["section=games", "section=x11", "lang=en"]`` -> ``{"section": ["games", "x11"], "lang": ["en"]}``."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"--filter {pair!r}: expected FIELD=VALUE")
+        out.setdefault(name.strip(), []).extend(v for v in value.split(",") if v != "" or value == "")
+    return out
+
+
+def cmd_build(args) -> int:
+    from .builder import BuildOptions, build_index
+    from .corpus import CorpusSpec
+    from .encoder import Encoder
+
+    fields = tuple(f.strip() for f in (args.fields or "").split(",") if f.strip())
+    spec = CorpusSpec(id_field=args.id_field, text_field=args.text_field,
+                      title_field=args.title_field or None, embed_title=not args.no_title, fields=fields)
+    settings = Settings.resolve(threads=args.threads)
+    workers = settings.threads or __import__("search.cpu", fromlist=["x"]).available_cpus()
+    # One text per run, several runs in flight, one onnxruntime thread each: keeps both cores
+    # busy without batching (batches would change int8 vectors, see encoder.py).
+    encoder = Encoder.load(args.model, threads=1)
+    manifest = build_index(args.corpus, encoder, args.out, spec,
+                           BuildOptions(dtype=args.dtype, workers=workers, skip_bad=args.skip_bad,
+                                        show_progress=not args.quiet))
+    skipped = manifest["corpus"]["skipped"]
+    print(f"built {args.out}: {manifest['count']} items, {manifest['dimension']}-d {manifest['dtype']}, "
+          f"version {manifest['version']}" + (f", {skipped} bad records skipped" if skipped else "")
+          + f" in {manifest['build_seconds']}s")
+    return 0
+
+
+def cmd_query(args) -> int:
+    from .service import Searcher
+
+    searcher = Searcher.open(args.model, args.index, threads=args.threads, cache_size=0)
+    result = searcher.search(args.text, k=args.k, offset=args.offset, min_score=args.min_score,
+                             filters=_filters(args.filter))
+    if args.json:
+        print(json.dumps({"query": args.text, "results": result.hits, "timing_ms": result.timing_ms},
+                         ensure_ascii=False, indent=2))
+        return 0
+    if not result.hits:
+        print("no results")
+        return 0
+    width = max(len(h["id"]) for h in result.hits)
+    for rank, hit in enumerate(result.hits, start=1 + args.offset):
+        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']:<{width}}  {hit['title']}")
+    print(f"({result.timing_ms['embed']:.1f} ms embed, {result.timing_ms['search']:.1f} ms search)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .index import SearchIndex
+
+    index = SearchIndex.open(args.index, verify=args.verify)
+    m = index.manifest
+    if args.json:
+        print(json.dumps(m, indent=2, sort_keys=True))
+        return 0
+    size = sum(f["bytes"] for f in m["files"].values())
+    corpus = m.get("corpus", {})
+    print(f"index {args.index} (format {m['format']}, version {m['version']})")
+    print(f"  {m['count']} items, {m['dimension']}-dimensional {m['dtype']} vectors, {size / 1e6:.1f} MB on disk")
+    print(f"  built {m['built_at']} from {corpus.get('file')} ({corpus.get('skipped', 0)} bad records skipped)")
+    print(f"  model {m['model']['source_model']}, fingerprint {m['model']['fingerprint'][:12]}, "
+          f"quantization {'int8' if m['model'].get('quantization') else 'none'}")
+    for name in m["fields"]:
+        top = ", ".join(f"{v or '(empty)'} ({c})" for v, c in index.metadata.field_values(name, limit=5))
+        print(f"  field {name}: {top}")
+    for name, f in sorted(m["files"].items()):
+        print(f"  file {name}: {f['bytes']} bytes, sha256 {f['sha256'][:16]}…")
+    if args.verify:
+        print("  all sha256 checksums verified")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    settings = Settings.resolve(model_dir=args.model, index_uri=args.index, threads=args.threads)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m search", description="Semantic search: build an index, "
+                                     "query it, serve it.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p, index=True):
+        p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model bundle folder (default: %(default)s)")
+        if index:
+            p.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: SEARCH_THREADS or the "
+                       "CPUs this process may use)")
+
+    p = sub.add_parser("build", help="embed a corpus into an index folder",
+                       description="Read a JSON Lines or CSV corpus (optionally .gz), embed every record and "
+                       "write an index folder atomically.")
+    p.add_argument("--corpus", required=True, help="corpus file: .jsonl, .ndjson or .csv, optionally .gz")
+    common(p, index=False)
+    p.add_argument("--out", default=DEFAULT_INDEX_URI, help="index folder to write (default: %(default)s)")
+    p.add_argument("--id-field", default="id", help="record key holding the unique id (default: %(default)s)")
+    p.add_argument("--text-field", default="text", help="record key holding the text (default: %(default)s)")
+    p.add_argument("--title-field", default="title", help="record key holding the title; empty for none "
+                   "(default: %(default)s)")
+    p.add_argument("--no-title", action="store_true", help="do not prepend the title to the embedded text")
+    p.add_argument("--fields", default="", help="comma-separated record keys to store and filter on")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
+                   help="embedding storage: float32 (default), float16 (half size), int8 (quarter size, "
+                   "per-row scale)")
+    p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("query", help="search an index from the command line",
+                       description="Embed TEXT and print the nearest items.")
+    p.add_argument("text", help="the query")
+    common(p)
+    p.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
+    p.add_argument("--offset", type=int, default=0, help="skip this many results (pagination)")
+    p.add_argument("--min-score", type=float, default=None, help="drop results scoring below this cosine")
+    p.add_argument("--filter", action="append", metavar="FIELD=VALUE",
+                   help="keep items whose FIELD equals VALUE; repeat or use commas for any-of")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("info", help="describe an index", description="Print what an index manifest says.")
+    p.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
+    p.add_argument("--verify", action="store_true", help="also check every file's sha256")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("serve", help="serve the HTTP API locally with uvicorn",
+                       description="Serve the search API (the same app the Lambda handler wraps).")
+    common(p)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except argparse.ArgumentTypeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SearchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,239 @@
+"""The index: a folder with a manifest, a memory-mapped ``embeddings.npy`` and a metadata store.
+
+    build/index/
+      manifest.json       format, count, dimension, dtype, model fingerprint, fields, sha256 of every file
+      embeddings.npy      (count, dimension) float32 | float16 | int8, opened with mmap_mode="r"
+      scales.npy          int8 only: per-row float32 scale (vector = int8 row * scale)
+      field-<name>.npy    int32 value codes per row, one per stored field (filters)
+      metadata.sqlite     id, title, text, fields per row; value dictionaries
+
+Search is exact: every (filtered) row is scored, in chunks so memory stays bounded,
+and ties are broken by row number so the same query gives the same order everywhere.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import IndexLoadError, IndexMismatchError, QueryError
+from .fileutil import read_json, sha256_file
+from .metadata import METADATA_NAME, MetadataReader
+
+INDEX_FORMAT = "search-index/1"
+MANIFEST_NAME = "manifest.json"
+EMBEDDINGS_NAME = "embeddings.npy"
+SCALES_NAME = "scales.npy"
+DTYPES = ("float32", "float16", "int8")
+FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of products at most
+
+
+def field_file(name: str) -> str:
+    return f"field-{name}.npy"
+
+
+@dataclass(frozen=True)
+class Hit:
+    row: int
+    score: float
+
+
+class SearchIndex:
+    """An opened index.  Read-only and thread-safe; close() drops the memory maps."""
+
+    def __init__(self, path: Path, manifest: dict, embeddings: np.ndarray, scales: np.ndarray | None,
+                 codes: dict[str, np.ndarray], metadata: MetadataReader):
+        self.path = path
+        self.manifest = manifest
+        self.embeddings = embeddings
+        self.scales = scales
+        self.codes = codes
+        self.metadata = metadata
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, folder: str | Path, *, model_fingerprint: str | None = None,
+             dimension: int | None = None, verify: bool = False) -> "SearchIndex":
+        """Open and validate; ``verify=True`` also checks every file's sha256 (slow, not for cold start)."""
+        path = Path(folder)
+        manifest_path = path / MANIFEST_NAME
+        if not path.is_dir():
+            raise IndexLoadError("index folder not found", path=str(path))
+        if not manifest_path.is_file():
+            raise IndexLoadError("missing file (no index manifest here)", path=str(manifest_path))
+        try:
+            manifest = read_json(manifest_path)
+        except (OSError, ValueError) as exc:
+            raise IndexLoadError(f"unreadable manifest ({exc})", path=str(manifest_path)) from None
+        try:
+            if manifest["format"] != INDEX_FORMAT:
+                raise IndexLoadError(f"format {manifest['format']!r}, expected {INDEX_FORMAT!r}",
+                                     path=str(manifest_path))
+            count, dim, dtype = int(manifest["count"]), int(manifest["dimension"]), str(manifest["dtype"])
+            files, fields = dict(manifest["files"]), list(manifest["fields"])
+            index_fingerprint = str(manifest["model"]["fingerprint"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IndexLoadError(f"manifest lacks or mangles key {exc}", path=str(manifest_path)) from None
+        if dtype not in DTYPES:
+            raise IndexLoadError(f"dtype {dtype!r} is not one of {DTYPES}", path=str(manifest_path))
+        if dimension is not None and dim != dimension:
+            raise IndexMismatchError(f"index dimension {dim} but the model gives {dimension}", path=str(path))
+        if model_fingerprint is not None and index_fingerprint != model_fingerprint:
+            raise IndexMismatchError(
+                f"built with model {index_fingerprint[:12]}, but the loaded model is {model_fingerprint[:12]}; "
+                "rebuild the index with this model", path=str(path))
+        for name, info in files.items():
+            file_path = path / name
+            if not file_path.is_file():
+                raise IndexLoadError("missing file listed in the manifest", path=str(file_path))
+            if file_path.stat().st_size != int(info["bytes"]):
+                raise IndexLoadError(f"size {file_path.stat().st_size} but the manifest says {info['bytes']} "
+                                     "(truncated or replaced)", path=str(file_path))
+            if verify and sha256_file(file_path) != info["sha256"]:
+                raise IndexLoadError("sha256 differs from the manifest (corrupt)", path=str(file_path))
+
+        embeddings = _load_matrix(path / EMBEDDINGS_NAME, dtype, (count, dim))
+        scales = _load_matrix(path / SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
+        codes = {f: _load_matrix(path / field_file(f), "int32", (count,)) for f in fields}
+        metadata = MetadataReader(path / METADATA_NAME)
+        return cls(path, manifest, embeddings, scales, codes, metadata)
+
+    def close(self) -> None:
+        """Release the maps.  numpy arrays hold the mmap's buffer, so the pages are unmapped when the
+        last array (including one an in-flight query still uses) is garbage collected, never under it."""
+        self.metadata.close()
+        self.embeddings = self.scales = None
+        self.codes = {}
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return int(self.manifest["count"])
+
+    @property
+    def dimension(self) -> int:
+        return int(self.manifest["dimension"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.manifest["dtype"])
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.manifest["fields"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def page_in(self) -> int:
+        """Fault in every page of the mapped files (one byte read per page) so the first query
+        does not pay for lazy loading from disk, EFS or a lazily loaded image; returns bytes."""
+        total = 0
+        for arr in (self.embeddings, self.scales, *self.codes.values()):
+            if arr is None or arr.size == 0:
+                continue
+            mm = getattr(arr, "_mmap", None)
+            if isinstance(mm, mmap.mmap) and hasattr(mmap, "MADV_WILLNEED"):
+                mm.madvise(mmap.MADV_WILLNEED)  # lets the kernel read ahead while we walk
+            int(arr.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].sum())
+            total += arr.nbytes
+        return total
+
+    # -- vectors -----------------------------------------------------------------------------
+    def vector(self, row: int) -> np.ndarray:
+        """The stored vector of a row as float32 (dequantised for int8)."""
+        vec = np.asarray(self.embeddings[row], dtype=np.float32)
+        if self.scales is not None:
+            vec = vec * self.scales[row]
+        return vec
+
+    def filter_mask(self, filters: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
+        """Boolean row mask for ``{field: [any of values]}``; fields AND together, values OR."""
+        if not filters:
+            return None
+        mask = np.ones(self.count, dtype=bool)
+        for name, values in filters.items():
+            if name not in self.codes:
+                known = ", ".join(self.fields) or "none"
+                raise QueryError(f"unknown filter field {name!r} (filterable: {known})")
+            values = [values] if isinstance(values, str) else list(values)
+            wanted = self.metadata.codes_for(name, values) if values else []
+            mask &= np.isin(self.codes[name], np.asarray(wanted, dtype=np.int32))
+        return mask
+
+    def search(self, query: np.ndarray, *, k: int = 10, offset: int = 0, min_score: float | None = None,
+               filters: Mapping[str, Sequence[str]] | None = None, exclude_rows: Sequence[int] = ()) -> list[Hit]:
+        """Exact top ``k`` after skipping ``offset``, best first, ties by lower row."""
+        if k < 1 or offset < 0:
+            raise QueryError("k must be >= 1 and offset >= 0")
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dimension:
+            raise QueryError(f"query has dimension {query.shape[0]}, index has {self.dimension}")
+        mask = self.filter_mask(filters)
+        if exclude_rows:
+            mask = np.ones(self.count, dtype=bool) if mask is None else mask.copy()
+            mask[np.asarray(exclude_rows, dtype=np.int64)] = False
+        need = k + offset
+        best_rows = np.empty(0, dtype=np.int64)
+        best_scores = np.empty(0, dtype=np.float32)
+        for start in range(0, self.count, CHUNK_ROWS):
+            stop = min(start + CHUNK_ROWS, self.count)
+            rows = np.arange(start, stop, dtype=np.int64)
+            if mask is not None:
+                rows = rows[mask[start:stop]]
+                if rows.size == 0:
+                    continue
+                scores = self._score_rows(rows, query)
+            else:
+                scores = self._score_range(start, stop, query)
+            if min_score is not None:
+                keep = scores >= min_score
+                rows, scores = rows[keep], scores[keep]
+            rows, scores = _top(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), need)
+            best_rows, best_scores = rows, scores
+        return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
+
+    def _score_range(self, start: int, stop: int, query: np.ndarray) -> np.ndarray:
+        block = self.embeddings[start:stop]
+        if self.dtype == "float32":
+            return block @ query
+        scores = block.astype(np.float32) @ query
+        if self.scales is not None:
+            scores *= self.scales[start:stop]
+        return scores
+
+    def _score_rows(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+        block = self.embeddings[rows]
+        scores = block.astype(np.float32, copy=False) @ query
+        if self.scales is not None:
+            scores *= self.scales[rows]
+        return scores
+
+
+def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best (score desc, row asc), deterministic even with ties at the cut."""
+    if rows.size > n:
+        cut = np.partition(scores, rows.size - n)[rows.size - n]  # n-th largest score
+        keep = scores >= cut  # keeps every tie at the cut; the sort below decides among them
+        rows, scores = rows[keep], scores[keep]
+    order = np.lexsort((rows, -scores))[:n]
+    return rows[order], scores[order]
+
+
+def _load_matrix(path: Path, dtype: str, shape: tuple) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexLoadError(f"not a readable .npy file ({exc})", path=str(path)) from None
+    if arr.dtype != np.dtype(dtype):
+        raise IndexLoadError(f"dtype {arr.dtype} but the manifest says {dtype}", path=str(path))
+    if arr.shape != tuple(shape):
+        raise IndexLoadError(f"shape {arr.shape} but the manifest says {tuple(shape)}", path=str(path))
+    return arr

@@ -1,0 +1,122 @@
+"""Every setting in one place: argument > environment variable > default.
+
+``Settings.resolve(threads=2)`` reads the environment once and returns a frozen
+object; nothing else in the package reads ``os.environ`` for its own settings.
+The README's settings table lists the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_MODEL_DIR = "build/model"
+DEFAULT_INDEX_URI = "build/index"
+DEFAULT_CACHE_DIR = "/tmp/search"
+
+
+def _int(low: int | None = None, high: int | None = None):
+    def parse(raw: Any) -> int:
+        value = int(raw)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _optional_int(raw: Any) -> int | None:
+    if raw in (None, "", "0", 0, "auto"):
+        return None
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be >= 1 or 'auto'")
+    return value
+
+
+def _str(raw: Any) -> str:
+    return str(raw)
+
+
+def _csv(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, (list, tuple)):
+        return tuple(str(x) for x in raw)
+    return tuple(part.strip() for part in str(raw).split(",") if part.strip())
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+# name -> (environment variable, default, parser)
+SPEC: dict[str, tuple[str, Any, Any]] = {
+    "model_dir": ("SEARCH_MODEL_DIR", DEFAULT_MODEL_DIR, _str),
+    "index_uri": ("SEARCH_INDEX_URI", DEFAULT_INDEX_URI, _str),
+    "cache_dir": ("SEARCH_CACHE_DIR", DEFAULT_CACHE_DIR, _str),
+    "threads": ("SEARCH_THREADS", None, _optional_int),
+    "max_query_chars": ("SEARCH_MAX_QUERY_CHARS", 1000, _int(1, 100_000)),
+    "max_k": ("SEARCH_MAX_K", 100, _int(1, 10_000)),
+    "max_offset": ("SEARCH_MAX_OFFSET", 1000, _int(0, 1_000_000)),
+    "max_batch": ("SEARCH_MAX_BATCH", 32, _int(1, 1024)),
+    "max_body_bytes": ("SEARCH_MAX_BODY_BYTES", 64 * 1024, _int(1024, 10 * 1024 * 1024)),
+    "query_cache_size": ("SEARCH_QUERY_CACHE_SIZE", 1024, _int(0, 1_000_000)),
+    "cpu_workers": ("SEARCH_CPU_WORKERS", 2, _int(1, 64)),
+    "cors_origins": ("SEARCH_CORS_ORIGINS", (), _csv),
+    "refresh_seconds": ("SEARCH_INDEX_REFRESH_SECONDS", 300, _int(0, 86_400)),
+    "page_in": ("SEARCH_PAGE_IN", True, _bool),
+    "debug": ("SEARCH_DEBUG", False, _bool),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_dir: str
+    index_uri: str
+    cache_dir: str
+    threads: int | None
+    max_query_chars: int
+    max_k: int
+    max_offset: int
+    max_batch: int
+    max_body_bytes: int
+    query_cache_size: int
+    cpu_workers: int
+    cors_origins: tuple[str, ...]
+    refresh_seconds: int
+    page_in: bool
+    debug: bool
+
+    @classmethod
+    def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Arguments (not None) beat environment variables, which beat defaults."""
+        env = os.environ if env is None else env
+        unknown = set(overrides) - set(SPEC)
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values = {}
+        for name, (var, default, parse) in SPEC.items():
+            if overrides.get(name) is not None:
+                raw, source = overrides[name], name
+            elif env.get(var) not in (None, ""):
+                raw, source = env[var], var
+            else:
+                values[name] = default
+                continue
+            try:
+                values[name] = parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{source}={raw!r}: {exc}") from None
+        return cls(**values)
+
+
+assert {f.name for f in fields(Settings)} == set(SPEC), "Settings fields and SPEC disagree"
