@@ -9,7 +9,7 @@ DEMO_FIELDS := section,version,homepage
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test bench deps model index clean help
+.PHONY: serve test bench deps model index clean help browser task-root layers package-zip sam lint-template
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt requirements-export.txt requirements-dev.tx
 
 deps: $(VENV)/.installed  ## create .venv with the pinned dependencies
 
-$(MODEL)/manifest.json: $(VENV)/.installed export_onnx.py verification/sentences.txt
+$(MODEL)/manifest.json: export_onnx.py verification/sentences.txt | $(VENV)/.installed
 	$(PY) export_onnx.py --out $(MODEL) --force
 
 model: $(MODEL)/manifest.json  ## export all-MiniLM-L6-v2 to an int8 ONNX bundle (with its quality gate)
@@ -35,11 +35,55 @@ index: $(INDEX)/manifest.json  ## build the demo index (1,108 Debian games)
 serve: $(INDEX)/manifest.json  ## serve the demo index on http://127.0.0.1:8000
 	$(PY) -m search serve --model $(MODEL) --index $(INDEX) --host $(HOST) --port $(PORT)
 
-test: $(INDEX)/manifest.json  ## run the whole test suite
+# The browser test (tests/test_web_browser.py) drives Debian's chromium; it skips, saying why, without it.
+CHROMIUM := /usr/bin/chromium
+browser:  ## install Debian's chromium for the browser test (needs root and apt-get)
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "warning: apt-get could not install chromium; the browser test will be skipped"; \
+	else echo "note: $(CHROMIUM) missing and not root with apt-get; the browser test will be skipped"; fi
+
+test: $(INDEX)/manifest.json browser $(SAM_VENV)/.installed  ## run the whole test suite
 	$(PY) -m pytest -q
 
-bench: $(INDEX)/manifest.json  ## run the benchmarks, results in bench/results/
-	$(PY) -m bench
+# The load figure drives the local server with Debian's wrk; without it that figure is skipped.
+bench: $(INDEX)/manifest.json  ## run the benchmarks, results in bench/results/ (BENCH_ARGS="--only scale --quick")
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && (apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)); } \
+	  || echo "note: wrk missing and not installable here; the load figure will be skipped"
+	$(PY) -m bench $(BENCH_ARGS)
+
+# ---- deploy: the Lambda task root without Docker, the zip variant's layers, the SAM CLI.
+# deploy/taskroot.py is the one recipe (the Dockerfile and the layer Makefiles run it too).
+TASK := build/task
+TASK_PY311 := build/task-py311
+ZIP_PARTS := build/lambda-zip
+SAM_VENV := .venv-sam
+
+task-root: $(INDEX)/manifest.json  ## assemble /var/task without Docker: build/task (py3.12 Linux x86_64) + build/task-py311 (tests)
+	$(PY) deploy/taskroot.py all --target $(TASK) --python-version 3.12 --wheel-dir build/.wheels/cp312 --model $(MODEL) --index $(INDEX)
+	$(PY) deploy/taskroot.py all --target $(TASK_PY311) --python-version 3.11 --with-ric --wheel-dir build/.wheels/cp311 --model $(MODEL) --index $(INDEX)
+
+layers: $(INDEX)/manifest.json  ## build the zip variant's parts the way `sam build` does (runtime layer, model layer, code)
+	$(MAKE) -f layers/runtime/Makefile build-RuntimeLayer ARTIFACTS_DIR=$(CURDIR)/$(ZIP_PARTS)/runtime-layer PYTHON=$(CURDIR)/$(PY)
+	$(MAKE) -f layers/model/Makefile build-ModelLayer ARTIFACTS_DIR=$(CURDIR)/$(ZIP_PARTS)/model-layer PYTHON=$(CURDIR)/$(PY) MODEL=$(CURDIR)/$(MODEL)
+	$(MAKE) -f deploy/zip/Makefile build-SearchZipFunction ARTIFACTS_DIR=$(CURDIR)/$(ZIP_PARTS)/function PYTHON=$(CURDIR)/$(PY) INDEX=$(CURDIR)/$(INDEX)
+
+package-zip: layers  ## zip the layers and the function, print each size against Lambda's 250 MB unzipped limit
+	$(PY) deploy/taskroot.py zip $(foreach part,runtime-layer model-layer function,$(ZIP_PARTS)/$(part)=$(ZIP_PARTS)/$(part).zip)
+
+$(SAM_VENV)/.installed: requirements-sam.txt
+	test -x $(SAM_VENV)/bin/python || $(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
+	touch $@
+
+sam: $(SAM_VENV)/.installed  ## install the SAM CLI into .venv-sam (its pins clash with .venv's)
+
+lint-template: $(SAM_VENV)/.installed | $(VENV)/.installed  ## cfn-lint and `sam validate --lint` on template.yaml
+	$(VENV)/bin/cfn-lint template.yaml
+	$(SAM_VENV)/bin/sam validate --lint --template template.yaml
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build .pytest_cache .hypothesis

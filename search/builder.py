@@ -25,6 +25,7 @@ from .errors import CorpusError, IndexBuildError
 from .fileutil import describe_files, sha256_file, write_json_atomic
 from .index import (DTYPES, EMBEDDINGS_NAME, FIELD_NAME_RE, INDEX_FORMAT, MANIFEST_NAME, SCALES_NAME,
                     field_file)
+from .lexical import write_lexical_index
 from .metadata import METADATA_NAME, MetadataWriter
 from .progress import Progress
 
@@ -86,6 +87,7 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
     _write_embeddings(tmp, encoder, texts, count, options)
     for name in spec.fields:
         _write_field(tmp, writer, name, count)
+    lexical = write_lexical_index(writer.conn)  # keyword index inside metadata.sqlite: its sha256 covers it
     writer.close()
 
     names = sorted(p.name for p in tmp.iterdir())
@@ -103,6 +105,7 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
             "quantization": encoder.bundle.quantization,
         },
         "fields": list(spec.fields),
+        "lexical": lexical,
         "corpus": {
             "file": corpus.name,
             "sha256": sha256_file(corpus),

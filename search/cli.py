@@ -1,4 +1,4 @@
-"""``python -m search``: build, query, info, serve.
+"""``python -m search``: build, query, info, serve, upload.
 
 Errors the user can fix print one line and exit 1; usage errors exit 2 (argparse).
 """
@@ -51,20 +51,27 @@ def cmd_build(args) -> int:
 def cmd_query(args) -> int:
     from .service import Searcher
 
-    searcher = Searcher.open(args.model, args.index, threads=args.threads, cache_size=0)
+    filters = _filters(args.filter)  # a malformed --filter is a usage error, before any loading
+    settings = Settings.resolve(threads=args.threads)
+    searcher = Searcher.open(args.model, args.index, threads=settings.threads, cache_size=0,
+                             hybrid_candidates=settings.hybrid_candidates)
     result = searcher.search(args.text, k=args.k, offset=args.offset, min_score=args.min_score,
-                             filters=_filters(args.filter))
+                             filters=filters, mode=args.mode)
     if args.json:
-        print(json.dumps({"query": args.text, "results": result.hits, "timing_ms": result.timing_ms},
+        print(json.dumps({"query": args.text, "mode": result.mode, "results": result.hits,
+                          "timing_ms": result.timing_ms, **({"note": result.note} if result.note else {})},
                          ensure_ascii=False, indent=2))
         return 0
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
     if not result.hits:
         print("no results")
         return 0
     width = max(len(h["id"]) for h in result.hits)
     for rank, hit in enumerate(result.hits, start=1 + args.offset):
-        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']:<{width}}  {hit['title']}")
-    print(f"({result.timing_ms['embed']:.1f} ms embed, {result.timing_ms['search']:.1f} ms search)")
+        print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']:<{width}}  {hit['title']}  [{'+'.join(hit['signals'])}]")
+    print(f"({result.mode}: " + ", ".join(f"{v:.1f} ms {n}" for n, v in result.timing_ms.items() if n != "total")
+          + ")")
     return 0
 
 
@@ -94,13 +101,58 @@ def cmd_info(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    import os
+
     import uvicorn
 
-    from .app import create_app
+    from .bundle import ModelBundle
 
-    settings = Settings.resolve(model_dir=args.model, index_uri=args.index, threads=args.threads)
-    app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    settings = Settings.resolve(model_dir=args.model, index_uri=args.index, threads=args.threads,
+                                cpu_workers=args.cpu_workers)
+    ModelBundle.load(settings.model_dir)  # fail here with one line, not later in a worker
+    if not settings.index_uri.startswith("s3://") and not (Path(settings.index_uri) / "manifest.json").is_file():
+        raise SearchError(f"{settings.index_uri}: no index here (build one with `python -m search build`)")
+    # Each worker process builds the app from the environment: hand it exactly these settings.
+    os.environ.update(_settings_env(settings))
+    uvicorn.run("search.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                log_level=args.log_level, access_log=False)  # the app logs requests, without query strings
+    return 0
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    from .settings import SPEC
+
+    env = {}
+    for name, (var, _default, _parse) in SPEC.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, tuple):
+            value = ",".join(value)
+        env[var] = str(value)
+    return env
+
+
+def cmd_upload(args) -> int:
+    from . import storage
+
+    if args.model:
+        from .bundle import ModelBundle
+
+        folder, what = args.model, "model bundle"
+        ModelBundle.load(folder)  # refuse to publish a broken bundle
+    else:
+        from .index import SearchIndex
+
+        folder, what = args.index, "index"
+        SearchIndex.open(folder, verify=True).close()  # refuse to publish a corrupt index
+    report = storage.upload_folder(folder, args.destination, endpoint_url=args.endpoint_url,
+                                   show_progress=not args.quiet, prune=args.prune)
+    print(f"uploaded {what} {folder} version {report.version} to {report.uri}: {len(report.uploaded)} files sent "
+          f"({report.bytes_sent / 1e6:.1f} MB), {len(report.unchanged)} unchanged"
+          + (f", {report.pruned} old objects pruned" if args.prune else "") + f" in {report.seconds:.1f}s")
     return 0
 
 
@@ -136,12 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("query", help="search an index from the command line",
-                       description="Embed TEXT and print the nearest items.")
+                       description="Find the items best matching TEXT: by meaning, by keywords, or both.")
     p.add_argument("text", help="the query")
     common(p)
     p.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
     p.add_argument("--offset", type=int, default=0, help="skip this many results (pagination)")
-    p.add_argument("--min-score", type=float, default=None, help="drop results scoring below this cosine")
+    p.add_argument("--mode", default="hybrid", choices=["semantic", "keyword", "hybrid"],
+                   help="semantic (meaning), keyword (BM25 over id, title, text) or hybrid (both, fused; "
+                   "exact name matches first) (default: %(default)s)")
+    p.add_argument("--min-score", type=float, default=None, help="drop results scoring below this (cosine in "
+                   "semantic mode; 0..1 relative BM25 in keyword mode; 0..1 fused score in hybrid mode)")
     p.add_argument("--filter", action="append", metavar="FIELD=VALUE",
                    help="keep items whose FIELD equals VALUE; repeat or use commas for any-of")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -158,8 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy "
+                   "(default: %(default)s)")
+    p.add_argument("--cpu-workers", type=int, default=None, help="searches run in parallel per process "
+                   "(default: SEARCH_CPU_WORKERS or 2)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("upload", help="publish an index (or model bundle) folder to S3",
+                       description="Upload the data files, then the manifest (so readers never see a manifest "
+                       "naming missing files). Running functions pick the new version up on their next check.")
+    p.add_argument("destination", help="s3://bucket/prefix/")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
+    what.add_argument("--model", default=None, help="upload this model bundle folder instead of an index")
+    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: AWS, or "
+                   "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL when set)")
+    p.add_argument("--prune", action="store_true", help="delete data of versions other than this one and the "
+                   "one it replaces")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_upload)
     return parser
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import IndexLoadError, IndexMismatchError, QueryError
 from .fileutil import read_json, sha256_file
+from .kernels import kernel_for, top_rows as _top
 from .metadata import METADATA_NAME, MetadataReader
 
 INDEX_FORMAT = "search-index/1"
@@ -55,6 +56,7 @@ class SearchIndex:
         self.scales = scales
         self.codes = codes
         self.metadata = metadata
+        self.kernel = kernel_for(str(manifest["dtype"]))  # per dtype, see kernels.py
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -186,13 +188,17 @@ class SearchIndex:
         for start in range(0, self.count, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, self.count)
             rows = np.arange(start, stop, dtype=np.int64)
+            # `need` rows already score >= floor: quantised kernels rescore only rows that can beat it
+            floor = float(best_scores[need - 1]) if best_scores.size >= need else -np.inf
+            if min_score is not None:
+                floor = max(floor, min_score)
             if mask is not None:
                 rows = rows[mask[start:stop]]
                 if rows.size == 0:
                     continue
-                scores = self._score_rows(rows, query)
+                rows, scores = self._score_rows(rows, query, need=need, floor=floor)
             else:
-                scores = self._score_range(start, stop, query)
+                rows, scores = self._score_range(start, stop, query, need=need, floor=floor)
             if min_score is not None:
                 keep = scores >= min_score
                 rows, scores = rows[keep], scores[keep]
@@ -200,31 +206,17 @@ class SearchIndex:
             best_rows, best_scores = rows, scores
         return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
 
-    def _score_range(self, start: int, stop: int, query: np.ndarray) -> np.ndarray:
-        block = self.embeddings[start:stop]
-        if self.dtype == "float32":
-            return block @ query
-        scores = block.astype(np.float32) @ query
-        if self.scales is not None:
-            scores *= self.scales[start:stop]
-        return scores
+    def _score_range(self, start: int, stop: int, query: np.ndarray, *, need: int, floor: float):
+        """(rows, exact scores) of the rows in [start, stop) that may still enter the top ``need``."""
+        scales = None if self.scales is None else self.scales[start:stop]
+        keep, scores = self.kernel.score(self.embeddings[start:stop], scales, query, need=need, floor=floor)
+        rows = np.arange(start, stop, dtype=np.int64)
+        return (rows if keep is None else rows[keep]), scores
 
-    def _score_rows(self, rows: np.ndarray, query: np.ndarray) -> np.ndarray:
-        block = self.embeddings[rows]
-        scores = block.astype(np.float32, copy=False) @ query
-        if self.scales is not None:
-            scores *= self.scales[rows]
-        return scores
-
-
-def _top(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` best (score desc, row asc), deterministic even with ties at the cut."""
-    if rows.size > n:
-        cut = np.partition(scores, rows.size - n)[rows.size - n]  # n-th largest score
-        keep = scores >= cut  # keeps every tie at the cut; the sort below decides among them
-        rows, scores = rows[keep], scores[keep]
-    order = np.lexsort((rows, -scores))[:n]
-    return rows[order], scores[order]
+    def _score_rows(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float):
+        scales = None if self.scales is None else self.scales[rows]
+        keep, scores = self.kernel.score(self.embeddings[rows], scales, query, need=need, floor=floor)
+        return (rows if keep is None else rows[keep]), scores
 
 
 def _load_matrix(path: Path, dtype: str, shape: tuple) -> np.ndarray:

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .errors import IndexLoadError
 
@@ -91,6 +91,25 @@ class MetadataReader:
         try:
             with self._lock:
                 return self._conn.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise IndexLoadError(f"metadata store is corrupt ({exc})", path=str(self.path)) from None
+
+    def fetch(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Run one read query (the keyword index uses this; see lexical.py)."""
+        return self._query(sql, args)
+
+    def scan(self, sql: str, args: tuple, take: Callable[[list[tuple]], bool], *, batch: int = 256) -> None:
+        """Feed the query's rows to ``take`` in chunks until it returns True or rows run out,
+        so a filtered keyword search reads only as far down the ranking as it needs."""
+        try:
+            with self._lock:
+                cursor = self._conn.execute(sql, args)
+                try:
+                    while chunk := cursor.fetchmany(batch):
+                        if take(chunk):
+                            break
+                finally:
+                    cursor.close()
         except sqlite3.DatabaseError as exc:
             raise IndexLoadError(f"metadata store is corrupt ({exc})", path=str(self.path)) from None
 

@@ -13,7 +13,13 @@ import numpy as np
 
 from .encoder import QUERY, Encoder
 from .errors import QueryError
-from .index import SearchIndex
+from .hybrid import KEYWORD, SEMANTIC, Fused, promote_exact, rrf_fuse
+from .index import Hit, SearchIndex
+from .lexical import LexicalUnavailable, lexical_for
+
+MODES = ("semantic", "keyword", "hybrid")
+DEFAULT_MODE = "hybrid"
+HYBRID_CANDIDATES = 100  # each side's top N that hybrid fuses (SEARCH_HYBRID_CANDIDATES)
 
 
 class EmbeddingCache:
@@ -52,19 +58,32 @@ class EmbeddingCache:
 class Result:
     hits: list[dict]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    mode: str = SEMANTIC        # the mode that answered: hybrid falls back to semantic without a keyword index
+    note: str | None = None     # why it fell back, for the response and the readiness check
 
 
 class Searcher:
-    def __init__(self, encoder: Encoder, index: SearchIndex, *, cache_size: int = 1024):
+    def __init__(self, encoder: Encoder, index: SearchIndex, *, cache_size: int = 1024,
+                 hybrid_candidates: int = HYBRID_CANDIDATES):
         self.encoder = encoder
         self.index = index
         self.cache = EmbeddingCache(cache_size)
+        self.hybrid_candidates = hybrid_candidates
 
     @classmethod
-    def open(cls, model_dir, index_dir, *, threads: int | None = None, cache_size: int = 1024) -> "Searcher":
+    def open(cls, model_dir, index_dir, *, threads: int | None = None, cache_size: int = 1024,
+             hybrid_candidates: int = HYBRID_CANDIDATES) -> "Searcher":
         encoder = Encoder.load(model_dir, threads=threads)
         index = SearchIndex.open(index_dir, model_fingerprint=encoder.fingerprint, dimension=encoder.dimension)
-        return cls(encoder, index, cache_size=cache_size)
+        return cls(encoder, index, cache_size=cache_size, hybrid_candidates=hybrid_candidates)
+
+    def keyword_status(self, index: SearchIndex | None = None) -> str | None:
+        """None when keyword and hybrid search work on this index, else why not (for readiness)."""
+        try:
+            lexical_for(index or self.index)
+            return None
+        except LexicalUnavailable as exc:
+            return exc.reason
 
     def embed_query(self, text: str) -> np.ndarray:
         vec = self.cache.get(text)
@@ -74,8 +93,37 @@ class Searcher:
         return vec
 
     def search(self, query: str, *, k: int = 10, offset: int = 0, min_score: float | None = None,
-               filters: Mapping[str, Sequence[str]] | None = None, index: SearchIndex | None = None) -> Result:
+               filters: Mapping[str, Sequence[str]] | None = None, index: SearchIndex | None = None,
+               mode: str = DEFAULT_MODE) -> Result:
+        """The ``k`` results after ``offset``, best first, each with the ``signals`` that found it.
+
+        ``min_score`` drops results scoring below it, and what a score is depends on the mode:
+        semantic: cosine similarity (-1..1); keyword: BM25 relative to this query's best keyword
+        match (0..1]; hybrid: reciprocal-rank-fusion score over its maximum (0..1], see hybrid.py.
+        In keyword and hybrid mode an exact name match comes first with score 1.0."""
+        if mode not in MODES:
+            raise QueryError(f"mode must be one of {', '.join(MODES)}")
+        if k < 1 or offset < 0:
+            raise QueryError("k must be >= 1 and offset >= 0")
         index = index or self.index  # callers pin one index version for the whole request
+        note = None
+        if mode != SEMANTIC:
+            try:
+                lexical = lexical_for(index)
+            except LexicalUnavailable as exc:
+                if mode == KEYWORD:
+                    raise QueryError(f"keyword search is unavailable: {exc.reason}") from None
+                mode, note = SEMANTIC, f"hybrid search fell back to semantic: {exc.reason}"
+        if mode == SEMANTIC:
+            result = self._semantic(query, k, offset, min_score, filters, index)
+        elif mode == KEYWORD:
+            result = self._keyword(lexical, query, k, offset, min_score, filters, index)
+        else:
+            result = self._hybrid(lexical, query, k, offset, min_score, filters, index)
+        result.note = note
+        return result
+
+    def _semantic(self, query, k, offset, min_score, filters, index) -> Result:
         t0 = time.perf_counter()
         vec = self.embed_query(query)
         t1 = time.perf_counter()
@@ -84,7 +132,45 @@ class Searcher:
         results = self.describe(hits, index)
         t3 = time.perf_counter()
         return Result(results, {"embed": _ms(t1 - t0), "search": _ms(t2 - t1), "fetch": _ms(t3 - t2),
-                                "total": _ms(t3 - t0)})
+                                "total": _ms(t3 - t0)}, mode=SEMANTIC)
+
+    def _keyword(self, lexical, query, k, offset, min_score, filters, index) -> Result:
+        t0 = time.perf_counter()
+        mask = index.filter_mask(filters)
+        exact = _allowed(lexical.exact_matches(query), mask)
+        need = offset + k
+        hits = lexical.search(query, limit=need + sum(map(len, exact)), mask=mask)
+        best = hits[0].score if hits else 1.0
+        fused = promote_exact([Fused(h.row, h.score / best, [KEYWORD]) for h in hits], exact)
+        t1 = time.perf_counter()
+        results = self._page(fused, offset, need, min_score, index)
+        t2 = time.perf_counter()
+        return Result(results, {"embed": 0.0, "keyword": _ms(t1 - t0), "fetch": _ms(t2 - t1),
+                                "total": _ms(t2 - t0)}, mode=KEYWORD)
+
+    def _hybrid(self, lexical, query, k, offset, min_score, filters, index) -> Result:
+        t0 = time.perf_counter()
+        vec = self.embed_query(query)
+        t1 = time.perf_counter()
+        need = offset + k
+        n = max(self.hybrid_candidates, need)  # a page past the candidates still has a full list
+        semantic = index.search(vec, k=n, filters=filters)
+        t2 = time.perf_counter()
+        mask = index.filter_mask(filters)
+        exact = _allowed(lexical.exact_matches(query), mask)
+        keyword = lexical.search(query, limit=n, mask=mask)
+        t3 = time.perf_counter()
+        fused = rrf_fuse([h.row for h in semantic], [h.row for h in keyword], exact)
+        results = self._page(fused, offset, need, min_score, index)
+        t4 = time.perf_counter()
+        return Result(results, {"embed": _ms(t1 - t0), "search": _ms(t2 - t1), "keyword": _ms(t3 - t2),
+                                "fetch": _ms(t4 - t3), "total": _ms(t4 - t0)}, mode="hybrid")
+
+    def _page(self, fused: list[Fused], offset: int, need: int, min_score, index) -> list[dict]:
+        if min_score is not None:
+            fused = [f for f in fused if f.score >= min_score]
+        page = fused[offset:need]
+        return self.describe([Hit(f.row, f.score) for f in page], index, [f.signals for f in page])
 
     def similar(self, item_id: str, *, k: int = 10, offset: int = 0, min_score: float | None = None,
                 filters: Mapping[str, Sequence[str]] | None = None, index: SearchIndex | None = None) -> Result | None:
@@ -108,15 +194,23 @@ class Searcher:
         return index.metadata.rows([row])[row]
 
     @staticmethod
-    def describe(hits, index: SearchIndex) -> list[dict]:
+    def describe(hits, index: SearchIndex, signals: list[list[str]] | None = None) -> list[dict]:
         records = index.metadata.rows([h.row for h in hits])
         out = []
-        for h in hits:
+        for i, h in enumerate(hits):
             rec = records.get(h.row)
             if rec is None:
                 raise QueryError(f"row {h.row} missing from the metadata store")
-            out.append({"id": rec["id"], "score": round(h.score, 6), "title": rec["title"], "fields": rec["fields"]})
+            out.append({"id": rec["id"], "score": round(h.score, 6), "title": rec["title"], "fields": rec["fields"],
+                        "signals": list(signals[i]) if signals is not None else [SEMANTIC]})
         return out
+
+
+def _allowed(exact: tuple[list[int], ...], mask) -> tuple[list[int], ...]:
+    """Exact name matches that pass the filters."""
+    if mask is None:
+        return exact
+    return tuple([r for r in tier if mask[r]] for tier in exact)
 
 
 def _ms(seconds: float) -> float:

@@ -58,6 +58,14 @@ def _bool(raw: Any) -> bool:
     raise ValueError("must be true or false")
 
 
+def _base_path(raw: Any) -> str:
+    """"" or "/" = none; otherwise "/prefix" without a trailing slash."""
+    text = str(raw).strip().strip("/")
+    if any(c in text for c in "?#% \t"):
+        raise ValueError("must be a plain path such as /api")
+    return f"/{text}" if text else ""
+
+
 # name -> (environment variable, default, parser)
 SPEC: dict[str, tuple[str, Any, Any]] = {
     "model_dir": ("SEARCH_MODEL_DIR", DEFAULT_MODEL_DIR, _str),
@@ -70,11 +78,14 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
     "max_batch": ("SEARCH_MAX_BATCH", 32, _int(1, 1024)),
     "max_body_bytes": ("SEARCH_MAX_BODY_BYTES", 64 * 1024, _int(1024, 10 * 1024 * 1024)),
     "query_cache_size": ("SEARCH_QUERY_CACHE_SIZE", 1024, _int(0, 1_000_000)),
+    "hybrid_candidates": ("SEARCH_HYBRID_CANDIDATES", 100, _int(1, 10_000)),
     "cpu_workers": ("SEARCH_CPU_WORKERS", 2, _int(1, 64)),
+    "max_pending": ("SEARCH_MAX_PENDING", 128, _int(1, 100_000)),
     "cors_origins": ("SEARCH_CORS_ORIGINS", (), _csv),
     "refresh_seconds": ("SEARCH_INDEX_REFRESH_SECONDS", 300, _int(0, 86_400)),
     "page_in": ("SEARCH_PAGE_IN", True, _bool),
     "debug": ("SEARCH_DEBUG", False, _bool),
+    "base_path": ("SEARCH_BASE_PATH", "", _base_path),
 }
 
 
@@ -90,11 +101,14 @@ class Settings:
     max_batch: int
     max_body_bytes: int
     query_cache_size: int
+    hybrid_candidates: int
     cpu_workers: int
+    max_pending: int
     cors_origins: tuple[str, ...]
     refresh_seconds: int
     page_in: bool
     debug: bool
+    base_path: str
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -83,9 +83,9 @@ def test_compact_storage_keeps_the_top_10(tmp_path, demo_index, dtype):
     assert compact.embeddings.dtype == np.dtype(dtype)
     queries = range(0, exact.count, 11)  # ~100 real item vectors as queries
     same = sum(
-        [h.row for h in exact.search(vectors[q], k=10)] == [h.row for h in compact.search(vectors[q], k=10)]
+        {h.row for h in exact.search(vectors[q], k=10)} == {h.row for h in compact.search(vectors[q], k=10)}
         for q in queries
     )
-    assert same / len(queries) >= 0.95
+    assert same / len(queries) >= 0.95  # same ten items; near-ties may swap places inside them
     # and sizes shrink as promised
     assert compact.embeddings.nbytes * (2 if dtype == "float16" else 4) == exact.embeddings.nbytes

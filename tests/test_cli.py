@@ -25,7 +25,7 @@ def test_query_json_finds_the_game_by_meaning(model_dir, demo_index):
     out = json.loads(proc.stdout)
     ids = [r["id"] for r in out["results"]]
     assert "0ad" in ids and len(ids) == 5
-    assert set(out["results"][0]) == {"id", "score", "title", "fields"}
+    assert {"id", "score", "title", "fields"} <= set(out["results"][0])
 
 
 def test_query_table_with_filter_and_offset(model_dir, demo_index):

@@ -1,0 +1,1 @@
+"""Benchmarks for `make bench`: run `python -m bench --help`."""

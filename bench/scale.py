@@ -1,0 +1,122 @@
+"""Exact search at scale: synthetic unit vectors (seeded), one thread, per storage dtype, through the
+real ``SearchIndex.search`` on memory-mapped files, beside plain numpy float32 ``matrix @ query``
+in the same process, queries interleaved.  Also: the batched kernel (8 queries per pass), and the
+anonymous memory of the process at each size (file pages of the maps are not counted).
+
+    python -m bench --only scale
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from bench.common import BUILD, emit, log, proc_status, run_child
+
+COMMAND = "python -m bench --only scale"
+DIM = 384
+FULL_SIZES = (65_536, 100_000, 1_000_000)
+QUICK_SIZES = (20_000, 100_000)
+SYNTHETIC = BUILD / "synthetic"
+GEN_BLOCK = 100_000
+
+
+def ensure_synthetic(rows: int) -> None:
+    """float32 / float16 / int8 (+ scales, builder.quantize_int8's format) files of ``rows`` seeded unit vectors."""
+    SYNTHETIC.mkdir(parents=True, exist_ok=True)
+    done = SYNTHETIC / f"done-{rows}"
+    if done.exists():
+        return
+    log(f"writing {rows:,} synthetic {DIM}-d unit vectors to {SYNTHETIC}")
+    rng = np.random.default_rng(20240601)
+    files = {d: np.lib.format.open_memmap(SYNTHETIC / f"{d}-{rows}.npy", mode="w+", dtype=d, shape=(rows, DIM))
+             for d in ("float32", "float16", "int8")}
+    scales = np.lib.format.open_memmap(SYNTHETIC / f"scales-{rows}.npy", mode="w+", dtype=np.float32, shape=(rows,))
+    for start in range(0, rows, GEN_BLOCK):
+        n = min(GEN_BLOCK, rows - start)
+        x = rng.standard_normal((n, DIM), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        files["float32"][start:start + n] = x
+        files["float16"][start:start + n] = x
+        peak = np.abs(x).max(axis=1)
+        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)  # builder.quantize_int8, vectorised
+        scales[start:start + n] = scale
+        files["int8"][start:start + n] = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+    for arr in (*files.values(), scales):
+        arr.flush()
+    done.touch()
+
+
+def measure(quick: bool) -> dict:
+    sizes = QUICK_SIZES if quick else FULL_SIZES
+    top = max(sizes)
+    ensure_synthetic(top)
+    out: dict = {"scale.sizes": list(sizes)}
+    for n in sizes:
+        log(f"scale: {n:,} rows")
+        res = run_child("bench.scale", "--rows", str(n), "--file-rows", str(top),
+                        "--queries", str(10 if quick else (30 if n >= 1_000_000 else 100)))
+        out.update(res)
+    big = max(sizes)
+    for dtype in ("float32", "float16", "int8"):
+        out[f"scale.{big}.{dtype}.speedup_vs_numpy"] = round(
+            out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_ms"], 2)
+        out[f"scale.{big}.{dtype}.batch8_speedup_vs_numpy"] = round(
+            out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_batch8_ms_per_query"], 2)
+    small = min(sizes)
+    out["memory.anon_growth_mb"] = round(out[f"scale.{big}.rss_anon_mb"] - out[f"scale.{small}.rss_anon_mb"], 1)
+    out["memory.anon_growth_from_to"] = [small, big]
+    return out
+
+
+def _child(args) -> None:
+    from search import kernels
+    from search.index import SearchIndex
+
+    n, file_rows = args.rows, args.file_rows
+    arrays = {d: np.load(SYNTHETIC / f"{d}-{file_rows}.npy", mmap_mode="r")[:n] for d in ("float32", "float16", "int8")}
+    scales = np.load(SYNTHETIC / f"scales-{file_rows}.npy", mmap_mode="r")[:n]
+    indexes = {}
+    for dtype, matrix in arrays.items():
+        manifest = {"count": n, "dimension": DIM, "dtype": dtype, "fields": [], "version": "synthetic"}
+        indexes[dtype] = SearchIndex(SYNTHETIC, manifest, matrix, scales if dtype == "int8" else None, {}, None)
+        indexes[dtype].page_in()  # warm: the figure is compute, not disk
+    rng = np.random.default_rng(99)
+    queries = rng.standard_normal((args.queries, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    plain = arrays["float32"]
+    sides = {"numpy_float32": lambda q: plain @ q, **{d: (lambda q, i=i: i.search(q, k=10)) for d, i in indexes.items()}}
+    for fn in sides.values():
+        fn(queries[0])
+    times: dict[str, list[float]] = {s: [] for s in sides}
+    for q in queries:
+        for side, fn in sides.items():
+            t0 = time.perf_counter()
+            fn(q)
+            times[side].append(time.perf_counter() - t0)
+    out = {f"scale.{n}.{s}_ms": round(statistics.median(ts) * 1000, 3) for s, ts in times.items()}
+    # batched: 8 queries per pass over the matrix (batch requests)
+    batch = queries[:8] if len(queries) >= 8 else np.resize(queries, (8, DIM))
+    for dtype, matrix in arrays.items():
+        sc = scales if dtype == "int8" else None
+        kernels.search_many(matrix, sc, batch, 10)
+        ts = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            kernels.search_many(matrix, sc, batch, 10)
+            ts.append(time.perf_counter() - t0)
+        out[f"scale.{n}.{dtype}_batch8_ms_per_query"] = round(statistics.median(ts) * 1000 / 8, 3)
+    out[f"scale.{n}.rss_anon_mb"] = proc_status()["RssAnon"]
+    emit(out)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--file-rows", type=int, required=True)
+    p.add_argument("--queries", type=int, default=30)
+    _child(p.parse_args())
