@@ -25,6 +25,7 @@ from search import observability, runtime
 from search.app import create_app
 from search.observability import logger, metrics, tracer
 from search.settings import Settings
+from search.storage import deadline_for_lambda
 
 _adapter: dict = {"runtime": None, "mangum": None}
 
@@ -77,7 +78,7 @@ def lambda_handler(event, context):
     rt.invocations += 1
     cold_start = rt.invocations == 1
     if is_warmup(event):
-        result = rt.warm()
+        result = rt.warm(deadline=deadline_for_lambda(context))
         result["cold_start"] = cold_start
         metrics.add_metric(name="Warmup", unit=MetricUnit.Count, value=1)
         logger.info("warmup", extra={k: v for k, v in result.items() if k != "error"})
@@ -117,7 +118,7 @@ class _LocalContext:
     aws_request_id = "local"
 
     def get_remaining_time_in_millis(self) -> int:
-        return 0
+        return 900_000  # Lambda's longest timeout: no tighter deadline than a real invocation
 
 
 def handler(event, context=None):
@@ -129,5 +130,20 @@ def handler(event, context=None):
 # starts a fresh environment for the next request, instead of keeping one that cannot answer.
 # No deadline: if loading outlasts the 10 s init phase, Lambda retries it within the first
 # invocation under the function timeout.
+def _after_restore() -> None:
+    """SnapStart: the snapshot may be days old.  Look for a newer index version now (one HEAD),
+    before the first request of the restored environment."""
+    rt = _runtime()
+    if rt.live is not None and rt.live.ready:
+        rt.live.maybe_refresh(force=True)
+    logger.info("restored from snapshot", extra={"index_version": rt.live.version if rt.live else None})
+
+
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
     _runtime().load()
+    try:  # present in the Lambda Python 3.12+ runtime (and in awslambdaric's dependencies)
+        from snapshot_restore_py import register_after_restore
+    except ImportError:
+        register_after_restore = None
+    if register_after_restore is not None:
+        register_after_restore(_after_restore)

@@ -30,6 +30,7 @@ from .live import LiveIndex
 from .observability import logger, tracer
 from .service import Searcher
 from .settings import Settings
+from .storage import fetch_bundle, is_s3_uri
 
 RETRY_SECONDS = 5.0        # a failed load is retried at most this often
 CPU_WORKER_NICE = 5        # CPU workers yield to the event loop thread (health checks, parsing) when cores are busy
@@ -95,7 +96,10 @@ class Runtime:
             # Threads per onnxruntime run: the CPUs shared out among the executor's workers, so
             # parallel searches do not oversubscribe the cores (SEARCH_THREADS overrides).
             threads = s.threads or max(1, available_cpus() // s.cpu_workers)
-            self.encoder = Encoder.load(s.model_dir, threads=threads)
+            model_dir = s.model_dir
+            if is_s3_uri(model_dir):  # default is baked into the image; S3 is opt-in
+                model_dir = fetch_bundle(model_dir, s.cache_dir, deadline=deadline)
+            self.encoder = Encoder.load(model_dir, threads=threads)
         t1 = time.perf_counter()
         if self.live is None:
             if s.index_uri.startswith("s3://"):
@@ -138,6 +142,10 @@ class Runtime:
         and then (rate-limited by it; the download runs in the background)."""
         searcher = self.load()
         index = self.live.current()
+        if searcher.index is not index:
+            # The searcher's default follows the live version, so a swapped-out index is referenced
+            # only by requests still running on it and is unmapped when they finish.
+            searcher.index = index
         self.live.maybe_refresh(wait=False)
         return searcher, index
 
@@ -161,22 +169,24 @@ class Runtime:
         return out
 
     # -- warmup -----------------------------------------------------------------------------
-    def warm(self) -> dict[str, Any]:
-        """Load whatever is not loaded, look for a new index version (rate-limited), page the vectors
-        in and run the model once.  Returns what it did and how long each step took."""
+    def warm(self, *, deadline: float | None = None) -> dict[str, Any]:
+        """Load whatever is not loaded, look for a new index version, page the vectors in and run the
+        model once.  Returns what it did and how long each step took.  ``deadline`` (monotonic
+        seconds) bounds any S3 traffic by the invocation's time left."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         try:
-            searcher = self.load()
+            searcher = self.load(deadline=deadline)
         except SearchError as exc:
             return {"warm": False, "state": self.state,
                     "error": {"code": "not_ready", "message": str(exc)},
                     "timings_ms": {"total": _ms(time.perf_counter() - t0)}}
         timings["load"] = _ms(time.perf_counter() - t0)
         t = time.perf_counter()
-        swapped = bool(self.live.maybe_refresh())
+        swapped = bool(self.live.maybe_refresh(force=True, deadline=deadline))  # one HEAD per warmup
         timings["refresh"] = _ms(time.perf_counter() - t)
         index = self.live.current()
+        searcher.index = index
         self._check_keyword(searcher, index)
         if self.settings.page_in:
             t = time.perf_counter()

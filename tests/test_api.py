@@ -327,7 +327,13 @@ def test_openapi_schema_holds_and_never_5xx(client, mode):
     def check(case):
         # Left out: "schema-valid request rejected".  Filter field names depend on the loaded index, which
         # a static schema cannot list, so a generated filter on a made-up field is rightly a 400.
-        case.call_and_validate(excluded_checks=[positive_data_acceptance])
+        response = case.call()
+        if response.status_code == 413:
+            # A generated body over SEARCH_MAX_BODY_BYTES is rejected before it is parsed, rightly:
+            # 413 is not in schemathesis' list of "rejections", so check the error shape here instead.
+            assert response.json()["error"]["code"] == "body_too_large"
+            return
+        case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
     check()
 
