@@ -8,6 +8,11 @@ DEMO_CORPUS := data/demo-games.jsonl
 DEMO_FIELDS := section,version,homepage
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# deploy outputs (see the deploy section below)
+TASK := build/task
+TASK_PY311 := build/task-py311
+ZIP_PARTS := build/lambda-zip
+SAM_VENV := .venv-sam
 
 .PHONY: serve test bench deps model index clean help browser task-root layers package-zip sam lint-template
 
@@ -57,10 +62,6 @@ bench: $(INDEX)/manifest.json  ## run the benchmarks, results in bench/results/ 
 
 # ---- deploy: the Lambda task root without Docker, the zip variant's layers, the SAM CLI.
 # deploy/taskroot.py is the one recipe (the Dockerfile and the layer Makefiles run it too).
-TASK := build/task
-TASK_PY311 := build/task-py311
-ZIP_PARTS := build/lambda-zip
-SAM_VENV := .venv-sam
 
 task-root: $(INDEX)/manifest.json  ## assemble /var/task without Docker: build/task (py3.12 Linux x86_64) + build/task-py311 (tests)
 	$(PY) deploy/taskroot.py all --target $(TASK) --python-version 3.12 --wheel-dir build/.wheels/cp312 --model $(MODEL) --index $(INDEX)
