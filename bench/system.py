@@ -59,7 +59,7 @@ def measure_build(quick: bool) -> dict:
             for name, model in (("int8", MODEL), ("fp32", fp32)):
                 target = Path(tmp) / name
                 cmd = [PY, "-m", "search", "build", "--corpus", str(corpus), "--model", str(model),
-                       "--out", str(target), "--fields", FIELDS, "--quiet"]
+                       "--out", str(target), "--fields", FIELDS, "--skip-bad", "--quiet"]
                 subprocess.run(cmd, cwd=ROOT, env=child_env(None), check=True, capture_output=True)
                 manifest = json.loads((target / "manifest.json").read_text())
                 rates[name].append(manifest["count"] / manifest["build_seconds"])
