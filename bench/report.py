@@ -166,9 +166,10 @@ def write_readme(data: dict) -> Path:
              f"**Taken on a shared {meta.get('cpus')}-core machine while other jobs ran** "
              f"({meta.get('cpu_model')}), so absolute times are pessimistic and vary from run to run; "
              "the ratios are the figures to trust.", "",
-             f"Run: {meta.get('finished')}, commit `{meta.get('commit')}`, Python {meta.get('python')}, "
-             f"{'**--quick** (smaller sizes)' if meta.get('quick') else 'full run'}; "
-             f"figures from this run: {', '.join(meta.get('figures_run', []))}.", "",
+             f"Report written {meta.get('finished')}, commit `{meta.get('commit')}`, Python {meta.get('python')}. "
+             "Each figure's last run: " + ", ".join(
+                 f"{name} {run['finished'][11:16]}Z{' (--quick)' if run.get('quick') else ''}"
+                 for name, run in sorted(data.get("runs", {}).items(), key=lambda kv: kv[1]["finished"])) + ".", "",
              "| figure | measured | target | status | command |", "|---|---|---|---|---|"]
     for row in rows(r):
         lines.append("| " + " | ".join(row) + " |")

@@ -47,6 +47,10 @@ MAX_QUERY_TOKENS = 32      # longer queries keep their first 32 distinct words (
 COMMON_MIN_DOCS = 1000
 COMMON_FRACTION = 0.01
 ANCHOR_COMMON = True       # common words still add to the score of items matched by rare ones
+# ... except words in more than a fifth of the items ("the", "for", "package"): FTS5's BM25 gives
+# them next to no weight, yet seeking through their posting lists doubled the keyword time.
+# Measured on the 64k known-item task: MRR@10 0.616 with or without them, p50 1.5 ms vs 3.5 ms.
+ANCHOR_MAX_FRACTION = 0.2
 MAX_MATCH_TOKENS = 8       # uncommon words sent to FTS5 at most: <= 8 x 1000 items scored
 MAX_EXACT_ROWS = 50        # an exact title shared by many items ("transitional package") stays bounded
 SCAN_BATCH = 256           # keyword rows fetched per step while filtering
@@ -162,8 +166,9 @@ class LexicalIndex:
 
     anchor_common = ANCHOR_COMMON
 
-    def __init__(self, metadata, info: dict):
+    def __init__(self, metadata, info: dict, count: int):
         self.metadata = metadata
+        self.anchor_max_docs = int(ANCHOR_MAX_FRACTION * count)
         self.table = str(info.get("table", FTS_TABLE))
         self.names_table = str(info.get("names_table", NAMES_TABLE))
         self.common_table = str(info.get("common_table", COMMON_TABLE))
@@ -184,7 +189,7 @@ class LexicalIndex:
         if not isinstance(info, dict) or info.get("engine") != ENGINE:
             raise LexicalUnavailable("index was built without a keyword index (rebuild it to get one)",
                                      path=str(metadata.path))
-        index = cls(metadata, info)
+        index = cls(metadata, info, int(manifest["count"]))
         try:  # one tiny read: proves FTS5 is compiled in and the table is there, loads nothing
             metadata.fetch(f"SELECT rowid FROM {index.table} LIMIT 0")
         except IndexLoadError as exc:
@@ -223,8 +228,9 @@ class LexicalIndex:
         """The FTS5 MATCH string for a query, or None when no word is worth sending.
 
         Uncommon words (at most MAX_MATCH_TOKENS) decide which items match.  With
-        ``anchor_common`` the common words still add to the BM25 of those items, at the cost
-        of seeking through their long posting lists:  (rare ...) AND (common ... rare ...)
+        ``anchor_common`` the common words (but not the very common, see ANCHOR_MAX_FRACTION)
+        still add to the BM25 of those items, at the cost of seeking through their posting
+        lists:  (rare ...) AND (common ... rare ...)
         matches exactly the items holding a rare word, and BM25 sums over every phrase (the
         rare words, listed twice, count double).  A query of common words only gives None."""
         tokens = query_tokens(text)
@@ -232,14 +238,14 @@ class LexicalIndex:
             return None
         marks = ",".join("?" * len(tokens))
         folded = [fold_diacritics(t) for t in tokens]
-        common = {t for (t,) in self.metadata.fetch(
-            f"SELECT term FROM {self.common_table} WHERE term IN ({marks})", tuple(folded))}
+        common = dict(self.metadata.fetch(
+            f"SELECT term, docs FROM {self.common_table} WHERE term IN ({marks})", tuple(folded)))
         rare = [t for t, f in zip(tokens, folded) if f not in common][:MAX_MATCH_TOKENS]
         if not rare:
             return None
-        frequent = [t for t, f in zip(tokens, folded) if f in common][:MAX_MATCH_TOKENS]
+        frequent = [t for t, f in zip(tokens, folded) if f in common and common[f] <= self.anchor_max_docs]
         if self.anchor_common and frequent:
-            return f"({match_expression(rare)}) AND ({match_expression(frequent + rare)})"
+            return f"({match_expression(rare)}) AND ({match_expression(frequent[:MAX_MATCH_TOKENS] + rare)})"
         return match_expression(rare)
 
     def exact_matches(self, text: str) -> tuple[list[int], list[int], list[int]]:

@@ -15,7 +15,7 @@ from search.cli import main as cli_main
 from search.corpus import CorpusSpec
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
-from search.hybrid import rrf_fuse
+from search.hybrid import weighted_fuse
 from search.index import SearchIndex
 from search.lexical import (FTS_TABLE, LexicalIndex, lexical_for, match_expression, name_key, query_tokens,
                             write_lexical_index)
@@ -130,22 +130,23 @@ def test_punctuation_only_gives_empty_keyword_results(given_index, demo):
 
 
 def test_common_words_only_add_to_items_that_hold_a_rare_word(tmp_path):
-    # 2,500 items of equal length: "common" in 1,100 (over the 1,000-item floor); "rare" in 0, 400, 2000
+    # 6,000 items of equal length: "common" in 1,100 (over the 1,000-item floor, under a fifth),
+    # "every" in all (too common to add anything), "rare" in items 0, 400 and 5000
     records = [{"id": f"item-{i}", "title": f"Item {i}",
-                "text": ("common" if i >= 1400 else "other") + " words" + (" rare" if i in (0, 400, 2000) else "")}
-               for i in range(2500)]
+                "text": ("common" if i >= 4900 else "other") + " every" + (" rare" if i in (0, 400, 5000) else "")}
+               for i in range(6000)]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
     vectors = np.random.default_rng(1).standard_normal((len(records), 4)).astype(np.float32)
     build_index(corpus, GivenVectors(vectors), tmp_path / "index", CorpusSpec(), BuildOptions(show_progress=False))
     index = SearchIndex.open(tmp_path / "index")
     try:
         lexical = lexical_for(index)
-        assert lexical.match_for("common") is None and lexical.search("common words", limit=5) == []
-        assert lexical.match_for("Rare common") == '("rare") AND ("common" OR "rare")'
-        assert [h.row for h in lexical.search("rare common", limit=10)] == [2000, 0, 400]
+        assert lexical.match_for("common every") is None and lexical.search("common every", limit=5) == []
+        assert lexical.match_for("Rare every common") == '("rare") AND ("common" OR "rare")'
+        assert [h.row for h in lexical.search("rare common", limit=10)] == [5000, 0, 400]
         lexical.anchor_common = False
         assert lexical.match_for("rare common") == '"rare"'
-        assert [h.row for h in lexical.search("rare common", limit=10)] == [0, 400, 2000]  # a tie, by row
+        assert [h.row for h in lexical.search("rare common", limit=10)] == [0, 400, 5000]  # a tie, by row
     finally:
         index.close()
 
@@ -170,15 +171,16 @@ def test_an_id_typed_as_it_is_beats_a_name_that_only_reads_the_same(demo):
     assert demo.search("xgalaga", k=2).hits[0]["id"] == "xgalaga"
 
 
-def test_rrf_rewards_agreement_and_promotes_exact_matches():
-    fused = rrf_fuse([1, 2, 3], [3, 4])
-    assert fused[0].row == 3 and fused[0].signals == ["semantic", "keyword"]
-    assert all(0 < f.score <= 1 for f in fused) and all(a.score >= b.score for a, b in zip(fused, fused[1:]))
-    assert {f.row for f in fused} == {1, 2, 3, 4}
-    fused = rrf_fuse([1, 2, 3], [3, 4], ([], [9], [2, 4]))
-    assert [f.row for f in fused[:3]] == [9, 2, 4] and fused[0].signals == ["exact"]
+def test_fusion_weighs_cosine_and_relative_bm25_and_promotes_exact_matches():
+    cosine = {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.2}
+    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine)
+    assert [f.row for f in fused] == [3, 1, 2, 4]  # 0.6*.6+.4*1 = .76 > .54 > .30 > .12+.1
+    assert fused[0].signals == ["semantic", "keyword"] and fused[3].signals == ["keyword"]
+    assert fused[0].score == pytest.approx(0.76) and fused[3].score == pytest.approx(0.22)
+    assert [f.row for f in weighted_fuse([1, 2, 3], [], cosine)] == [1, 3, 2]  # no keywords: cosine order
+    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ([], [9], [2, 4]))
+    assert [f.row for f in fused] == [9, 2, 4, 3, 1] and fused[0].signals == ["exact"]
     assert fused[1].signals == ["exact", "semantic"] and {f.score for f in fused[:3]} == {1.0}
-    assert [f.row for f in fused[3:]] == [3, 1]
 
 
 @pytest.mark.parametrize("name", ["0ad", "gnome-chess", "frozen-bubble", "supertux", "xboard", "pychess"])
