@@ -54,6 +54,7 @@ KNOWN_ITEM_SAMPLE = 2000
 LATENCY_QUERIES = 300
 TOP = 10
 RESULT_KEYS = (
+    "hybrid.index", "hybrid.name.seed", "hybrid.known_item.index", "hybrid.latency.queries",
     "hybrid.name.sample", "hybrid.name.rank1.semantic", "hybrid.name.rank1.keyword", "hybrid.name.rank1.hybrid",
     "hybrid.name.hybrid_exact_rule_share", "hybrid.name.rank1.hybrid_fused_only",
     "hybrid.known_item.sample", "hybrid.known_item.mrr10.semantic", "hybrid.known_item.mrr10.keyword",

@@ -13,10 +13,10 @@ decide among items it does not name.
 
 Chosen by measurement on the 64k Debian corpus (bench/hybrid_quality.py --compare-fusion):
 against reciprocal rank fusion (k = 5, 20, 60) and weights 0.3 to 0.85, this weighted sum
-with SEMANTIC_WEIGHT 0.6 was best on the known-item task (MRR@10 0.681 vs 0.651 for RRF k=60
-and 0.563 for semantic alone) and close to best on the name task without the exact-name rule
-(MRR@10 0.915 vs 0.761 for RRF): RRF only sees ranks, so it cannot tell a keyword match on
-the item's name from one word somewhere in a paragraph.
+with SEMANTIC_WEIGHT 0.6 was within 0.001 of the best on the known-item task (MRR@10 0.679 vs
+0.651 for RRF k=60, 0.664 for RRF k=5 and 0.563 for semantic alone) and close to the best on
+the name task without the exact-name rule (MRR@10 0.915 vs 0.761 for RRF k=60): RRF only sees
+ranks, so it cannot tell a keyword match on the item's name from one word in a paragraph.
 
 An exact name match (the query is an item's id or title, ignoring case and punctuation, see
 lexical.name_key) comes before everything else with score 1.0; several exact matches keep

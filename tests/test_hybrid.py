@@ -17,7 +17,7 @@ from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
 from search.hybrid import weighted_fuse
 from search.index import SearchIndex
-from search.lexical import (FTS_TABLE, LexicalIndex, lexical_for, match_expression, name_key, query_tokens,
+from search.lexical import (FTS_TABLE, lexical_for, match_expression, name_key, query_tokens,
                             write_lexical_index)
 from search.service import Searcher
 from tests.conftest import DEMO_CORPUS, write_jsonl
