@@ -29,10 +29,19 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 SEMANTIC_WEIGHT = 0.6   # the keyword side gets the rest (0.4)
+# A sentence ("a game where you grow crops with friends") is about meaning: there the best keyword
+# match is often one rare word in a paragraph, and relative BM25 would still hand it the full 0.4.
+# Queries of LONG_QUERY_WORDS words or more lean on meaning; names and keywords stay at 0.6.
+LONG_QUERY_WORDS = 4
+SEMANTIC_WEIGHT_LONG = 0.75
 SEMANTIC = "semantic"
 KEYWORD = "keyword"
 EXACT = "exact"
 EXACT_SCORE = 1.0       # the highest a fused score can be (cosine 1 and the best keyword match)
+
+
+def semantic_weight_for(query: str) -> float:
+    return SEMANTIC_WEIGHT_LONG if len(query.split()) >= LONG_QUERY_WORDS else SEMANTIC_WEIGHT
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from .encoder import QUERY, Encoder
 from .errors import QueryError
-from .hybrid import KEYWORD, SEMANTIC, Fused, promote_exact, weighted_fuse
+from .hybrid import KEYWORD, SEMANTIC, Fused, promote_exact, semantic_weight_for, weighted_fuse
 from .index import Hit, SearchIndex
 from .lexical import LexicalUnavailable, lexical_for
 
@@ -167,7 +167,8 @@ class Searcher:
         missing = [h.row for h in keyword if h.row not in cosine]
         if missing:  # keyword-only candidates: their exact cosine, from the stored vectors
             cosine.update(zip(missing, _cosines(index, missing, vec).tolist()))
-        fused = weighted_fuse([h.row for h in semantic], [(h.row, h.score) for h in keyword], cosine, exact)
+        fused = weighted_fuse([h.row for h in semantic], [(h.row, h.score) for h in keyword], cosine, exact,
+                              semantic_weight=semantic_weight_for(query))
         results = self._page(fused, offset, need, min_score, index)
         t4 = time.perf_counter()
         return Result(results, {"embed": _ms(t1 - t0), "search": _ms(t2 - t1), "keyword": keyword_ms,
