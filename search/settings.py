@@ -84,7 +84,6 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
     "cors_origins": ("SEARCH_CORS_ORIGINS", (), _csv),
     "refresh_seconds": ("SEARCH_INDEX_REFRESH_SECONDS", 300, _int(0, 86_400)),
     "page_in": ("SEARCH_PAGE_IN", True, _bool),
-    "debug": ("SEARCH_DEBUG", False, _bool),
     "base_path": ("SEARCH_BASE_PATH", "", _base_path),
 }
 
@@ -107,7 +106,6 @@ class Settings:
     cors_origins: tuple[str, ...]
     refresh_seconds: int
     page_in: bool
-    debug: bool
     base_path: str
 
     @classmethod
