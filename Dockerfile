@@ -36,8 +36,10 @@ RUN mkdir -p /out/index && if [ "$DEMO_INDEX" = "1" ]; then \
         --fields section,version,homepage; \
     fi
 
-# ---- code: the paths deploy/files.txt lists, byte-compiled by the runtime's own Python
+# ---- code: the paths deploy/files.txt lists, byte-compiled by the runtime's own Python, and the
+# int8 scoring kernel (search/native/int8dot.c) compiled here; the compiler stays in this stage.
 FROM ${LAMBDA_BASE} AS code
+RUN dnf install -y gcc && dnf clean all
 COPY . /src
 RUN python3 /src/deploy/taskroot.py code --target /task --python-version 3.12
 

@@ -14,7 +14,7 @@ TASK_PY311 := build/task-py311
 ZIP_PARTS := build/lambda-zip
 SAM_VENV := .venv-sam
 
-.PHONY: serve test bench deps model index clean help browser task-root layers package-zip sam lint-template
+.PHONY: serve test bench deps model index native clean help browser task-root layers package-zip sam lint-template
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -37,7 +37,15 @@ $(INDEX)/manifest.json: $(MODEL)/manifest.json $(DEMO_CORPUS)
 
 index: $(INDEX)/manifest.json  ## build the demo index (1,108 Debian games)
 
-serve: $(INDEX)/manifest.json  ## serve the demo index on http://127.0.0.1:8000
+# The int8 scoring kernel (search/native/int8dot.c).  Optional: without a C compiler int8 indexes
+# use onnxruntime's kernel (same results, slower for single queries), so a failure only warns.
+NATIVE_LIB := search/native/_int8dot.so
+$(NATIVE_LIB): search/native/int8dot.c search/native/build.py | $(VENV)/.installed
+	$(PY) search/native/build.py --optional
+
+native: $(NATIVE_LIB)  ## compile the int8 scoring kernel (needs cc; optional)
+
+serve: $(INDEX)/manifest.json $(NATIVE_LIB)  ## serve the demo index on http://127.0.0.1:8000
 	$(PY) -m search serve --model $(MODEL) --index $(INDEX) --host $(HOST) --port $(PORT)
 
 # The browser test (tests/test_web_browser.py) drives Debian's chromium; it skips, saying why, without it.
@@ -50,11 +58,11 @@ browser:  ## install Debian's chromium for the browser test (needs root and apt-
 	    || echo "warning: apt-get could not install chromium; the browser test will be skipped"; \
 	else echo "note: $(CHROMIUM) missing and not root with apt-get; the browser test will be skipped"; fi
 
-test: $(INDEX)/manifest.json browser $(SAM_VENV)/.installed  ## run the whole test suite
+test: $(INDEX)/manifest.json $(NATIVE_LIB) browser $(SAM_VENV)/.installed  ## run the whole test suite
 	$(PY) -m pytest -q
 
 # The load figure drives the local server with Debian's wrk; without it that figure is skipped.
-bench: $(INDEX)/manifest.json  ## run the benchmarks, results in bench/results/ (BENCH_ARGS="--only scale --quick")
+bench: $(INDEX)/manifest.json $(NATIVE_LIB)  ## run the benchmarks, results in bench/results/ (BENCH_ARGS="--only scale --quick")
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && (apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)); } \
 	  || echo "note: wrk missing and not installable here; the load figure will be skipped"

@@ -41,6 +41,7 @@ LAMBDA_PYTHON = "3.12"  # the python3.12 runtime and public.ecr.aws/lambda/pytho
 MAX_GLIBC_MINOR = 28
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, MAX_GLIBC_MINOR + 1)]
 MODEL_DIR, INDEX_DIR = "model", "index"  # beside the code: /var/task/model, /var/task/index
+NATIVE_BUILD_SCRIPT, NATIVE_LIBRARY = "search/native/build.py", "_int8dot.so"
 DEPS_STAMP = ".taskroot-deps.json"
 CODE_STAMP = ".taskroot-code.json"
 ZIP_LEVEL = 6
@@ -311,15 +312,34 @@ def code(target: Path, *, python_version: str = LAMBDA_PYTHON, source: Path = RO
             path = target / rel
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     paths = code_paths()
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    # a shared object built on this machine is never copied: it is compiled for the target below
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", ".*.tmp")
     for rel in paths:
         src, dst = source / rel, target / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(src, dst, ignore=ignore) if src.is_dir() else shutil.copy2(src, dst)
     compiled = compile_pyc([target / p for p in paths], python_version) if compile_ else None
-    stamp_path.write_text(json.dumps({"paths": paths, "compiled_with": compiled}, indent=2) + "\n")
+    native = build_native_kernel(target)
+    stamp_path.write_text(json.dumps({"paths": paths, "compiled_with": compiled, "native_kernel": native},
+                                     indent=2) + "\n")
     log(f"{target}: code {', '.join(paths)}")
     return paths
+
+
+def build_native_kernel(target: Path) -> str | None:
+    """Compile search/native/int8dot.c into the task root (x86-64 Linux, no libc dependency).
+
+    Without a compiler the function still works: int8 indexes use onnxruntime's kernel, slower
+    for single queries.  The Dockerfile installs gcc in the stage that runs this."""
+    build_script = target / NATIVE_BUILD_SCRIPT
+    if not build_script.is_file():
+        return None
+    result = subprocess.run([sys.executable, str(build_script), "--optional"], capture_output=True, text=True)
+    out = build_script.with_name(NATIVE_LIBRARY)
+    if result.returncode != 0 or not out.is_file():
+        log(f"warning: native int8 kernel not built ({result.stderr.strip()[-300:]})")
+        return None
+    return str(out.relative_to(target))
 
 
 def copy_bundle(src: Path, dst: Path, what: str) -> None:
