@@ -28,6 +28,7 @@ BUILD = ROOT / "build" / "bench"
 MODEL = Path(os.environ.get("BENCH_MODEL") or ROOT / "build" / "model")  # the shipped int8 bundle (make model)
 FP32_MODEL = BUILD / "model-fp32"                 # same export, --quantize none: the ONNX fp32 baseline
 INDEX_64K = Path(os.environ.get("BENCH_INDEX") or BUILD / "debian-64k")  # title + text, fields: what users deploy
+INDEX_64K_INT8 = BUILD / "debian-64k-int8"        # the same, stored as int8 (search build --dtype int8)
 TEXT_INDEX_64K = BUILD / "debian-64k-text"        # text only (--no-title): the known-item task's index
 CORPUS = ROOT.parent / "shared" / "data" / "debian-bookworm-packages.jsonl.gz"
 RESULTS = ROOT / "bench" / "results"

@@ -23,7 +23,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bench.common import (INDEX_64K, MODEL, PY, RESULTS, ROOT, child_env, emit, ensure_index, proc_status,
+from bench.common import (INDEX_64K, INDEX_64K_INT8, MODEL, PY, RESULTS, ROOT, child_env, emit, ensure_index, proc_status,
                           require_model, run_child, short_queries, summary_ms)
 
 EVENT_FILE = ROOT / "events" / "http-api-get-search.json"
@@ -31,8 +31,8 @@ COMMANDS = {"request": "python -m bench --only request", "cold": "python -m benc
             "profile": "python -m bench --only profile"}
 
 
-def _env() -> dict:
-    return {"SEARCH_MODEL_DIR": str(MODEL), "SEARCH_INDEX_URI": str(INDEX_64K), "SEARCH_THREADS": "1",
+def _env(index: Path = INDEX_64K) -> dict:
+    return {"SEARCH_MODEL_DIR": str(MODEL), "SEARCH_INDEX_URI": str(index), "SEARCH_THREADS": "1",
             "SEARCH_CPU_WORKERS": "1", "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
 
 
@@ -45,9 +45,14 @@ def event_for(query: str, k: int = 10, template: dict | None = None, mode: str |
 
 
 def measure_warm(quick: bool) -> dict:
+    """The default float32 index, then the same corpus stored as int8 (``search build --dtype int8``)."""
     require_model()
     ensure_index(INDEX_64K)
-    return run_child("bench.request", "warm", "--queries", "200" if quick else "1000", **_env())
+    ensure_index(INDEX_64K_INT8, extra=("--skip-bad", "--dtype", "int8"))
+    n = "200" if quick else "1000"
+    out = run_child("bench.request", "warm", "--queries", n, **_env(INDEX_64K))
+    out.update(run_child("bench.request", "warm", "--queries", n, "--prefix", "request.int8", **_env(INDEX_64K_INT8)))
+    return out
 
 
 def measure_profile(quick: bool) -> dict:
@@ -228,14 +233,17 @@ def _warm_child(args) -> None:
                     parts.setdefault(part, []).append(ms)
     mem = proc_status()
     out = {}
+    prefix = args.prefix
     for name, values in times.items():
         s = summary_ms(values)
-        key = "request" if name == "default" else f"request.{name}"
+        key = prefix if name == "default" else f"{prefix}.{name}"
         out.update({f"{key}.p50_ms": s["p50"], f"{key}.p99_ms": s["p99"], f"{key}.mean_ms": s["mean"]})
-    out["request.n"] = len(timed)
-    out.update({f"request.timing.{part}_ms_p50": round(statistics.median(v), 3) for part, v in parts.items()})
-    out.update({"memory.peak_rss_mb": mem["VmHWM"], "memory.rss_mb": mem["VmRSS"], "memory.rss_anon_mb": mem["RssAnon"],
-                "memory.rss_file_mb": mem["RssFile"], "memory.queries": len(warmup) + 2 * len(timed)})
+    out[f"{prefix}.n"] = len(timed)
+    out.update({f"{prefix}.timing.{part}_ms_p50": round(statistics.median(v), 3) for part, v in parts.items()})
+    memory = "memory" if prefix == "request" else f"memory.{prefix.split('.', 1)[1]}"
+    out.update({f"{memory}.peak_rss_mb": mem["VmHWM"], f"{memory}.rss_mb": mem["VmRSS"],
+                f"{memory}.rss_anon_mb": mem["RssAnon"], f"{memory}.rss_file_mb": mem["RssFile"],
+                f"{memory}.queries": len(warmup) + 2 * len(timed)})
     emit(out)
 
 
@@ -261,5 +269,6 @@ if __name__ == "__main__":
     p.add_argument("what", choices=["warm", "loop"])
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--prefix", default="request", help="key prefix of the warm figures")
     a = p.parse_args()
     {"warm": _warm_child, "loop": _loop_child}[a.what](a)

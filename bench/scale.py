@@ -61,6 +61,8 @@ def measure(quick: bool) -> dict:
                         "--queries", str(10 if quick else (30 if n >= 1_000_000 else 100)))
         out.update(res)
     big = max(sizes)
+    out[f"scale.{big}.int8_onnxruntime.speedup_vs_numpy"] = round(
+        out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.int8_onnxruntime_ms"], 2)
     for dtype in ("float32", "float16", "int8"):
         out[f"scale.{big}.{dtype}.speedup_vs_numpy"] = round(
             out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_ms"], 2)
@@ -84,6 +86,10 @@ def _child(args) -> None:
         manifest = {"count": n, "dimension": DIM, "dtype": dtype, "fields": [], "version": "synthetic"}
         indexes[dtype] = SearchIndex(SYNTHETIC, manifest, matrix, scales if dtype == "int8" else None, {}, None)
         indexes[dtype].page_in()  # warm: the figure is compute, not disk
+    # the same int8 files scored by onnxruntime's MatMulInteger: what runs where int8dot.c is not built
+    fallback = SearchIndex(SYNTHETIC, {**indexes["int8"].manifest}, arrays["int8"], scales, {}, None)
+    fallback.kernel = kernels.Int8Kernel(native=None)
+    indexes["int8_onnxruntime"] = fallback
     rng = np.random.default_rng(99)
     queries = rng.standard_normal((args.queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -109,6 +115,8 @@ def _child(args) -> None:
             kernels.search_many(matrix, sc, batch, 10)
             ts.append(time.perf_counter() - t0)
         out[f"scale.{n}.{dtype}_batch8_ms_per_query"] = round(statistics.median(ts) * 1000 / 8, 3)
+    native_kernel = indexes["int8"].kernel.native
+    out["scale.int8_kernel"] = native_kernel.path(DIM) if native_kernel is not None else "onnxruntime"
     out[f"scale.{n}.rss_anon_mb"] = proc_status()["RssAnon"]
     emit(out)
 

@@ -185,20 +185,20 @@ class SearchIndex:
         need = k + offset
         best_rows = np.empty(0, dtype=np.int64)
         best_scores = np.empty(0, dtype=np.float32)
+        prepared = self.kernel.prepare(query)
         for start in range(0, self.count, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, self.count)
-            rows = np.arange(start, stop, dtype=np.int64)
             # `need` rows already score >= floor: quantised kernels rescore only rows that can beat it
             floor = float(best_scores[need - 1]) if best_scores.size >= need else -np.inf
             if min_score is not None:
                 floor = max(floor, min_score)
             if mask is not None:
-                rows = rows[mask[start:stop]]
+                rows = start + np.flatnonzero(mask[start:stop])
                 if rows.size == 0:
                     continue
-                rows, scores = self._score_rows(rows, query, need=need, floor=floor)
+                rows, scores = self._score_rows(rows, query, need=need, floor=floor, prepared=prepared)
             else:
-                rows, scores = self._score_range(start, stop, query, need=need, floor=floor)
+                rows, scores = self._score_range(start, stop, query, need=need, floor=floor, prepared=prepared)
             if min_score is not None:
                 keep = scores >= min_score
                 rows, scores = rows[keep], scores[keep]
@@ -206,16 +206,18 @@ class SearchIndex:
             best_rows, best_scores = rows, scores
         return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
 
-    def _score_range(self, start: int, stop: int, query: np.ndarray, *, need: int, floor: float):
+    def _score_range(self, start: int, stop: int, query: np.ndarray, *, need: int, floor: float, prepared=None):
         """(rows, exact scores) of the rows in [start, stop) that may still enter the top ``need``."""
         scales = None if self.scales is None else self.scales[start:stop]
-        keep, scores = self.kernel.score(self.embeddings[start:stop], scales, query, need=need, floor=floor)
-        rows = np.arange(start, stop, dtype=np.int64)
-        return (rows if keep is None else rows[keep]), scores
+        keep, scores = self.kernel.score(self.embeddings[start:stop], scales, query, need=need, floor=floor,
+                                         prepared=prepared)
+        rows = np.arange(start, stop, dtype=np.int64) if keep is None else start + np.asarray(keep, dtype=np.int64)
+        return rows, scores
 
-    def _score_rows(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float):
+    def _score_rows(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float, prepared=None):
         scales = None if self.scales is None else self.scales[rows]
-        keep, scores = self.kernel.score(self.embeddings[rows], scales, query, need=need, floor=floor)
+        keep, scores = self.kernel.score(self.embeddings[rows], scales, query, need=need, floor=floor,
+                                         prepared=prepared)
         return (rows if keep is None else rows[keep]), scores
 
 

@@ -44,7 +44,10 @@ MAX_BATCH_QUERIES = 8   # queries per MatMulInteger run: 8 x 2 columns = one 16-
 class Float32Kernel:
     dtype = "float32"
 
-    def score(self, block: np.ndarray, scales, query: np.ndarray, *, need: int, floor: float):
+    def prepare(self, query: np.ndarray):
+        return None
+
+    def score(self, block: np.ndarray, scales, query: np.ndarray, *, need: int, floor: float, prepared=None):
         """(positions in block or None for all, exact scores); rows below ``floor`` may be left out."""
         return _above(block @ query, floor)
 
@@ -65,7 +68,10 @@ class Float16Kernel:
             inputs=[_value("A", f16, ["n", "d"]), _value("B", f32, ["d", "q"])],
             outputs=[_value("Y", f32, ["n", "q"])])
 
-    def score(self, block: np.ndarray, scales, query: np.ndarray, *, need: int, floor: float):
+    def prepare(self, query: np.ndarray):
+        return None
+
+    def score(self, block: np.ndarray, scales, query: np.ndarray, *, need: int, floor: float, prepared=None):
         return _above(self.exact(block, scales, query), floor)
 
     def exact(self, block: np.ndarray, scales, query: np.ndarray) -> np.ndarray:
@@ -157,10 +163,15 @@ class Int8Kernel:
     def exact(block: np.ndarray, scales: np.ndarray, query: np.ndarray) -> np.ndarray:
         return (block.astype(np.float32) @ query) * scales
 
-    def score(self, block: np.ndarray, scales: np.ndarray, query: np.ndarray, *, need: int, floor: float):
+    def prepare(self, query: np.ndarray):
+        """Per-query work done once per search, not once per block."""
+        return self.quantize_queries(query[None, :])
+
+    def score(self, block: np.ndarray, scales: np.ndarray, query: np.ndarray, *, need: int, floor: float,
+              prepared=None):
         """(positions in block, exact scores) of every row that may still enter the top ``need``
         given that ``need`` rows already score >= ``floor``; rows left out provably score below it."""
-        prepared = self.quantize_queries(query[None, :])
+        prepared = prepared if prepared is not None else self.prepare(query)
         approx = self.approx(block, scales, prepared)[:, 0]
         return self.select(block, scales, query, approx, prepared[2][0], need=need, floor=floor)
 
@@ -169,15 +180,25 @@ class Int8Kernel:
         if rows <= need:
             return None, self.exact(block, scales, query)
         scales = np.asarray(scales, dtype=np.float32)
-        upper = approx + self.error_bound(scales, block.shape[1], residual_norm, approx)
-        candidates = np.flatnonzero(upper >= floor)
-        if candidates.size > 4 * need + 64:
-            # Raise the floor from this block's own best: rescore its top ``need`` by approximation.
+        if floor == -np.inf:
+            # No floor yet: this block's own top ``need`` by approximation, rescored, gives one.
             local = np.sort(np.argpartition(-approx, need - 1)[:need])
-            local_floor = float(self.exact(block[local], scales[local], query).min())
-            if local_floor > floor:
-                candidates = np.flatnonzero(upper >= local_floor)
+            floor = float(self.exact(block[local], scales[local], query).min())
+        # One cheap pass with the largest bound any row can have (see prefilter_margin), then the
+        # exact per-row bound on the few rows left.
+        margin = self.prefilter_margin(float(scales.max()), block.shape[1], residual_norm, floor)
+        candidates = np.flatnonzero(approx >= floor - margin)
+        upper = approx[candidates] + self.error_bound(scales[candidates], block.shape[1], residual_norm,
+                                                      approx[candidates])
+        candidates = candidates[upper >= floor]
         return candidates, self.exact(block[candidates], scales[candidates], query)
+
+    @staticmethod
+    def prefilter_margin(max_scale: float, dim: int, residual_norm: float, floor: float) -> float:
+        """A row with ``approx < floor - margin`` has ``approx + error_bound < floor``: with
+        ``margin = 2 (max_scale K + slack (|floor| + 1))`` both for approx >= 0 (then |approx| < |floor|)
+        and approx < 0 (then the slack term shrinks approx by at most a factor 1 - slack)."""
+        return 2.0 * (max_scale * 127.0 * math.sqrt(dim) * residual_norm + FLOAT_SLACK * (abs(floor) + 1.0))
 
 
 def _above(scores: np.ndarray, floor: float):

@@ -18,7 +18,9 @@
 #include <immintrin.h>
 
 #define ROWS 8          /* rows per step: 8 rows x 2 columns = 16 accumulators */
+#ifndef PREFETCH_ROWS
 #define PREFETCH_ROWS 8 /* how far ahead to prefetch, measured: 8 rows (3 KB at dim 384) */
+#endif
 
 enum { PATH_GENERIC = 1, PATH_AVX2 = 2, PATH_AVX512_VNNI = 3 };
 
