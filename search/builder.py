@@ -24,7 +24,7 @@ from .encoder import Encoder
 from .errors import CorpusError, IndexBuildError
 from .fileutil import describe_files, sha256_file, write_json_atomic
 from .index import (DTYPES, EMBEDDINGS_NAME, FIELD_NAME_RE, INDEX_FORMAT, MANIFEST_NAME, SCALES_NAME,
-                    field_file)
+                    SCAN_FILES, SCAN_NAME, SCAN_RESIDUALS_NAME, SCAN_SCALES_NAME, field_file)
 from .lexical import write_lexical_index
 from .metadata import METADATA_NAME, MetadataWriter
 from .progress import Progress
@@ -38,6 +38,7 @@ class BuildOptions:
     workers: int = 1          # single-text runs in flight at once
     skip_bad: bool = False
     show_progress: bool = True
+    scan_copy: bool = True    # float32/float16: also write the int8 scan copy (see index.py)
 
 
 def build_index(corpus: str | Path, encoder: Encoder, out: str | Path, spec: CorpusSpec,
@@ -85,6 +86,9 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
 
     texts = (spec.document_text(title, text) for title, text in writer.iter_texts())
     _write_embeddings(tmp, encoder, texts, count, options)
+    scan = options.scan_copy and options.dtype != "int8"
+    if scan:
+        _write_scan_copy(tmp, count)
     for name in spec.fields:
         _write_field(tmp, writer, name, count)
     lexical = write_lexical_index(writer.conn)  # keyword index inside metadata.sqlite: its sha256 covers it
@@ -106,6 +110,7 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
         },
         "fields": list(spec.fields),
         "lexical": lexical,
+        "scan": {"dtype": "int8", "files": list(SCAN_FILES)} if scan else None,
         "corpus": {
             "file": corpus.name,
             "sha256": sha256_file(corpus),
@@ -140,6 +145,38 @@ def _write_embeddings(tmp: Path, encoder: Encoder, texts, count: int, options: B
     if scales is not None:
         scales.flush()
         del scales
+
+
+SCAN_BLOCK_ROWS = 65536
+
+
+def _write_scan_copy(tmp: Path, count: int) -> None:
+    """int8 rows + scales of the stored vectors, and how far each stored vector is from its int8
+    form (L2 norm of the difference, rounded up): the search's error bound needs it."""
+    stored = np.load(tmp / EMBEDDINGS_NAME, mmap_mode="r")
+    dim = stored.shape[1]
+    scan = np.lib.format.open_memmap(tmp / SCAN_NAME, mode="w+", dtype=np.int8, shape=(count, dim))
+    scales = np.lib.format.open_memmap(tmp / SCAN_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    residuals = np.lib.format.open_memmap(tmp / SCAN_RESIDUALS_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    for start in range(0, count, SCAN_BLOCK_ROWS):
+        block = np.asarray(stored[start:start + SCAN_BLOCK_ROWS], dtype=np.float32)
+        rows, row_scales = quantize_int8_rows(block)
+        stop = start + len(block)
+        scan[start:stop], scales[start:stop] = rows, row_scales
+        diff = block.astype(np.float64) - rows.astype(np.float64) * row_scales.astype(np.float64)[:, None]
+        norms = np.linalg.norm(diff, axis=1).astype(np.float32)
+        residuals[start:stop] = np.nextafter(norms, np.float32(np.inf))  # a bound: never round down
+    for arr in (scan, scales, residuals):
+        arr.flush()
+    del stored, scan, scales, residuals
+
+
+def quantize_int8_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize_int8`` for every row of ``block`` at once (same numbers, row by row)."""
+    peak = np.abs(block).max(axis=1)
+    scales = np.where(peak > 0, peak.astype(np.float64) / 127.0, 1.0).astype(np.float32)
+    rows = np.clip(np.rint(block / scales[:, None]), -127, 127).astype(np.int8)
+    return rows, scales
 
 
 def quantize_int8(vector: np.ndarray) -> tuple[np.ndarray, np.float32]:

@@ -40,7 +40,7 @@ def cmd_build(args) -> int:
     encoder = Encoder.load(args.model, threads=1)
     manifest = build_index(args.corpus, encoder, args.out, spec,
                            BuildOptions(dtype=args.dtype, workers=workers, skip_bad=args.skip_bad,
-                                        show_progress=not args.quiet))
+                                        show_progress=not args.quiet, scan_copy=not args.no_scan_copy))
     skipped = manifest["corpus"]["skipped"]
     print(f"built {args.out}: {manifest['count']} items, {manifest['dimension']}-d {manifest['dtype']}, "
           f"version {manifest['version']}" + (f", {skipped} bad records skipped" if skipped else "")
@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
                    help="embedding storage: float32 (default), float16 (half size), int8 (quarter size, "
                    "per-row scale)")
+    p.add_argument("--no-scan-copy", action="store_true",
+                   help="float32/float16: leave out the int8 scan copy (a quarter of the float32 size; "
+                   "searches read it instead of every stored vector, with the same results)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_build)

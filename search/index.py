@@ -4,11 +4,16 @@
       manifest.json       format, count, dimension, dtype, model fingerprint, fields, sha256 of every file
       embeddings.npy      (count, dimension) float32 | float16 | int8, opened with mmap_mode="r"
       scales.npy          int8 only: per-row float32 scale (vector = int8 row * scale)
+      scan-int8.npy       float32/float16 only (optional): the int8 scan copy of the stored vectors,
+      scan-scales.npy       its per-row scales and the L2 distance of each stored vector from its
+      scan-residuals.npy    int8 form (an error bound; see kernels.ScannedKernel)
       field-<name>.npy    int32 value codes per row, one per stored field (filters)
       metadata.sqlite     id, title, text, fields per row; value dictionaries
 
 Search is exact: every (filtered) row is scored, in chunks so memory stays bounded,
 and ties are broken by row number so the same query gives the same order everywhere.
+With a scan copy, rows are scored from int8 (a quarter of the float32 bytes) and only rows
+that may reach the top are rescored from the stored vectors: the same results, faster.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ import numpy as np
 
 from .errors import IndexLoadError, IndexMismatchError, QueryError
 from .fileutil import read_json, sha256_file
-from .kernels import kernel_for, top_rows as _top
+from .kernels import ScanBlock, kernel_for, scanned_kernel_for, top_rows as _top
 from .metadata import METADATA_NAME, MetadataReader
 
 INDEX_FORMAT = "search-index/1"
 MANIFEST_NAME = "manifest.json"
 EMBEDDINGS_NAME = "embeddings.npy"
 SCALES_NAME = "scales.npy"
+SCAN_NAME, SCAN_SCALES_NAME, SCAN_RESIDUALS_NAME = "scan-int8.npy", "scan-scales.npy", "scan-residuals.npy"
+SCAN_FILES = (SCAN_NAME, SCAN_SCALES_NAME, SCAN_RESIDUALS_NAME)
 DTYPES = ("float32", "float16", "int8")
 FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of products at most
@@ -49,14 +56,17 @@ class SearchIndex:
     """An opened index.  Read-only and thread-safe; close() drops the memory maps."""
 
     def __init__(self, path: Path, manifest: dict, embeddings: np.ndarray, scales: np.ndarray | None,
-                 codes: dict[str, np.ndarray], metadata: MetadataReader):
+                 codes: dict[str, np.ndarray], metadata: MetadataReader, scan: ScanBlock | None = None):
         self.path = path
         self.manifest = manifest
         self.embeddings = embeddings
         self.scales = scales
         self.codes = codes
         self.metadata = metadata
-        self.kernel = kernel_for(str(manifest["dtype"]))  # per dtype, see kernels.py
+        self.scan = scan  # (vectors, int8 rows, scales, residuals) when the index has a scan copy
+        # per dtype, see kernels.py; the scan copy is used where the compiled int8 kernel is built
+        self.kernel = (scan is not None and scanned_kernel_for(str(manifest["dtype"]))) or \
+            kernel_for(str(manifest["dtype"]))
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -103,14 +113,21 @@ class SearchIndex:
         embeddings = _load_matrix(path / EMBEDDINGS_NAME, dtype, (count, dim))
         scales = _load_matrix(path / SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
         codes = {f: _load_matrix(path / field_file(f), "int32", (count,)) for f in fields}
+        scan = None
+        if manifest.get("scan"):
+            if dtype == "int8":
+                raise IndexLoadError("an int8 index has no scan copy", path=str(manifest_path))
+            scan = ScanBlock(embeddings, _load_matrix(path / SCAN_NAME, "int8", (count, dim)),
+                             _load_matrix(path / SCAN_SCALES_NAME, "float32", (count,)),
+                             _load_matrix(path / SCAN_RESIDUALS_NAME, "float32", (count,)))
         metadata = MetadataReader(path / METADATA_NAME)
-        return cls(path, manifest, embeddings, scales, codes, metadata)
+        return cls(path, manifest, embeddings, scales, codes, metadata, scan)
 
     def close(self) -> None:
         """Release the maps.  numpy arrays hold the mmap's buffer, so the pages are unmapped when the
         last array (including one an in-flight query still uses) is garbage collected, never under it."""
         self.metadata.close()
-        self.embeddings = self.scales = None
+        self.embeddings = self.scales = self.scan = None
         self.codes = {}
 
     # -- facts -------------------------------------------------------------------------------
@@ -138,7 +155,7 @@ class SearchIndex:
         """Fault in every page of the mapped files (one byte read per page) so the first query
         does not pay for lazy loading from disk, EFS or a lazily loaded image; returns bytes."""
         total = 0
-        for arr in (self.embeddings, self.scales, *self.codes.values()):
+        for arr in (self.embeddings, self.scales, *(self.scan[1:4] if self.scan else ()), *self.codes.values()):
             if arr is None or arr.size == 0:
                 continue
             mm = getattr(arr, "_mmap", None)
@@ -206,17 +223,24 @@ class SearchIndex:
             best_rows, best_scores = rows, scores
         return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
 
+    def _block(self, rows):
+        """What the kernel scores for ``rows`` (a slice or row numbers)."""
+        if self.kernel.scanned:  # stored vectors stay unread except for the rows rescored
+            vectors, scan, scales, residuals, _ = self.scan
+            return ScanBlock(vectors, scan[rows], scales[rows], residuals[rows], rows)
+        return self.embeddings[rows]
+
     def _score_range(self, start: int, stop: int, query: np.ndarray, *, need: int, floor: float, prepared=None):
         """(rows, exact scores) of the rows in [start, stop) that may still enter the top ``need``."""
         scales = None if self.scales is None else self.scales[start:stop]
-        keep, scores = self.kernel.score(self.embeddings[start:stop], scales, query, need=need, floor=floor,
+        keep, scores = self.kernel.score(self._block(slice(start, stop)), scales, query, need=need, floor=floor,
                                          prepared=prepared)
         rows = np.arange(start, stop, dtype=np.int64) if keep is None else start + np.asarray(keep, dtype=np.int64)
         return rows, scores
 
     def _score_rows(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float, prepared=None):
         scales = None if self.scales is None else self.scales[rows]
-        keep, scores = self.kernel.score(self.embeddings[rows], scales, query, need=need, floor=floor,
+        keep, scores = self.kernel.score(self._block(rows), scales, query, need=need, floor=floor,
                                          prepared=prepared)
         return (rows if keep is None else rows[keep]), scores
 

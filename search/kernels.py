@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,6 +44,7 @@ MAX_BATCH_QUERIES = 8   # queries per MatMulInteger run: 8 x 2 columns = one 16-
 
 class Float32Kernel:
     dtype = "float32"
+    scanned = False
 
     def prepare(self, query: np.ndarray):
         return None
@@ -60,6 +62,7 @@ class Float32Kernel:
 
 class Float16Kernel:
     dtype = "float16"
+    scanned = False
 
     def __init__(self):
         f16, f32 = _ELEM["float16"], _ELEM["float32"]
@@ -89,6 +92,7 @@ class Float16Kernel:
 
 class Int8Kernel:
     dtype = "int8"
+    scanned = False
 
     def __init__(self, native="auto"):
         """``native``: a ``search.native`` kernel, None for onnxruntime only, "auto" to load it if built."""
@@ -175,23 +179,34 @@ class Int8Kernel:
         approx = self.approx(block, scales, prepared)[:, 0]
         return self.select(block, scales, query, approx, prepared[2][0], need=need, floor=floor)
 
-    def select(self, block, scales, query, approx, residual_norm, *, need: int, floor: float):
-        rows = block.shape[0]
+    def select(self, block, scales, query, approx, residual_norm, *, need: int, floor: float,
+               row_bound: np.ndarray | None = None, exact=None):
+        """Rows of the block that may reach ``floor`` and their exact scores.  ``row_bound``: a further
+        per-row error term (the scan copy's distance from the stored vectors); ``exact(positions)``:
+        exact scores of those rows (default: from ``block`` and ``scales``)."""
+        if exact is None:
+            def exact(positions):
+                return self.exact(block[positions], scales[positions], query)
+        rows = len(approx)
         if rows <= need:
-            return None, self.exact(block, scales, query)
+            return None, exact(np.arange(rows))
         scales = np.asarray(scales, dtype=np.float32)
         if floor == -np.inf:
             # No floor yet: this block's own top ``need`` by approximation, rescored, gives one.
             local = np.sort(np.argpartition(-approx, need - 1)[:need])
-            floor = float(self.exact(block[local], scales[local], query).min())
+            floor = float(exact(local).min())
         # One cheap pass with the largest bound any row can have (see prefilter_margin), then the
         # exact per-row bound on the few rows left.
-        margin = self.prefilter_margin(float(scales.max()), block.shape[1], residual_norm, floor)
+        dim = query.shape[0]
+        margin = self.prefilter_margin(float(scales.max()), dim, residual_norm, floor)
+        if row_bound is not None:
+            margin += float(row_bound.max())
         candidates = np.flatnonzero(approx >= floor - margin)
-        upper = approx[candidates] + self.error_bound(scales[candidates], block.shape[1], residual_norm,
-                                                      approx[candidates])
+        upper = approx[candidates] + self.error_bound(scales[candidates], dim, residual_norm, approx[candidates])
+        if row_bound is not None:
+            upper += row_bound[candidates]
         candidates = candidates[upper >= floor]
-        return candidates, self.exact(block[candidates], scales[candidates], query)
+        return candidates, exact(candidates)
 
     @staticmethod
     def prefilter_margin(max_scale: float, dim: int, residual_norm: float, floor: float) -> float:
@@ -199,6 +214,55 @@ class Int8Kernel:
         ``margin = 2 (max_scale K + slack (|floor| + 1))`` both for approx >= 0 (then |approx| < |floor|)
         and approx < 0 (then the slack term shrinks approx by at most a factor 1 - slack)."""
         return 2.0 * (max_scale * 127.0 * math.sqrt(dim) * residual_norm + FLOAT_SLACK * (abs(floor) + 1.0))
+
+
+class ScanBlock(NamedTuple):
+    """Rows of a float32/float16 index as its scan copy sees them: the whole stored matrix, the
+    int8 rows, their scales and residuals for ``rows`` (a slice or row numbers of ``vectors``)."""
+    vectors: np.ndarray
+    scan: np.ndarray
+    scales: np.ndarray
+    residuals: np.ndarray
+    rows: object = None
+
+
+class ScannedKernel:
+    """float32/float16 storage scored from its int8 scan copy, rescored from the stored vectors.
+
+    With ``v`` a stored vector, ``s * r`` its int8 form and ``q`` the query: ``v.q = s r.q + (v - s r).q``
+    and ``|(v - s r).q| <= ||v - s r|| ||q||`` (the builder stores ``||v - s r||``, rounded up), so the
+    int8 approximation's bound widened by that term never drops a row that could reach the top.
+    Results equal the plain kernel's: the rows rescored are scored by it."""
+
+    scanned = True
+
+    def __init__(self, exact_kernel, int8: Int8Kernel):
+        self.exact_kernel, self.int8 = exact_kernel, int8
+        self.dtype = exact_kernel.dtype
+
+    def prepare(self, query: np.ndarray):
+        return self.int8.quantize_queries(query[None, :]), float(np.linalg.norm(query))
+
+    def score(self, block: ScanBlock, scales, query: np.ndarray, *, need: int, floor: float, prepared=None):
+        (columns, weights, residual_norms), query_norm = prepared if prepared is not None else self.prepare(query)
+        approx = self.int8.approx(block.scan, block.scales, (columns, weights, residual_norms))[:, 0]
+
+        def exact(positions):
+            return self.exact(block, positions, query)
+
+        return self.int8.select(block.scan, block.scales, query, approx, residual_norms[0], need=need,
+                                floor=floor, row_bound=np.asarray(block.residuals, dtype=np.float32) * query_norm,
+                                exact=exact)
+
+    def exact(self, block: ScanBlock, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
+        rows = block.rows
+        if isinstance(rows, slice):
+            absolute = (rows.start or 0) + positions
+        elif rows is None:
+            absolute = positions
+        else:
+            absolute = np.asarray(rows)[positions]
+        return self.exact_kernel.exact(block.vectors[absolute], None, query)
 
 
 def _above(scores: np.ndarray, floor: float):
@@ -212,6 +276,15 @@ def _above(scores: np.ndarray, floor: float):
 _KERNELS: dict[str, object] = {}
 _KERNELS_LOCK = threading.Lock()
 _CLASSES = {"float32": Float32Kernel, "float16": Float16Kernel, "int8": Int8Kernel}
+
+
+def scanned_kernel_for(dtype: str):
+    """The scan-copy kernel for a float32/float16 index, or None where the compiled int8 kernel is not
+    built (onnxruntime's MatMulInteger is slower on one query than a float32 scan at these sizes)."""
+    int8 = kernel_for("int8")
+    if int8.native is None or dtype == "int8":
+        return None
+    return ScannedKernel(kernel_for(dtype), int8)
 
 
 def kernel_for(dtype: str):
