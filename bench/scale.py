@@ -1,6 +1,6 @@
 """Exact search at scale: synthetic unit vectors (seeded), one thread, per storage dtype, through the
 real ``SearchIndex.search`` on memory-mapped files, beside plain numpy float32 ``matrix @ query``
-in the same process, queries interleaved.  Also: the batched kernel (8 queries per pass), and the
+in the same process, sides taking turns in blocks of queries.  Also: the batched kernel (8 queries per pass), and the
 anonymous memory of the process at each size (file pages of the maps are not counted).
 
     python -m bench --only scale
@@ -22,6 +22,7 @@ FULL_SIZES = (65_536, 100_000, 1_000_000)
 QUICK_SIZES = (20_000, 100_000)
 SYNTHETIC = BUILD / "synthetic"
 GEN_BLOCK = 100_000
+ROUNDS = 3
 
 
 def ensure_synthetic(rows: int) -> None:
@@ -127,14 +128,18 @@ def _child(args) -> None:
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     plain = arrays["float32"]
     sides = {"numpy_float32": lambda q: plain @ q, **{d: (lambda q, i=i: i.search(q, k=10)) for d, i in indexes.items()}}
-    for fn in sides.values():
-        fn(queries[0])
+    # Sides take turns in blocks of queries, each block after one untimed query: a server scans one
+    # index again and again, so a side is timed warm (caches, TLB) and not right after another
+    # side's gigabyte scan; rounds alternate so drift hits every side alike.
     times: dict[str, list[float]] = {s: [] for s in sides}
-    for q in queries:
+    block = max(1, len(queries) // ROUNDS)
+    for start in range(0, len(queries), block):
         for side, fn in sides.items():
-            t0 = time.perf_counter()
-            fn(q)
-            times[side].append(time.perf_counter() - t0)
+            fn(queries[start])
+            for q in queries[start:start + block]:
+                t0 = time.perf_counter()
+                fn(q)
+                times[side].append(time.perf_counter() - t0)
     out = {f"scale.{n}.{s}_ms": round(statistics.median(ts) * 1000, 3) for s, ts in times.items()}
     # batched: 8 queries per pass over the matrix (batch requests)
     batch = queries[:8] if len(queries) >= 8 else np.resize(queries, (8, DIM))
