@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import __version__, service
@@ -230,6 +230,14 @@ def search_request_model(settings: Settings) -> type[BaseModel]:
         filter: Annotated[dict[FieldName, FilterValues], Field(max_length=MAX_FILTER_FIELDS)] | None = Field(
             None, description="field -> value or list of values (any of); fields combine with AND")
         mode: Mode | None = Field(None, description="semantic, keyword or hybrid ranking (default: the server's)")
+
+        @field_validator("k", "offset", "min_score", mode="before")
+        @classmethod
+        def _not_boolean(cls, value):
+            # JSON true/false would pass as 1/0 in pydantic's lax mode; the schema says number
+            if isinstance(value, bool):
+                raise PydanticCustomError("number_type", "Input should be a number, not true or false")
+            return value
 
         @model_validator(mode="after")
         def _one_of(self):

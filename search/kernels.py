@@ -165,7 +165,7 @@ class Int8Kernel:
     # -- exact ---------------------------------------------------------------------------------
     @staticmethod
     def exact(block: np.ndarray, scales: np.ndarray, query: np.ndarray) -> np.ndarray:
-        return (block.astype(np.float32) @ query) * scales
+        return rowwise_dot(block, query) * scales
 
     def prepare(self, query: np.ndarray):
         """Per-query work done once per search, not once per block."""
@@ -262,7 +262,14 @@ class ScannedKernel:
             absolute = positions
         else:
             absolute = np.asarray(rows)[positions]
-        return self.exact_kernel.exact(block.vectors[absolute], None, query)
+        return rowwise_dot(block.vectors[absolute], query)
+
+
+def rowwise_dot(rows: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``rows @ query`` in float32 with each row's sum in a fixed order.  BLAS gemv is not: a row's
+    score changes in the last bits with the number of rows scored beside it (measured), and rescoring
+    scores varying subsets, so a score (and a tie) would depend on which other rows were rescored."""
+    return np.einsum("ij,j->i", np.asarray(rows, dtype=np.float32), np.asarray(query, dtype=np.float32))
 
 
 def _above(scores: np.ndarray, floor: float):

@@ -16,6 +16,7 @@ from .encoder import QUERY, Encoder
 from .errors import QueryError
 from .hybrid import KEYWORD, SEMANTIC, Fused, promote_exact, semantic_weight_for, weighted_fuse
 from .index import Hit, SearchIndex
+from .kernels import rowwise_dot
 from .lexical import LexicalUnavailable, lexical_for
 
 MODES = ("semantic", "keyword", "hybrid")
@@ -239,10 +240,10 @@ def _keyword_side(lexical, index: SearchIndex, query: str, n: int, filters):
 def _cosines(index: SearchIndex, rows: list[int], vec: np.ndarray) -> np.ndarray:
     """Cosines of a few stored rows with the query (dequantised like SearchIndex.vector)."""
     picked = np.asarray(rows, dtype=np.int64)
-    block = np.asarray(index.embeddings[picked], dtype=np.float32)
+    scores = rowwise_dot(index.embeddings[picked], vec)  # as the kernels rescore: independent of the batch
     if index.scales is not None:
-        block = block * index.scales[picked][:, None]
-    return block @ vec
+        scores = scores * index.scales[picked]
+    return scores
 
 
 def _allowed(exact: tuple[list[int], ...], mask) -> tuple[list[int], ...]:

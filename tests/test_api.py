@@ -172,6 +172,9 @@ def test_limits_at_the_edge_are_accepted(client):
     ({"query": "a", "filter": {"version": [1]}}, ["body", "filter", "version", 0], "string_type"),
     ({"query": "\ud800 lone surrogate"}, ["body", "query"], "string_unicode"),
     ({"query": "a", "min_score": math.inf}, ["body", "min_score"], "finite_number"),
+    ({"query": "a", "min_score": False}, ["body", "min_score"], "number_type"),  # found by schemathesis
+    ({"query": "a", "k": True}, ["body", "k"], "number_type"),
+    ({"query": "a", "offset": False}, ["body", "offset"], "number_type"),
 ])
 def test_post_limits(client, body, loc, kind):
     raw = json.dumps(body)  # ensure_ascii: the lone surrogate travels as \ud800, like real JSON would
