@@ -60,6 +60,12 @@ T512 static inline __m512i sum16(const __m512i *a) {
 T512 static int64_t rows_avx512_vnni(const int8_t *rows, int64_t n, int64_t dim, const float *scales,
                                      const int8_t *cols, const float *w, int64_t nq, float *out) {
     const __m512i flip = _mm512_set1_epi8((char)0x80);
+    int32_t bias[2 * 16]; /* 128 * sum(column): what the flip to u8 adds to each dot product */
+    for (int64_t c = 0; c < 2 * nq; c++) {
+        int32_t sum = 0;
+        for (int64_t d = 0; d < dim; d++) sum += cols[c * dim + d];
+        bias[c] = 128 * sum;
+    }
     int64_t i = 0;
     for (; i + ROWS <= n; i += ROWS) {
         const int8_t *r = rows + i * dim;
@@ -70,7 +76,6 @@ T512 static int64_t rows_avx512_vnni(const int8_t *rows, int64_t n, int64_t dim,
             const int8_t *c0 = cols + 2 * j * dim, *c1 = c0 + dim;
             __m512i acc[2 * ROWS];
             for (int t = 0; t < 2 * ROWS; t++) acc[t] = _mm512_setzero_si512();
-            int32_t sum0 = 0, sum1 = 0;
             for (int64_t k = 0; k < dim; k += 64) {
                 __m512i q0 = _mm512_loadu_si512((const void *)(c0 + k)), q1 = _mm512_loadu_si512((const void *)(c1 + k));
                 for (int t = 0; t < ROWS; t++) {
@@ -79,11 +84,11 @@ T512 static int64_t rows_avx512_vnni(const int8_t *rows, int64_t n, int64_t dim,
                     acc[ROWS + t] = _mm512_dpbusd_epi32(acc[ROWS + t], v, q1);
                 }
             }
-            for (int64_t d = 0; d < dim; d++) { sum0 += c0[d]; sum1 += c1[d]; }
             /* lanes 0-7: column 0 of rows i..i+7, lanes 8-15: column 1 */
-            __m512i bias = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(128 * sum0)), _mm256_set1_epi32(128 * sum1), 1);
+            __m512i offset = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(bias[2 * j])),
+                                                _mm256_set1_epi32(bias[2 * j + 1]), 1);
             __m512 wv = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(w[2 * j])), _mm256_set1_ps(w[2 * j + 1]), 1);
-            __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum16(acc), bias)), wv);
+            __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum16(acc), offset)), wv);
             __m256 total = _mm256_mul_ps(_mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1)), sc);
             float tmp[ROWS];
             _mm256_storeu_ps(nq == 1 ? out + i : tmp, total);
