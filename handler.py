@@ -31,9 +31,10 @@ _adapter: dict = {"runtime": None, "mangum": None}
 
 
 def lambda_settings() -> Settings:
-    """The environment's settings; one CPU worker unless SEARCH_CPU_WORKERS says otherwise, since an
-    execution environment serves one request at a time (its onnxruntime run gets every core)."""
-    return Settings.resolve(**({} if os.environ.get("SEARCH_CPU_WORKERS") else {"cpu_workers": 1}))
+    """The environment's settings; searches run inline (no CPU executor) unless SEARCH_CPU_WORKERS
+    says otherwise, since an execution environment serves one request at a time (its onnxruntime
+    run gets every core, and nothing else needs the event loop meanwhile)."""
+    return Settings.resolve(**({} if os.environ.get("SEARCH_CPU_WORKERS") else {"cpu_workers": 0}))
 
 
 def _runtime() -> runtime.Runtime:

@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy "
                    "(default: %(default)s)")
-    p.add_argument("--cpu-workers", type=int, default=None, help="searches run in parallel per process "
-                   "(default: SEARCH_CPU_WORKERS or 2)")
+    p.add_argument("--cpu-workers", type=int, default=None, help="searches run in parallel per process; 0 runs "
+                   "them on the event loop, which then waits for each (default: SEARCH_CPU_WORKERS or 2)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
 

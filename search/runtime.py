@@ -95,7 +95,7 @@ class Runtime:
         if self.encoder is None:
             # Threads per onnxruntime run: the CPUs shared out among the executor's workers, so
             # parallel searches do not oversubscribe the cores (SEARCH_THREADS overrides).
-            threads = s.threads or max(1, available_cpus() // s.cpu_workers)
+            threads = s.threads or max(1, available_cpus() // max(1, s.cpu_workers))
             model_dir = s.model_dir
             if is_s3_uri(model_dir):  # default is baked into the image; S3 is opt-in
                 model_dir = fetch_bundle(model_dir, s.cache_dir, deadline=deadline)
@@ -205,14 +205,21 @@ class Runtime:
         if self._executor is None:
             with self._executor_lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=self.settings.cpu_workers,
+                    # at least one thread: background loads use it even when searches run inline
+                    self._executor = ThreadPoolExecutor(max_workers=max(1, self.settings.cpu_workers),
                                                         thread_name_prefix="search-cpu",
                                                         initializer=_lower_thread_priority)
         return self._executor
 
     async def run(self, fn: Callable, *args, **kwargs):
         """Run ``fn`` on the CPU executor.  The event loop stays free for /livez and /readyz;
-        beyond ``max_pending`` waiting jobs, raise Overloaded instead of queueing without end."""
+        beyond ``max_pending`` waiting jobs, raise Overloaded instead of queueing without end.
+
+        ``cpu_workers=0`` runs ``fn`` right here, on the event loop's thread: what a Lambda execution
+        environment wants, since it serves one event at a time and the thread hop costs ~0.9 ms
+        (the worker's wake-up, and caches warmed by one thread and used by another)."""
+        if self.settings.cpu_workers == 0:
+            return fn(*args, **kwargs)
         if self.pending >= self.settings.max_pending:
             raise Overloaded()
         self.pending += 1  # only touched from the event loop thread

@@ -79,7 +79,7 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
     "max_body_bytes": ("SEARCH_MAX_BODY_BYTES", 64 * 1024, _int(1024, 10 * 1024 * 1024)),
     "query_cache_size": ("SEARCH_QUERY_CACHE_SIZE", 1024, _int(0, 1_000_000)),
     "hybrid_candidates": ("SEARCH_HYBRID_CANDIDATES", 100, _int(1, 10_000)),
-    "cpu_workers": ("SEARCH_CPU_WORKERS", 2, _int(1, 64)),
+    "cpu_workers": ("SEARCH_CPU_WORKERS", 2, _int(0, 64)),  # 0: inline on the event loop (Lambda)
     "max_pending": ("SEARCH_MAX_PENDING", 128, _int(1, 100_000)),
     "cors_origins": ("SEARCH_CORS_ORIGINS", (), _csv),
     "refresh_seconds": ("SEARCH_INDEX_REFRESH_SECONDS", 300, _int(0, 86_400)),

@@ -40,8 +40,10 @@ def event(name: str) -> dict:
 
 
 def lambda_settings(model_dir, index, cache, **overrides) -> Settings:
+    """What handler.lambda_settings() gives in Lambda (searches inline), pointed at the test files."""
+    overrides = {"cpu_workers": 0, "refresh_seconds": 0, **overrides}
     return Settings.resolve(env={}, model_dir=str(model_dir), index_uri=str(index), cache_dir=str(cache),
-                            cpu_workers=1, refresh_seconds=0, **overrides)
+                            **overrides)
 
 
 @pytest.fixture()
@@ -355,3 +357,22 @@ def test_logs_carry_the_request_id_and_not_the_query(env, context, caplog):
     for record in formatted:
         assert "space shooter" not in json.dumps(record)  # INFO never has the query text
 
+
+def test_lambda_runs_searches_inline_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("SEARCH_CPU_WORKERS", raising=False)
+    assert handler.lambda_settings().cpu_workers == 0
+    monkeypatch.setenv("SEARCH_CPU_WORKERS", "2")
+    assert handler.lambda_settings().cpu_workers == 2
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_search_inline_or_on_the_executor_gives_the_same_answer(fresh, context, workers):
+    rt = fresh(cpu_workers=workers)
+    ev = event("http-api-get-search.json")
+    response = handler.handler(ev, context)
+    assert response["statusCode"] == 200 and body_of(response)["results"]
+    assert (rt._executor is None) == (workers == 0)  # inline: no executor thread was started for it
+    runtime.set_runtime(Runtime(lambda_settings(rt.settings.model_dir, rt.settings.index_uri, rt.settings.cache_dir,
+                                                cpu_workers=1 - workers)))
+    other = handler.handler(ev, context)
+    assert body_of(other)["results"] == body_of(response)["results"]
