@@ -90,6 +90,9 @@ def cmd_info(args) -> int:
     print(f"  built {m['built_at']} from {corpus.get('file')} ({corpus.get('skipped', 0)} bad records skipped)")
     print(f"  model {m['model']['source_model']}, fingerprint {m['model']['fingerprint'][:12]}, "
           f"quantization {'int8' if m['model'].get('quantization') else 'none'}")
+    if m.get("scan"):
+        how = "compiled int8 kernel" if index.kernel.scanned else "not used here: the compiled int8 kernel is not built"
+        print(f"  int8 scan copy: {', '.join(m['scan']['files'])} ({how})")
     for name in m["fields"]:
         top = ", ".join(f"{v or '(empty)'} ({c})" for v, c in index.metadata.field_values(name, limit=5))
         print(f"  field {name}: {top}")
