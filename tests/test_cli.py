@@ -71,3 +71,12 @@ def test_missing_index_and_bad_filter(model_dir, tmp_path):
 def test_unknown_command_exits_2():
     proc = run("frobnicate")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_build_without_scan_copy(tmp_path, model_dir):
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"i{n}", "text": f"game number {n}"} for n in range(5)])
+    proc = run("build", "--corpus", corpus, "--model", model_dir, "--out", tmp_path / "i", "--quiet",
+               "--no-scan-copy")
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
+    assert manifest["scan"] is None and not any(n.startswith("scan-") for n in manifest["files"])
