@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from bench.common import BUILD, emit, log, proc_status, run_child
+from search.builder import quantize_int8_rows, residual_norms
 
 COMMAND = "python -m bench --only scale"
 DIM = 384
@@ -44,10 +45,7 @@ def ensure_synthetic(rows: int) -> None:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         files["float32"][start:start + n] = x
         files["float16"][start:start + n] = x
-        peak = np.abs(x).max(axis=1)
-        scale = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)  # builder.quantize_int8, vectorised
-        scales[start:start + n] = scale
-        files["int8"][start:start + n] = np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8)
+        files["int8"][start:start + n], scales[start:start + n] = quantize_int8_rows(x)  # the builder's format
     for arr in (*files.values(), scales):
         arr.flush()
     _write_residuals(rows)
@@ -63,9 +61,8 @@ def _write_residuals(rows: int) -> None:
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows,))
     for start in range(0, rows, GEN_BLOCK):
         stop = min(start + GEN_BLOCK, rows)
-        diff = np.asarray(f32[start:stop], np.float64) - np.asarray(i8[start:stop], np.float64) * \
-            np.asarray(sc[start:stop], np.float64)[:, None]
-        out[start:stop] = np.nextafter(np.linalg.norm(diff, axis=1).astype(np.float32), np.float32(np.inf))
+        out[start:stop] = residual_norms(np.asarray(f32[start:stop]), np.asarray(i8[start:stop]),
+                                         np.asarray(sc[start:stop]))
     out.flush()
     del out
     tmp.replace(SYNTHETIC / f"residuals-{rows}.npy")

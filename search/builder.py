@@ -163,27 +163,30 @@ def _write_scan_copy(tmp: Path, count: int) -> None:
         rows, row_scales = quantize_int8_rows(block)
         stop = start + len(block)
         scan[start:stop], scales[start:stop] = rows, row_scales
-        diff = block.astype(np.float64) - rows.astype(np.float64) * row_scales.astype(np.float64)[:, None]
-        norms = np.linalg.norm(diff, axis=1).astype(np.float32)
-        residuals[start:stop] = np.nextafter(norms, np.float32(np.inf))  # a bound: never round down
+        residuals[start:stop] = residual_norms(block, rows, row_scales)
     for arr in (scan, scales, residuals):
         arr.flush()
     del stored, scan, scales, residuals
 
 
 def quantize_int8_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``quantize_int8`` for every row of ``block`` at once (same numbers, row by row)."""
+    """``quantize_int8`` for every row of ``block`` at once."""
     peak = np.abs(block).max(axis=1)
     scales = np.where(peak > 0, peak.astype(np.float64) / 127.0, 1.0).astype(np.float32)
     rows = np.clip(np.rint(block / scales[:, None]), -127, 127).astype(np.int8)
     return rows, scales
 
 
+def residual_norms(block: np.ndarray, rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``||v - int8 row x scale||`` per row, rounded up to float32 (an error bound: never round down)."""
+    diff = block.astype(np.float64) - rows.astype(np.float64) * scales.astype(np.float64)[:, None]
+    return np.nextafter(np.linalg.norm(diff, axis=1).astype(np.float32), np.float32(np.inf))
+
+
 def quantize_int8(vector: np.ndarray) -> tuple[np.ndarray, np.float32]:
     """Symmetric per-row int8: ``vector ≈ q * scale``; the row's largest component maps to ±127."""
-    peak = float(np.abs(vector).max())
-    scale = np.float32(peak / 127.0 if peak > 0 else 1.0)
-    return np.clip(np.rint(vector / scale), -127, 127).astype(np.int8), scale
+    rows, scales = quantize_int8_rows(np.asarray(vector, dtype=np.float32)[None, :])
+    return rows[0], scales[0]
 
 
 def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> None:

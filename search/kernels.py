@@ -180,10 +180,11 @@ class Int8Kernel:
         return self.select(block, scales, query, approx, prepared[2][0], need=need, floor=floor)
 
     def select(self, block, scales, query, approx, residual_norm, *, need: int, floor: float,
-               row_bound: np.ndarray | None = None, exact=None):
-        """Rows of the block that may reach ``floor`` and their exact scores.  ``row_bound``: a further
-        per-row error term (the scan copy's distance from the stored vectors); ``exact(positions)``:
-        exact scores of those rows (default: from ``block`` and ``scales``)."""
+               row_residuals: np.ndarray | None = None, query_norm: float = 1.0, exact=None):
+        """Rows of the block that may reach ``floor`` and their exact scores.  ``row_residuals``: the
+        scan copy's per-row distance from the stored vectors, a further error term of at most
+        ``row_residuals x query_norm``; ``exact(positions)``: exact scores of those rows (default: from
+        ``block`` and ``scales``)."""
         if exact is None:
             def exact(positions):
                 return self.exact(block[positions], scales[positions], query)
@@ -199,12 +200,12 @@ class Int8Kernel:
         # exact per-row bound on the few rows left.
         dim = query.shape[0]
         margin = self.prefilter_margin(float(scales.max()), dim, residual_norm, floor)
-        if row_bound is not None:
-            margin += float(row_bound.max())
+        if row_residuals is not None:
+            margin += float(row_residuals.max()) * query_norm
         candidates = np.flatnonzero(approx >= floor - margin)
         upper = approx[candidates] + self.error_bound(scales[candidates], dim, residual_norm, approx[candidates])
-        if row_bound is not None:
-            upper += row_bound[candidates]
+        if row_residuals is not None:
+            upper += row_residuals[candidates] * np.float32(query_norm)
         candidates = candidates[upper >= floor]
         return candidates, exact(candidates)
 
@@ -232,13 +233,13 @@ class ScannedKernel:
     With ``v`` a stored vector, ``s * r`` its int8 form and ``q`` the query: ``v.q = s r.q + (v - s r).q``
     and ``|(v - s r).q| <= ||v - s r|| ||q||`` (the builder stores ``||v - s r||``, rounded up), so the
     int8 approximation's bound widened by that term never drops a row that could reach the top.
-    Results equal the plain kernel's: the rows rescored are scored by it."""
+    The rows that can are rescored from the stored vectors (``rowwise_dot``), so the results are the
+    stored dtype's, up to float32 rounding of the sums."""
 
     scanned = True
 
-    def __init__(self, exact_kernel, int8: Int8Kernel):
-        self.exact_kernel, self.int8 = exact_kernel, int8
-        self.dtype = exact_kernel.dtype
+    def __init__(self, dtype: str, int8: Int8Kernel):
+        self.dtype, self.int8 = dtype, int8
 
     def prepare(self, query: np.ndarray):
         return self.int8.quantize_queries(query[None, :]), float(np.linalg.norm(query))
@@ -251,8 +252,7 @@ class ScannedKernel:
             return self.exact(block, positions, query)
 
         return self.int8.select(block.scan, block.scales, query, approx, residual_norms[0], need=need,
-                                floor=floor, row_bound=np.asarray(block.residuals, dtype=np.float32) * query_norm,
-                                exact=exact)
+                                floor=floor, row_residuals=block.residuals, query_norm=query_norm, exact=exact)
 
     def exact(self, block: ScanBlock, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
         rows = block.rows
@@ -291,7 +291,7 @@ def scanned_kernel_for(dtype: str):
     int8 = kernel_for("int8")
     if int8.native is None or dtype == "int8":
         return None
-    return ScannedKernel(kernel_for(dtype), int8)
+    return ScannedKernel(dtype, int8)
 
 
 def kernel_for(dtype: str):

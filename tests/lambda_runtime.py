@@ -106,16 +106,11 @@ class RuntimeAPI:
                         api.results[request_id] = (kind, headers, body)
                         api.answered.notify_all()
                     self._reply(202, b'{"status": "OK"}')
-                elif path == f"{PREFIX}/init/error":
-                    api.log.append("init/error")
+                elif path in (f"{PREFIX}/init/error", f"{PREFIX}/restore/error"):
+                    stage = path[len(PREFIX) + 1:-len("/error")]  # "init" or "restore"
+                    api.log.append(f"{stage}/error")
                     with api.answered:
-                        api.init_error = (headers, body)
-                        api.answered.notify_all()
-                    self._reply(202, b'{"status": "OK"}')
-                elif path == f"{PREFIX}/restore/error":
-                    api.log.append("restore/error")
-                    with api.answered:
-                        api.restore_error = (headers, body)
+                        setattr(api, f"{stage}_error", (headers, body))
                         api.answered.notify_all()
                     self._reply(202, b'{"status": "OK"}')
                 else:

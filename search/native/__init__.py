@@ -19,6 +19,7 @@ import numpy as np
 
 from .build import HERE, LIBRARY_NAME, build  # noqa: F401  (build: for callers and tests)
 from .build import main as build_main
+
 PATHS = {1: "generic", 2: "avx2", 3: "avx512_vnni"}
 PATH_LIMITS = {name: number for number, name in PATHS.items()}
 MAX_QUERIES = 16
