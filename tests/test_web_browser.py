@@ -330,7 +330,9 @@ def test_loading_empty_and_error_states(watched):
           characterData: true, subtree: true, attributes: true});
       });""")
     watched.open(f"/?q=strategy&section=education")
-    page.wait_for_function("document.getElementById('status').textContent.startsWith('No results')"
+    # a function, not a bare expression: Playwright evals a bare expression again on every poll, and after the
+    # first poll the page's CSP (no 'unsafe-eval') forbids that; a function is evaled once and then called
+    page.wait_for_function("() => document.getElementById('status').textContent.startsWith('No results')"
                            " || document.querySelectorAll('#results > li').length > 0")
     states = page.evaluate("window.__states")
     assert ["Searching for “strategy”…", "status loading", "true"] in states
