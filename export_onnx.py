@@ -4,7 +4,8 @@
     python export_onnx.py --out build/model
 
 Steps: load the PyTorch model, export the transformer to ONNX (the graph outputs
-token states; the encoder pools them in numpy), quantise the weights to int8,
+token states; the encoder pools them in numpy), replace the traced shape bookkeeping
+with constants where that keeps the outputs (``export_graph.py``), quantise the weights to int8,
 copy the tokenizer, write the manifest, then embed a verification set with both
 the PyTorch fp32 original and the bundle *through the shipped encoder* and refuse
 to publish a bundle whose vectors drift too far.  The bundle is built in a temp
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export_graph import simplify as simplify_graph
 from search.bundle import BUNDLE_FORMAT, MANIFEST_NAME, compute_fingerprint, encoding_settings
 from search.fileutil import describe_files, read_json, write_json_atomic
 
@@ -328,7 +330,8 @@ def build(args, tmp: Path) -> dict:
 
     step(2, f"exporting to ONNX (opset {OPSET})")
     fp32_path = tmp / ("fp32.onnx" if args.quantize == "int8" else MODEL_FILE)
-    export_onnx(model, fp32_path)
+    input_names = export_onnx(model, fp32_path)
+    rewrites = simplify_graph(fp32_path, input_names, log=log)
     quantization = None
     if args.quantize == "int8":
         step(3, "quantising weights to int8 (per channel, 7-bit range, FFN down-projections "
@@ -353,6 +356,7 @@ def build(args, tmp: Path) -> dict:
         "max_seq_length": max_len,
         "query_prefix": args.query_prefix,
         "document_prefix": args.document_prefix,
+        "graph_rewrites": rewrites,
         "quantization": quantization,
         "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "torch": torch.__version__, "transformers": transformers.__version__, "opset": OPSET},

@@ -1,0 +1,152 @@
+"""export_graph.py on small hand-built graphs shaped like the exporter's: two attention layers whose
+head split/merge reshapes take their target shape from Shape/Gather/Concat, and an additive mask
+built from attention_mask by a Range/Expand/Where chain.  (The real MiniLM export is covered in
+test_export.py: its manifest lists both rewrites and its vectors still pass the gate.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import export_graph
+
+VOCAB, HIDDEN, HEADS = 20001, 8, 2
+NAMES = ["input_ids", "attention_mask"]
+
+
+def _graph(masked_value: float = float(np.finfo(np.float32).min)) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32), "table"),
+        numpy_helper.from_array(np.array(0, np.int64), "zero"),
+        numpy_helper.from_array(np.array(1, np.int64), "one"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(np.array([HEADS, HIDDEN // HEADS], np.int64), "heads"),
+        numpy_helper.from_array(np.array([HIDDEN], np.int64), "hidden"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "keep"),
+        numpy_helper.from_array(np.array(masked_value, np.float32), "drop"),
+        numpy_helper.from_array(np.array([1, 2], np.int64), "axes12"),
+        numpy_helper.from_array(np.array([1], np.int64), "one1"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["x0"]),
+        # dims of x0 traced as the legacy exporter does
+        helper.make_node("Shape", ["x0"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["batch"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"]),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Unsqueeze", ["seq", "axis0"], ["seq1"]),
+        helper.make_node("Concat", ["batch1", "seq1", "heads"], ["split_shape"], axis=0),
+        helper.make_node("Concat", ["batch1", "seq1", "hidden"], ["merge_shape"], axis=0),
+        # mask chain: [b, s] -> [b, 1, s, s] additive, through Range and Expand like transformers'
+        helper.make_node("Cast", ["attention_mask"], ["mask_bool"], to=TensorProto.BOOL),
+        helper.make_node("Unsqueeze", ["mask_bool", "axes12"], ["mask4"]),
+        helper.make_node("Range", ["zero", "seq", "one"], ["positions"]),
+        helper.make_node("Concat", ["batch1", "one1", "seq1", "seq1"], ["mask_shape"], axis=0),
+        helper.make_node("Expand", ["mask4", "mask_shape"], ["mask_full"]),
+        helper.make_node("Where", ["mask_full", "keep", "drop"], ["additive"]),
+    ]
+    x = "x0"
+    for layer in range(2):
+        p = f"l{layer}_"
+        nodes += [
+            helper.make_node("Reshape", [x, "split_shape"], [p + "heads"]),
+            helper.make_node("Transpose", [p + "heads"], [p + "q"], perm=[0, 2, 1, 3]),
+            helper.make_node("Transpose", [p + "heads"], [p + "kt"], perm=[0, 2, 3, 1]),
+            helper.make_node("MatMul", [p + "q", p + "kt"], [p + "scores"]),
+            helper.make_node("Add", [p + "scores", "additive"], [p + "masked"]),
+            helper.make_node("Softmax", [p + "masked"], [p + "probs"], axis=-1),
+            helper.make_node("MatMul", [p + "probs", p + "q"], [p + "ctx"]),
+            helper.make_node("Transpose", [p + "ctx"], [p + "ctx_t"], perm=[0, 2, 1, 3]),
+            helper.make_node("Reshape", [p + "ctx_t", "merge_shape"], [p + "out"]),
+        ]
+        x = p + "out"
+    nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+    graph = helper.make_graph(
+        nodes, "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", HIDDEN])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run(path, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def _inputs(batch: int, length: int):
+    rng = np.random.default_rng(batch * 100 + length)
+    ids = rng.integers(1, VOCAB, (batch, length)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[-1, length // 2:] = 0
+    return ids, mask
+
+
+def _ops(path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+def test_both_rewrites_keep_the_outputs_and_drop_the_bookkeeping(tmp_path):
+    path = tmp_path / "model.onnx"
+    onnx.save(_graph(), str(path))
+    before = {shape: _run(path, *_inputs(*shape)) for shape in [(1, 5), (4, 9), (2, 30)]}
+    messages = []
+    assert export_graph.simplify(path, NAMES, log=messages.append) == ["constant_reshapes", "plain_mask"]
+    ops = _ops(path)
+    for gone in ("Shape", "Concat", "Range", "Expand"):
+        assert gone not in ops, (gone, ops)
+    for shape, expected in before.items():  # also sizes the probes never saw
+        np.testing.assert_array_equal(_run(path, *_inputs(*shape)), expected)
+    reshape_targets = [numpy_helper.to_array(t).tolist() for t in onnx.load(str(path)).graph.initializer
+                       if t.name.endswith("/constant_shape")]
+    assert sorted(reshape_targets) == sorted([[0, 0, HEADS, HIDDEN // HEADS], [0, 0, HIDDEN]] * 2)
+    assert any("outputs unchanged" in m for m in messages)
+
+
+def test_a_mask_with_another_value_is_left_as_traced(tmp_path):
+    """-10000 instead of float32 min: the plain mask would move the outputs, so it is skipped."""
+    path = tmp_path / "model.onnx"
+    onnx.save(_graph(masked_value=-3.0), str(path))
+    expected = _run(path, *_inputs(3, 8))
+    messages = []
+    assert export_graph.simplify(path, NAMES, log=messages.append) == ["constant_reshapes"]
+    assert any("plain_mask skipped: token states moved" in m for m in messages)
+    assert "Where" in _ops(path) and "Expand" in _ops(path)
+    np.testing.assert_array_equal(_run(path, *_inputs(3, 8)), expected)
+
+
+def test_a_graph_without_attention_is_left_alone(tmp_path):
+    table = numpy_helper.from_array(np.ones((VOCAB, HIDDEN), np.float32), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])], "plain",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", HIDDEN])], [table])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    data = path.read_bytes()
+    messages = []
+    assert export_graph.simplify(path, NAMES, log=messages.append) == []
+    assert path.read_bytes() == data  # not rewritten at all
+    assert messages == ["  graph rewrite constant_reshapes: nothing to rewrite",
+                        "  graph rewrite plain_mask: nothing to rewrite"]
+
+
+def test_unrecognised_mask_path_is_skipped_not_fatal(tmp_path):
+    model = _graph()
+    softmax = next(n for n in model.graph.node if n.op_type == "Softmax")
+    softmax.input[0] = softmax.input[0].replace("masked", "scores")  # the first layer has no mask Add
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    messages = []
+    assert export_graph.simplify(path, NAMES, log=messages.append) == ["constant_reshapes"]
+    assert "  graph rewrite plain_mask: nothing to rewrite" in messages
