@@ -11,6 +11,7 @@ import fcntl
 import gzip
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,7 +137,12 @@ def ensure_index(folder: Path, *, no_title: bool = False, model: Path = MODEL, f
             log(f"waiting for another process building {folder} ...")
             time.sleep(15)
         if (folder / "manifest.json").is_file():
-            return {"built_now": False, "seconds": json.loads((folder / "manifest.json").read_text())["build_seconds"]}
+            cached = json.loads((folder / "manifest.json").read_text())
+            wanted = json.loads((model / "manifest.json").read_text())["fingerprint"]
+            if cached["model"]["fingerprint"] == wanted:
+                return {"built_now": False, "seconds": cached["build_seconds"]}
+            log(f"{folder} was built with another model; rebuilding it")
+            shutil.rmtree(folder)
         cmd = [PY, "-m", "search", "build", "--corpus", str(corpus), "--model", str(model), "--out", str(folder),
                "--fields", fields, *(("--no-title",) if no_title else ()), *extra]
         log("building " + " ".join(cmd[1:]))

@@ -90,6 +90,15 @@ class Float16Kernel:
         return out
 
 
+class QueryColumns(NamedTuple):
+    """Queries as the int8 kernels take them (``Int8Kernel.quantize_queries``)."""
+    columns: np.ndarray         # (d, 2q) int8: each query quantised, then its residual quantised
+    weights: np.ndarray         # (2q, q) float32: column scales, summed into each query's score
+    residual_norms: np.ndarray  # (q,) what the two columns leave out, for the error bound
+    native_columns: np.ndarray  # (2q, d) int8, contiguous: ``columns`` for search/native
+    native_weights: np.ndarray  # (2q,) float32: each column's scale
+
+
 class Int8Kernel:
     dtype = "int8"
     scanned = False
@@ -112,8 +121,9 @@ class Int8Kernel:
 
     # -- approximate scores -------------------------------------------------------------------
     @staticmethod
-    def quantize_queries(queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(B int8 (d, 2q), W float32 (2q, q), residual L2 norm per query)."""
+    def quantize_queries(queries: np.ndarray) -> "QueryColumns":
+        """(B int8 (d, 2q), W float32 (2q, q), residual L2 norm per query) and B, W in the layout
+        of the compiled kernel, made once per search rather than once per block."""
         queries = np.asarray(queries, dtype=np.float32)
         n_q, dim = queries.shape
         columns = np.empty((dim, INT8_QUERY_COLUMNS * n_q), dtype=np.int8)
@@ -129,13 +139,14 @@ class Int8Kernel:
                 weights[INT8_QUERY_COLUMNS * j + c, j] = scale
                 rest = rest - quant * scale
             residual_norms[j] = float(np.linalg.norm(rest))
-        return columns, weights, residual_norms
+        # each column carries one query's scale: weights has one non-zero per row
+        return QueryColumns(columns, weights, residual_norms, np.ascontiguousarray(columns.T), weights.sum(axis=1))
 
     def approx(self, block: np.ndarray, scales: np.ndarray, prepared) -> np.ndarray:
         """Approximate scores (rows, queries) from ``quantize_queries`` output."""
-        columns, weights, _ = prepared
-        if self.native is not None:  # each column carries one query's scale: weights has one non-zero per row
-            return self.native.scores(block, scales, columns.T, weights.sum(axis=1))
+        columns, weights = prepared.columns, prepared.weights
+        if self.native is not None:
+            return self.native.scores(block, scales, prepared.native_columns, prepared.native_weights)
         rows = block.shape[0]
         out = np.empty((rows, weights.shape[1]), dtype=np.float32)
         unsigned = block.view(np.uint8)
@@ -245,13 +256,13 @@ class ScannedKernel:
         return self.int8.quantize_queries(query[None, :]), float(np.linalg.norm(query))
 
     def score(self, block: ScanBlock, scales, query: np.ndarray, *, need: int, floor: float, prepared=None):
-        (columns, weights, residual_norms), query_norm = prepared if prepared is not None else self.prepare(query)
-        approx = self.int8.approx(block.scan, block.scales, (columns, weights, residual_norms))[:, 0]
+        columns, query_norm = prepared if prepared is not None else self.prepare(query)
+        approx = self.int8.approx(block.scan, block.scales, columns)[:, 0]
 
         def exact(positions):
             return self.exact(block, positions, query)
 
-        return self.int8.select(block.scan, block.scales, query, approx, residual_norms[0], need=need,
+        return self.int8.select(block.scan, block.scales, query, approx, columns.residual_norms[0], need=need,
                                 floor=floor, row_residuals=block.residuals, query_norm=query_norm, exact=exact)
 
     def exact(self, block: ScanBlock, positions: np.ndarray, query: np.ndarray) -> np.ndarray:
