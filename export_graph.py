@@ -46,9 +46,14 @@ def _session(model):
     return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def _outputs(model, input_names: list[str]) -> list[np.ndarray]:
+def _run_probes(model, input_names: list[str]) -> list[list[np.ndarray]]:
+    """Every graph output for each probe batch."""
     session = _session(model)
-    return [session.run(None, _feeds(input_names, b, n, seed))[0] for seed, (b, n) in enumerate(PROBES)]
+    return [session.run(None, _feeds(input_names, b, n, seed)) for seed, (b, n) in enumerate(PROBES)]
+
+
+def _outputs(model, input_names: list[str]) -> list[np.ndarray]:
+    return [outputs[0] for outputs in _run_probes(model, input_names)]
 
 
 def _prune(graph) -> None:
@@ -82,9 +87,7 @@ def constant_reshapes(model, input_names: list[str]) -> int:
     del probe.graph.output[:]
     watched = list(dict.fromkeys(t for n in reshapes for t in (n.input[0], n.output[0])))
     probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in watched)
-    session = _session(probe)
-    shapes = [dict(zip(watched, (a.shape for a in session.run(None, _feeds(input_names, b, n, seed)))))
-              for seed, (b, n) in enumerate(PROBES)]
+    shapes = [dict(zip(watched, (a.shape for a in outputs))) for outputs in _run_probes(probe, input_names)]
     changed = 0
     for node in reshapes:
         ins = [s[node.input[0]] for s in shapes]
