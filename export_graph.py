@@ -4,12 +4,16 @@ The legacy exporter traces every ``view``/``reshape`` with dynamic axes as Shape
 Unsqueeze -> Concat -> Reshape, and transformers' mask helpers as a Range/And/Expand/Where chain
 that turns the [batch, seq] attention mask into the additive [batch, 1, seq, seq] mask.
 onnxruntime cannot fold any of it (the sequence length is only known at run time), so a short
-query runs ~230 kernels, a third of them bookkeeping of a few microseconds each.  Two rewrites:
+query runs ~230 kernels, a third of them bookkeeping of a few microseconds each.  Three rewrites:
 
 * constant reshapes: each Reshape gets a constant target shape (0 = keep the input's dimension,
   -1 = infer one), read off the graph run on two probe batches of different size and length;
 * plain mask: the additive mask becomes ``Where(mask[:, None, None, :], 0, float32 min)``, which
-  broadcasts over heads and query positions as the original [batch, 1, seq, seq] one did.
+  broadcasts over heads and query positions as the original [batch, 1, seq, seq] one did;
+* merged projections: the query, key and value projections of a layer read the same input, so
+  their three ``MatMul -> Add(bias)`` pairs become one product with the weights side by side and a
+  Split.  After int8 quantisation that is one activation quantisation and one wider int8 product
+  instead of three (weight scales are per output column, so the int8 results are the same too).
 
 Each rewrite is kept only if the rewritten graph gives the same token states as the original on
 padded probe batches (max difference <= ``TOLERANCE``); otherwise it is skipped and named in the
@@ -149,7 +153,65 @@ def plain_mask(model) -> bool:
     return True
 
 
-REWRITES = {"constant_reshapes": constant_reshapes, "plain_mask": lambda model, names: plain_mask(model)}
+def merged_projections(model) -> int:
+    """Merge MatMul(x, W_i) -> Add(b_i) pairs that share ``x`` (constant 2-D weights of one shape,
+    constant biases) into one MatMul + Add + Split; returns how many groups were merged."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def projection(node):
+        """(weight, bias, Add node) if ``node`` is MatMul(x, W) feeding only Add(., b), else None."""
+        if node.op_type != "MatMul" or node.input[1] not in consts or len(consts[node.input[1]].dims) != 2:
+            return None
+        users = consumers.get(node.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Add":
+            return None
+        add = users[0]
+        bias = next((i for i in add.input if i != node.output[0]), None)
+        if bias not in consts or len(consts[bias].dims) != 1:
+            return None
+        return numpy_helper.to_array(consts[node.input[1]]), numpy_helper.to_array(consts[bias]), add
+
+    groups: dict[str, list] = {}
+    for node in graph.node:
+        found = projection(node)
+        if found is not None:
+            groups.setdefault(node.input[0], []).append((node, *found))
+    merged = 0
+    for x, members in groups.items():
+        if len(members) < 2 or len({m[1].shape for m in members}) != 1:
+            continue
+        p = f"{members[0][0].name or x}/merged"
+        width = members[0][1].shape[1]
+        graph.initializer.extend([
+            numpy_helper.from_array(np.concatenate([m[1] for m in members], axis=1), f"{p}/weight"),
+            numpy_helper.from_array(np.concatenate([m[2] for m in members]), f"{p}/bias"),
+            numpy_helper.from_array(np.full(len(members), width, dtype=np.int64), f"{p}/split"),
+        ])
+        at = list(graph.node).index(members[0][0])
+        for matmul, _, _, add in members:
+            graph.node.remove(matmul)
+            graph.node.remove(add)
+        for offset, node in enumerate([
+            helper.make_node("MatMul", [x, f"{p}/weight"], [f"{p}/product"], name=f"{p}/MatMul"),
+            helper.make_node("Add", [f"{p}/product", f"{p}/bias"], [f"{p}/sum"], name=f"{p}/Add"),
+            helper.make_node("Split", [f"{p}/sum", f"{p}/split"], [m[3].output[0] for m in members], axis=-1,
+                             name=f"{p}/Split"),
+        ]):
+            graph.node.insert(at + offset, node)
+        merged += 1
+    _prune(graph)
+    return merged
+
+
+REWRITES = {"constant_reshapes": constant_reshapes, "plain_mask": lambda model, names: plain_mask(model),
+            "merged_projections": lambda model, names: merged_projections(model)}
 
 
 def simplify(path: Path, input_names: list[str], log=print) -> list[str]:

@@ -107,12 +107,13 @@ def test_int8_export_passes_gate_and_manifest_is_complete(int8_bundle):
     assert (m["model_file"], m["tokenizer_file"]) == ("model.onnx", "tokenizer.json")
     assert (m["dimension"], m["pooling"], m["normalize"], m["max_seq_length"]) == (384, "mean", True, 256)
     assert m["query_prefix"] == m["document_prefix"] == ""
-    assert m["graph_rewrites"] == ["constant_reshapes", "plain_mask"]
+    assert m["graph_rewrites"] == ["constant_reshapes", "plain_mask", "merged_projections"]
     import onnx
 
     graph = onnx.load(str(int8_bundle / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert "Range" not in ops and "Concat" not in ops and ops.count("Shape") <= 1  # (position ids: one Shape)
+    assert ops.count("Split") == 6  # one merged query/key/value product per layer
     q = m["quantization"]
     assert q["method"].endswith("quantize_dynamic") and q["per_channel"] is True
     assert {"weight_type", "reduce_range", "op_types", "nodes_excluded"} <= set(q)

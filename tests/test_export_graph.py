@@ -1,6 +1,7 @@
 """export_graph.py on small hand-built graphs shaped like the exporter's: two attention layers whose
 head split/merge reshapes take their target shape from Shape/Gather/Concat, and an additive mask
-built from attention_mask by a Range/Expand/Where chain.  (The real MiniLM export is covered in
+built from attention_mask by a Range/Expand/Where chain; and a block of query/key/value-like
+projections that share their input.  (The real MiniLM export is covered in
 test_export.py: its manifest lists both rewrites and its vectors still pass the gate.)"""
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def test_a_graph_without_attention_is_left_alone(tmp_path):
     assert export_graph.simplify(path, NAMES, log=messages.append) == []
     assert path.read_bytes() == data  # not rewritten at all
     assert messages == ["  graph rewrite constant_reshapes: nothing to rewrite",
-                        "  graph rewrite plain_mask: nothing to rewrite"]
+                        "  graph rewrite plain_mask: nothing to rewrite",
+                        "  graph rewrite merged_projections: nothing to rewrite"]
 
 
 def test_unrecognised_mask_path_is_skipped_not_fatal(tmp_path):
@@ -150,3 +152,50 @@ def test_unrecognised_mask_path_is_skipped_not_fatal(tmp_path):
     messages = []
     assert export_graph.simplify(path, NAMES, log=messages.append) == ["constant_reshapes"]
     assert "  graph rewrite plain_mask: nothing to rewrite" in messages
+
+
+def _projections(widths=(HIDDEN, HIDDEN, HIDDEN)) -> onnx.ModelProto:
+    """x -> three MatMul + bias Add (like a layer's query, key, value) -> joined and projected by a
+    MatMul on another input, which must be left alone."""
+    rng = np.random.default_rng(3)
+    inits, nodes, outs = [], [], []
+    for i, width in enumerate(widths):
+        inits += [numpy_helper.from_array(rng.standard_normal((HIDDEN, width)).astype(np.float32), f"w{i}"),
+                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"b{i}")]
+        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"], name=f"proj{i}"),
+                  helper.make_node("Add", [f"p{i}", f"b{i}"], [f"y{i}"], name=f"bias{i}")]
+        outs.append(f"y{i}")
+    inits.append(numpy_helper.from_array(rng.standard_normal((sum(widths), HIDDEN)).astype(np.float32), "w_other"))
+    nodes += [helper.make_node("Concat", outs, ["joined"], axis=-1),
+              helper.make_node("MatMul", ["joined", "w_other"], ["last_hidden_state"], name="other")]
+    graph = helper.make_graph(
+        nodes, "projections",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", HIDDEN])],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", HIDDEN])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _run_x(model, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_projections_sharing_an_input_become_one_product_and_a_split():
+    model = _projections()
+    x = np.random.default_rng(0).standard_normal((2, 5, HIDDEN)).astype(np.float32)
+    expected = _run_x(model, x)
+    assert export_graph.merged_projections(model) == 1
+    onnx.checker.check_model(model)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMul") == 2 and ops.count("Split") == 1 and ops.count("Add") == 1, ops
+    weight = next(t for t in model.graph.initializer if t.name.endswith("/merged/weight"))
+    assert list(weight.dims) == [HIDDEN, 3 * HIDDEN]
+    np.testing.assert_allclose(_run_x(model, x), expected, rtol=1e-6, atol=1e-5)
+
+
+def test_projections_of_different_widths_are_left_alone():
+    model = _projections(widths=(HIDDEN, HIDDEN // 2, HIDDEN))
+    assert export_graph.merged_projections(model) == 0
+    assert [n.op_type for n in model.graph.node].count("MatMul") == 4
