@@ -330,7 +330,7 @@ def test_dockerfile_export_stage_copies_what_the_export_imports():
     assert len(copies) == 1, copies
     copied = {Path(p).name for p in copies[0].split()[1:-1]}
     assert needed <= copied, f"add {sorted(needed - copied)} to the model stage's COPY search/... line"
-    # and the top-level modules it imports (export_graph.py, export_quant.py)
+    # and the top-level modules it imports (export_graph.py)
     tree = ast.parse((ROOT / "export_onnx.py").read_text())
     local = {f"{n.module}.py" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
              and (ROOT / f"{n.module}.py").is_file()}
@@ -368,7 +368,7 @@ def test_dockerignore_keeps_the_context_small_but_complete():
     from deploy import taskroot
 
     needed = taskroot.code_paths() + ["requirements.txt", "requirements-export.txt", "export_onnx.py",
-                                      "export_graph.py", "export_quant.py", "verification", "deploy"]
+                                      "export_graph.py", "verification", "deploy"]
     for rel in needed:
         top = rel.split("/")[0]
         assert top not in rules, f"{rel} is needed in the image but .dockerignore drops {top}"
