@@ -17,8 +17,8 @@ query runs ~230 kernels, a third of them bookkeeping of a few microseconds each.
 
 Each rewrite is kept only if the rewritten graph gives the same token states as the original on
 padded probe batches (max difference <= ``TOLERANCE``); otherwise it is skipped and named in the
-log, so a model whose graph does not look like this exports unchanged.  Both run on the fp32 graph
-before quantisation; the quantiser sees the same MatMuls either way.
+log, so a model whose graph does not look like this exports unchanged.  All run on the fp32 graph
+before quantisation; the first two leave the MatMuls the quantiser sees as they were.
 """
 
 from __future__ import annotations
