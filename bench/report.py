@@ -57,7 +57,10 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
     if sizes:
         big = max(sizes)
         np_ms = g(f"scale.{big}.numpy_float32_ms")
-        labels = {"int8": "int8 storage", "float32_scan": "float32 storage with its int8 scan copy (the default)",
+        labels = {"int8": "int8 storage with its int4 prefilter copy (the default for `--dtype int8`)",
+                  "int8_no_prefilter": "int8 storage without the int4 prefilter copy (`--no-prefilter`)",
+                  "float32_scan": "float32 storage with its int8 scan copy and int4 prefilter copy (the default)",
+                  "float32_scan_no_prefilter": "float32 storage with its int8 scan copy, no int4 prefilter copy",
                   "float16": "float16 storage, no scan copy", "float32": "float32 storage, no scan copy",
                   "int8_onnxruntime": "int8 storage, onnxruntime MatMulInteger (where int8dot.c is not built)"}
         for dtype, label in labels.items():
@@ -155,7 +158,10 @@ def plot(r: dict, path: Path) -> bool:
                 marker="s", label=f"{dtype}: per query, 8 at once")
     if all(f"scale.{n}.float32_scan_ms" in r for n in sizes):
         ax.plot(sizes, [r[f"scale.{n}.float32_scan_ms"] for n in sizes], "-", color="tab:purple", marker="^",
-                label="float32 + int8 scan copy (default): one query")
+                label="float32 + int8 scan + int4 prefilter copies (default): one query")
+    if all(f"scale.{n}.int8_no_prefilter_ms" in r for n in sizes):
+        ax.plot(sizes, [r[f"scale.{n}.int8_no_prefilter_ms"] for n in sizes], ":", color="tab:green", marker="v",
+                label="int8 without the int4 prefilter copy: one query")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("index size (rows of 384-d unit vectors)")

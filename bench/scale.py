@@ -1,4 +1,5 @@
-"""Exact search at scale: synthetic unit vectors (seeded), one thread, per storage dtype, through the
+"""Exact search at scale: synthetic unit vectors (seeded), one thread, per storage dtype (int8 and
+float32 + scan copy with and without the int4 prefilter copy that `search build` adds), through the
 real ``SearchIndex.search`` on memory-mapped files, beside plain numpy float32 ``matrix @ query``
 in the same process, sides taking turns in blocks of queries.  Also: the batched kernel (8 queries per pass), and the
 anonymous memory of the process at each size (file pages of the maps are not counted).
@@ -16,6 +17,7 @@ import numpy as np
 
 from bench.common import BUILD, emit, log, proc_status, run_child
 from search.builder import quantize_int8_rows, residual_norms
+from search.prefilter import quantize_int4_rows
 
 COMMAND = "python -m bench --only scale"
 DIM = 384
@@ -33,6 +35,7 @@ def ensure_synthetic(rows: int) -> None:
     if done.exists():
         if not (SYNTHETIC / f"residuals-{rows}.npy").is_file():
             _write_residuals(rows)
+        _ensure_prefilters(rows)
         return
     log(f"writing {rows:,} synthetic {DIM}-d unit vectors to {SYNTHETIC}")
     rng = np.random.default_rng(20240601)
@@ -49,7 +52,51 @@ def ensure_synthetic(rows: int) -> None:
     for arr in (*files.values(), scales):
         arr.flush()
     _write_residuals(rows)
+    _ensure_prefilters(rows)
     done.touch()
+
+
+def _prefilter_paths(rows: int, source: str) -> dict:
+    return {part: SYNTHETIC / f"prefilter-{source}-{part}-{rows}.npy" for part in ("int4", "scales", "residuals")}
+
+
+def _ensure_prefilters(rows: int) -> None:
+    """The int4 prefilter copy (the builder's quantize_int4_rows) of the float32 file and of the
+    int8 file's stored vectors (row x scale): what `search build` writes beside each dtype."""
+    for source in ("float32", "int8"):
+        paths = _prefilter_paths(rows, source)
+        if all(p.is_file() for p in paths.values()):
+            continue
+        log(f"writing the int4 prefilter copy of the {rows:,}-row {source} file")
+        matrix = np.load(SYNTHETIC / f"{source}-{rows}.npy", mmap_mode="r")
+        scales = np.load(SYNTHETIC / f"scales-{rows}.npy", mmap_mode="r")
+        tmp = {k: p.with_name("." + p.name) for k, p in paths.items()}
+        out = {"int4": np.lib.format.open_memmap(tmp["int4"], mode="w+", dtype=np.uint8, shape=(rows, DIM // 2)),
+               **{k: np.lib.format.open_memmap(tmp[k], mode="w+", dtype=np.float32, shape=(rows,))
+                  for k in ("scales", "residuals")}}
+        for start in range(0, rows, GEN_BLOCK):
+            block = np.asarray(matrix[start:start + GEN_BLOCK], dtype=np.float32)
+            if source == "int8":
+                block = block * np.asarray(scales[start:start + len(block)])[:, None]
+            stop = start + len(block)
+            out["int4"][start:stop], out["scales"][start:stop], out["residuals"][start:stop] = quantize_int4_rows(block)
+        for arr in out.values():
+            arr.flush()
+        del out
+        for k, p in paths.items():
+            tmp[k].replace(p)
+
+
+def load_prefilter(rows: int, file_rows: int, source: str):
+    """The memory-mapped int4 copy of the first ``rows`` rows, or None without the compiled kernel."""
+    from search import native
+    from search.prefilter import Prefilter
+
+    kernel = native.load()
+    if kernel is None or not kernel.has_int4:
+        return None
+    parts = {k: np.load(p, mmap_mode="r")[:rows] for k, p in _prefilter_paths(file_rows, source).items()}
+    return Prefilter(parts["int4"], parts["scales"], parts["residuals"], kernel)
 
 
 def _write_residuals(rows: int) -> None:
@@ -116,6 +163,16 @@ def _child(args) -> None:
                                               None, kernels.ScanBlock(arrays["float32"], arrays["int8"], scales,
                                                                       residuals))
         indexes["float32_scan"].page_in()
+    # what `search build` writes by default: the int4 prefilter copy beside each of these
+    for name, source in (("int8", "int8"), ("float32_scan", "float32")):
+        prefilter = load_prefilter(n, file_rows, source) if name in indexes else None
+        if prefilter is not None:
+            base = indexes[name]
+            indexes[f"{name}_no_prefilter"] = SearchIndex(SYNTHETIC, {**base.manifest}, base.embeddings, base.scales,
+                                                          {}, None, base.scan)
+            indexes[f"{name}_no_prefilter"].kernel = base.kernel
+            base.prefilter = prefilter
+            base.page_in()
     # the same int8 files scored by onnxruntime's MatMulInteger: what runs where int8dot.c is not built
     fallback = SearchIndex(SYNTHETIC, {**indexes["int8"].manifest}, arrays["int8"], scales, {}, None)
     fallback.kernel = kernels.Int8Kernel(native=None)

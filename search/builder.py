@@ -27,6 +27,8 @@ from .index import (DTYPES, EMBEDDINGS_NAME, FIELD_NAME_RE, INDEX_FORMAT, MANIFE
                     SCAN_FILES, SCAN_NAME, SCAN_RESIDUALS_NAME, SCAN_SCALES_NAME, field_file)
 from .lexical import write_lexical_index
 from .metadata import METADATA_NAME, MetadataWriter
+from .prefilter import (PREFILTER_FILES, PREFILTER_NAME, PREFILTER_RESIDUALS_NAME, PREFILTER_SCALES_NAME,
+                        quantize_int4_rows)
 from .progress import Progress
 
 INSERT_BATCH = 1000
@@ -39,6 +41,7 @@ class BuildOptions:
     skip_bad: bool = False
     show_progress: bool = True
     scan_copy: bool = True    # float32/float16: also write the int8 scan copy (see index.py)
+    prefilter: bool = True    # any dtype: also write the int4 prefilter copy (see prefilter.py)
 
 
 def build_index(corpus: str | Path, encoder: Encoder, out: str | Path, spec: CorpusSpec,
@@ -89,6 +92,9 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
     scan = options.scan_copy and options.dtype != "int8"
     if scan:
         _write_scan_copy(tmp, count)
+    prefilter = options.prefilter and encoder.dimension % 2 == 0
+    if prefilter:
+        _write_prefilter(tmp, count, options.dtype)
     for name in spec.fields:
         _write_field(tmp, writer, name, count)
     lexical = write_lexical_index(writer.conn)  # keyword index inside metadata.sqlite: its sha256 covers it
@@ -111,6 +117,7 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
         "fields": list(spec.fields),
         "lexical": lexical,
         "scan": {"dtype": "int8", "files": list(SCAN_FILES)} if scan else None,
+        "prefilter": {"dtype": "int4", "files": list(PREFILTER_FILES)} if prefilter else None,
         "corpus": {
             "file": corpus.name,
             "sha256": sha256_file(corpus),
@@ -167,6 +174,26 @@ def _write_scan_copy(tmp: Path, count: int) -> None:
     for arr in (scan, scales, residuals):
         arr.flush()
     del stored, scan, scales, residuals
+
+
+def _write_prefilter(tmp: Path, count: int, dtype: str) -> None:
+    """The int4 copy of what the index stores (int8 rows times their scales), see prefilter.py."""
+    stored = np.load(tmp / EMBEDDINGS_NAME, mmap_mode="r")
+    row_scales = np.load(tmp / SCALES_NAME, mmap_mode="r") if dtype == "int8" else None
+    dim = stored.shape[1]
+    packed = np.lib.format.open_memmap(tmp / PREFILTER_NAME, mode="w+", dtype=np.uint8, shape=(count, dim // 2))
+    scales = np.lib.format.open_memmap(tmp / PREFILTER_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    residuals = np.lib.format.open_memmap(tmp / PREFILTER_RESIDUALS_NAME, mode="w+", dtype=np.float32,
+                                          shape=(count,))
+    for start in range(0, count, SCAN_BLOCK_ROWS):
+        block = np.asarray(stored[start:start + SCAN_BLOCK_ROWS], dtype=np.float32)
+        if row_scales is not None:
+            block = block * np.asarray(row_scales[start:start + len(block)], dtype=np.float32)[:, None]
+        stop = start + len(block)
+        packed[start:stop], scales[start:stop], residuals[start:stop] = quantize_int4_rows(block)
+    for arr in (packed, scales, residuals):
+        arr.flush()
+    del stored, row_scales, packed, scales, residuals
 
 
 def quantize_int8_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,8 @@ def cmd_build(args) -> int:
     encoder = Encoder.load(args.model, threads=1)
     manifest = build_index(args.corpus, encoder, args.out, spec,
                            BuildOptions(dtype=args.dtype, workers=workers, skip_bad=args.skip_bad,
-                                        show_progress=not args.quiet, scan_copy=not args.no_scan_copy))
+                                        show_progress=not args.quiet, scan_copy=not args.no_scan_copy,
+                                        prefilter=not args.no_prefilter))
     skipped = manifest["corpus"]["skipped"]
     print(f"built {args.out}: {manifest['count']} items, {manifest['dimension']}-d {manifest['dtype']}, "
           f"version {manifest['version']}" + (f", {skipped} bad records skipped" if skipped else "")
@@ -93,6 +94,9 @@ def cmd_info(args) -> int:
     if m.get("scan"):
         how = "compiled int8 kernel" if index.kernel.scanned else "not used here: the compiled int8 kernel is not built"
         print(f"  int8 scan copy: {', '.join(m['scan']['files'])} ({how})")
+    if m.get("prefilter"):
+        how = "compiled int4 kernel" if index.prefilter is not None else "not used here: the compiled kernel is not built"
+        print(f"  int4 prefilter copy: {', '.join(m['prefilter']['files'])} ({how})")
     for name in m["fields"]:
         top = ", ".join(f"{v or '(empty)'} ({c})" for v, c in index.metadata.field_values(name, limit=5))
         print(f"  field {name}: {top}")
@@ -189,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scan-copy", action="store_true",
                    help="float32/float16: leave out the int8 scan copy (a quarter of the float32 size; "
                    "searches read it instead of every stored vector, with the same results)")
+    p.add_argument("--no-prefilter", action="store_true",
+                   help="leave out the int4 prefilter copy (an eighth of the float32 size; a first pass over it "
+                   "skips rows that cannot reach the top, with the same results)")
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_build)

@@ -7,6 +7,9 @@
       scan-int8.npy       float32/float16 only (optional): the int8 scan copy of the stored vectors,
       scan-scales.npy       its per-row scales and the L2 distance of each stored vector from its
       scan-residuals.npy    int8 form (an error bound; see kernels.ScannedKernel)
+      prefilter-int4.npy  optional, any dtype: the int4 copy read by a first pass over every row,
+      prefilter-scales.npy  its row scales and residual norms (an upper bound of each row's
+      prefilter-residuals.npy score; see prefilter.py)
       field-<name>.npy    int32 value codes per row, one per stored field (filters)
       metadata.sqlite     id, title, text, fields per row; value dictionaries
 
@@ -14,6 +17,8 @@ Search is exact: every (filtered) row is scored, in chunks so memory stays bound
 and ties are broken by row number so the same query gives the same order everywhere.
 With a scan copy, rows are scored from int8 (a quarter of the float32 bytes) and only rows
 that may reach the top are rescored from the stored vectors: the same results, faster.
+With an int4 prefilter copy (half the bytes of int8) a first pass bounds every row's score and
+only the rows that can still reach the top go on to the kernels above.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from .errors import IndexLoadError, IndexMismatchError, QueryError
 from .fileutil import read_json, sha256_file
 from .kernels import ScanBlock, kernel_for, scanned_kernel_for, top_rows as _top
 from .metadata import METADATA_NAME, MetadataReader
+from .prefilter import PREFILTER_NAME, PREFILTER_RESIDUALS_NAME, PREFILTER_SCALES_NAME, Prefilter
 
 INDEX_FORMAT = "search-index/1"
 MANIFEST_NAME = "manifest.json"
@@ -40,6 +46,8 @@ SCAN_FILES = (SCAN_NAME, SCAN_SCALES_NAME, SCAN_RESIDUALS_NAME)
 DTYPES = ("float32", "float16", "int8")
 FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of products at most
+# Below this share of filtered rows in a chunk, gathering them is cheaper than the int4 pass over all.
+PREFILTER_MIN_DENSITY = 0.25
 
 
 def field_file(name: str) -> str:
@@ -56,7 +64,8 @@ class SearchIndex:
     """An opened index.  Read-only and thread-safe; close() drops the memory maps."""
 
     def __init__(self, path: Path, manifest: dict, embeddings: np.ndarray, scales: np.ndarray | None,
-                 codes: dict[str, np.ndarray], metadata: MetadataReader, scan: ScanBlock | None = None):
+                 codes: dict[str, np.ndarray], metadata: MetadataReader, scan: ScanBlock | None = None,
+                 prefilter: Prefilter | None = None):
         self.path = path
         self.manifest = manifest
         self.embeddings = embeddings
@@ -64,6 +73,7 @@ class SearchIndex:
         self.codes = codes
         self.metadata = metadata
         self.scan = scan  # (vectors, int8 rows, scales, residuals) when the index has a scan copy
+        self.prefilter = prefilter  # the int4 copy, where the index has one and the compiled kernel reads it
         # per dtype, see kernels.py; the scan copy is used where the compiled int8 kernel is built
         self.kernel = (scan is not None and scanned_kernel_for(str(manifest["dtype"]))) or \
             kernel_for(str(manifest["dtype"]))
@@ -120,14 +130,15 @@ class SearchIndex:
             scan = ScanBlock(embeddings, _load_matrix(path / SCAN_NAME, "int8", (count, dim)),
                              _load_matrix(path / SCAN_SCALES_NAME, "float32", (count,)),
                              _load_matrix(path / SCAN_RESIDUALS_NAME, "float32", (count,)))
+        prefilter = _load_prefilter(path, count, dim) if manifest.get("prefilter") else None
         metadata = MetadataReader(path / METADATA_NAME)
-        return cls(path, manifest, embeddings, scales, codes, metadata, scan)
+        return cls(path, manifest, embeddings, scales, codes, metadata, scan, prefilter)
 
     def close(self) -> None:
         """Release the maps.  numpy arrays hold the mmap's buffer, so the pages are unmapped when the
         last array (including one an in-flight query still uses) is garbage collected, never under it."""
         self.metadata.close()
-        self.embeddings = self.scales = self.scan = None
+        self.embeddings = self.scales = self.scan = self.prefilter = None
         self.codes = {}
 
     # -- facts -------------------------------------------------------------------------------
@@ -155,7 +166,8 @@ class SearchIndex:
         """Fault in every page of the mapped files (one byte read per page) so the first query
         does not pay for lazy loading from disk, EFS or a lazily loaded image; returns bytes."""
         total = 0
-        for arr in (self.embeddings, self.scales, *(self.scan[1:4] if self.scan else ()), *self.codes.values()):
+        for arr in (self.embeddings, self.scales, *(self.scan[1:4] if self.scan else ()),
+                    *(self.prefilter[:3] if self.prefilter else ()), *self.codes.values()):
             if arr is None or arr.size == 0:
                 continue
             mm = getattr(arr, "_mmap", None)
@@ -203,13 +215,17 @@ class SearchIndex:
         best_rows = np.empty(0, dtype=np.int64)
         best_scores = np.empty(0, dtype=np.float32)
         prepared = self.kernel.prepare(query)
+        first_pass = self._first_pass(query, prepared) if self.prefilter is not None else None
         for start in range(0, self.count, CHUNK_ROWS):
             stop = min(start + CHUNK_ROWS, self.count)
             # `need` rows already score >= floor: quantised kernels rescore only rows that can beat it
             floor = float(best_scores[need - 1]) if best_scores.size >= need else -np.inf
             if min_score is not None:
                 floor = max(floor, min_score)
-            if mask is not None:
+            if first_pass is not None and (mask is None or mask[start:stop].mean() >= PREFILTER_MIN_DENSITY):
+                rows, scores = self._prefiltered(start, stop, None if mask is None else mask[start:stop], query,
+                                                 need=need, floor=floor, prepared=prepared, first_pass=first_pass)
+            elif mask is not None:
                 rows = start + np.flatnonzero(mask[start:stop])
                 if rows.size == 0:
                     continue
@@ -222,6 +238,52 @@ class SearchIndex:
             rows, scores = _top(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), need)
             best_rows, best_scores = rows, scores
         return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
+
+    def _first_pass(self, query: np.ndarray, prepared):
+        """The query as the int4 pass reads it: (quantised columns, ||query||), once per search."""
+        columns = getattr(self.kernel, "query_columns", None)
+        columns = columns(prepared) if columns else kernel_for("int8").quantize_queries(query[None, :])
+        return columns, float(np.linalg.norm(query))
+
+    def _prefiltered(self, start: int, stop: int, selected: np.ndarray | None, query: np.ndarray, *, need: int,
+                     floor: float, prepared, first_pass):
+        """``_score_range`` through the int4 first pass: only rows whose proven upper bound reaches
+        the floor are scored by the storage kernel (``selected``: the filter mask of the range)."""
+        columns, query_norm = first_pass
+        span = slice(start, stop)
+        seed = None
+        if floor == -np.inf:
+            # No floor yet: the range's best ``need`` rows by upper bound, scored exactly, give one.
+            upper = self.prefilter.upper_bounds(span, columns, query_norm)
+            pool = np.arange(stop - start) if selected is None else np.flatnonzero(selected)
+            if pool.size <= need:
+                return self._score_listed(start + pool, query, need=need, floor=floor, prepared=prepared)
+            seed = start + np.sort(pool[np.argpartition(-upper[pool], need - 1)[:need]])
+            seed_rows, seed_scores = self._score_listed(seed, query, need=need, floor=floor, prepared=prepared)
+            floor = float(seed_scores.min())
+            upper[seed - start] = -np.inf  # already scored
+            positions = np.flatnonzero(upper >= np.float32(floor))
+        else:
+            positions = self.prefilter.candidates(span, columns, query_norm, floor)
+        if selected is not None:
+            positions = positions[selected[positions]]
+        rows = start + positions
+        if rows.size == 0:
+            return (seed_rows, seed_scores) if seed is not None else (rows, np.empty(0, np.float32))
+        rows, scores = self._score_listed(rows, query, need=need, floor=floor, prepared=prepared)
+        if seed is not None:
+            rows, scores = np.concatenate([seed_rows, rows]), np.concatenate([seed_scores, scores])
+        return rows, scores
+
+    def _score_listed(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float, prepared):
+        """``_score_rows`` for a sorted list of rows; int8 rows (stored or the scan copy) are read in
+        place by the compiled kernel instead of being gathered."""
+        if self.kernel.scanned:
+            return self.kernel.score_at(self.scan, rows, query, need=need, floor=floor, prepared=prepared)
+        if self.scales is not None and getattr(self.kernel, "native", None) is not None:
+            return self.kernel.score_at(self.embeddings, self.scales, rows, query, need=need, floor=floor,
+                                        prepared=prepared)
+        return self._score_rows(rows, query, need=need, floor=floor, prepared=prepared)
 
     def _block(self, rows):
         """What the kernel scores for ``rows`` (a slice or row numbers)."""
@@ -243,6 +305,19 @@ class SearchIndex:
         keep, scores = self.kernel.score(self._block(rows), scales, query, need=need, floor=floor,
                                          prepared=prepared)
         return (rows if keep is None else rows[keep]), scores
+
+
+def _load_prefilter(path: Path, count: int, dim: int) -> Prefilter | None:
+    """The int4 copy, validated; None where the compiled kernel (or its int4 entry point) is missing."""
+    from . import native
+
+    packed = _load_matrix(path / PREFILTER_NAME, "uint8", (count, dim // 2))
+    scales = _load_matrix(path / PREFILTER_SCALES_NAME, "float32", (count,))
+    residuals = _load_matrix(path / PREFILTER_RESIDUALS_NAME, "float32", (count,))
+    kernel = native.load()
+    if kernel is None or not kernel.has_int4 or dim % 2:
+        return None
+    return Prefilter(packed, scales, residuals, kernel)
 
 
 def _load_matrix(path: Path, dtype: str, shape: tuple) -> np.ndarray:

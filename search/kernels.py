@@ -182,6 +182,24 @@ class Int8Kernel:
         """Per-query work done once per search, not once per block."""
         return self.quantize_queries(query[None, :])
 
+    @staticmethod
+    def query_columns(prepared) -> "QueryColumns":
+        return prepared
+
+    def score_at(self, matrix: np.ndarray, scales: np.ndarray, rows: np.ndarray, query: np.ndarray, *,
+                 need: int, floor: float, prepared):
+        """``score`` for the listed ``rows`` of the whole matrix, read in place by the compiled kernel
+        (the int4 prefilter's survivors; see prefilter.py); returns (rows, exact scores)."""
+        approx = self.native.scores_at(matrix, rows, scales, prepared.native_columns, prepared.native_weights)
+
+        def exact(positions):
+            picked = rows[positions]
+            return self.exact(matrix[picked], scales[picked], query)
+
+        keep, scores = self.select(None, scales[rows], query, approx, prepared.residual_norms[0], need=need,
+                                   floor=floor, exact=exact)
+        return (rows if keep is None else rows[keep]), scores
+
     def score(self, block: np.ndarray, scales: np.ndarray, query: np.ndarray, *, need: int, floor: float,
               prepared=None):
         """(positions in block, exact scores) of every row that may still enter the top ``need``
@@ -254,6 +272,25 @@ class ScannedKernel:
 
     def prepare(self, query: np.ndarray):
         return self.int8.quantize_queries(query[None, :]), float(np.linalg.norm(query))
+
+    @staticmethod
+    def query_columns(prepared) -> "QueryColumns":
+        return prepared[0]
+
+    def score_at(self, block: "ScanBlock", rows: np.ndarray, query: np.ndarray, *, need: int, floor: float,
+                 prepared):
+        """``score`` for the listed ``rows`` (``block``: the whole scan copy), read in place."""
+        columns, query_norm = prepared
+        approx = self.int8.native.scores_at(block.scan, rows, block.scales, columns.native_columns,
+                                            columns.native_weights)
+
+        def exact(positions):
+            return rowwise_dot(block.vectors[rows[positions]], query)
+
+        keep, scores = self.int8.select(None, block.scales[rows], query, approx, columns.residual_norms[0],
+                                        need=need, floor=floor, row_residuals=block.residuals[rows],
+                                        query_norm=query_norm, exact=exact)
+        return (rows if keep is None else rows[keep]), scores
 
     def score(self, block: ScanBlock, scales, query: np.ndarray, *, need: int, floor: float, prepared=None):
         columns, query_norm = prepared if prepared is not None else self.prepare(query)

@@ -120,7 +120,7 @@ def test_index_search_equal_with_either_kernel(kernel, tmp_path, monkeypatch):
     assert isinstance(index.kernel, kernels.Int8Kernel) and index.kernel.native is not None
     queries = matrix[:20] + rng.standard_normal((20, 48)).astype(np.float32) * 0.05
     native_hits = [[(h.row, h.score) for h in index.search(q, k=10)] for q in queries]
-    index.kernel = kernels.Int8Kernel(native=None)
+    index.kernel, index.prefilter = kernels.Int8Kernel(native=None), None
     ort_hits = [[(h.row, h.score) for h in index.search(q, k=10)] for q in queries]
     assert native_hits == ort_hits
 

@@ -43,6 +43,7 @@ def pair(request, tmp_path_factory):
     folder = index_from_vectors(tmp_path_factory.mktemp("scan") / "index", matrix, sections, dtype=request.param)
     scanned, plain = SearchIndex.open(folder), SearchIndex.open(folder)
     plain.kernel = kernels.kernel_for(request.param)
+    scanned.prefilter = plain.prefilter = None  # the int4 first pass has its own tests (test_prefilter.py)
     return scanned, plain, matrix
 
 

@@ -38,10 +38,29 @@ class NativeInt8Dot:
         self._path = library.int8dot_path
         self._path.restype = ctypes.c_int
         self._path.argtypes = [ctypes.c_int64, ctypes.c_int]
+        # int4 prefilter rows (search/prefilter.py); None in a shared object built before they existed
+        self._int4 = getattr(library, "int4dot_scores", None)
+        self._int4_path = getattr(library, "int4dot_path", None)
+        self._int4_upper = getattr(library, "int4dot_upper", None)
+        self._at = getattr(library, "int8dot_scores_at", None)
+        if self.has_int4:
+            self._int4.restype = self._int4_path.restype = self._int4_upper.restype = self._at.restype = ctypes.c_int
+            self._int4.argtypes = self._fn.argtypes
+            self._int4_path.argtypes = self._path.argtypes
+            p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+            self._int4_upper.argtypes = [p, i64, i64, p, p, p, p, f32, f32, f32, p, ctypes.c_int]
+            self._at.argtypes = [p, p, i64, i64, p, p, p, p, ctypes.c_int]
         self.limit = limit
 
     def path(self, dim: int) -> str:
         return PATHS[self._path(dim, self.limit)]
+
+    @property
+    def has_int4(self) -> bool:
+        return None not in (self._int4, self._int4_path, self._int4_upper, self._at)
+
+    def int4_path(self, dim: int) -> str:
+        return PATHS[self._int4_path(dim, self.limit)]
 
     def scores(self, rows: np.ndarray, scales: np.ndarray, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """rows (n, d) int8, scales (n,) float32, columns (2q, d) int8, weights (2q,) float32."""
@@ -58,6 +77,63 @@ class NativeInt8Dot:
         if n:
             self._fn(rows.ctypes.data, n, dim, scales.ctypes.data, columns.ctypes.data, weights.ctypes.data,
                      n_queries, out.ctypes.data, self.limit)
+        return out
+
+    def int4_scores(self, packed: np.ndarray, scales: np.ndarray, columns: np.ndarray,
+                    weights: np.ndarray) -> np.ndarray:
+        """``scores`` for int4 prefilter rows: packed (n, d/2) uint8, two nibbles per byte."""
+        packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
+        columns = np.ascontiguousarray(columns, dtype=np.int8)
+        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+        n, half = packed.shape
+        n_queries = columns.shape[0] // 2
+        if columns.shape != (2 * n_queries, 2 * half) or weights.shape != (2 * n_queries,) \
+                or scales.shape != (n,) or not 1 <= n_queries <= MAX_QUERIES:
+            raise ValueError("int4dot: shapes do not match")
+        out = np.empty((n, n_queries), dtype=np.float32)
+        if n:
+            self._int4(packed.ctypes.data, n, 2 * half, scales.ctypes.data, columns.ctypes.data,
+                       weights.ctypes.data, n_queries, out.ctypes.data, self.limit)
+        return out
+
+
+    def int4_upper(self, packed: np.ndarray, scales: np.ndarray, residuals: np.ndarray, columns: np.ndarray,
+                   weights: np.ndarray, query_norm: float, query_term: float, slack: float) -> np.ndarray:
+        """One query's upper bound per int4 row (see prefilter.py): (n,) float32."""
+        packed = np.ascontiguousarray(packed, dtype=np.uint8)
+        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
+        residuals = np.ascontiguousarray(residuals, dtype=np.float32).reshape(-1)
+        columns = np.ascontiguousarray(columns, dtype=np.int8)
+        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+        n, half = packed.shape
+        if columns.shape != (2, 2 * half) or weights.shape != (2,) or scales.shape != (n,) \
+                or residuals.shape != (n,):
+            raise ValueError("int4dot_upper: shapes do not match")
+        out = np.empty(n, dtype=np.float32)
+        if n:
+            self._int4_upper(packed.ctypes.data, n, 2 * half, scales.ctypes.data, residuals.ctypes.data,
+                             columns.ctypes.data, weights.ctypes.data, query_norm, query_term, slack,
+                             out.ctypes.data, self.limit)
+        return out
+
+    def scores_at(self, rows: np.ndarray, positions: np.ndarray, scales: np.ndarray, columns: np.ndarray,
+                  weights: np.ndarray) -> np.ndarray:
+        """``scores`` of one query for ``rows[positions]`` only, read in place (no gathered copy)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int8)
+        positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
+        columns = np.ascontiguousarray(columns, dtype=np.int8)
+        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+        n, dim = rows.shape
+        if columns.shape != (2, dim) or weights.shape != (2,) or scales.shape != (n,):
+            raise ValueError("int8dot_scores_at: shapes do not match")
+        if positions.size and (positions.min() < 0 or positions.max() >= n):
+            raise ValueError("int8dot_scores_at: row outside the matrix")
+        out = np.empty(positions.size, dtype=np.float32)
+        if positions.size:
+            self._at(rows.ctypes.data, positions.ctypes.data, positions.size, dim, scales.ctypes.data,
+                     columns.ctypes.data, weights.ctypes.data, out.ctypes.data, self.limit)
         return out
 
 
