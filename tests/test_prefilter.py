@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import search.index as index_module
+import search.prefilter as prefilter_module
 from search import native
 from search.builder import BuildOptions, build_index
 from search.corpus import CorpusSpec
@@ -154,6 +155,7 @@ def test_first_pass_returns_exactly_what_the_index_returns_without_it(pair, monk
     first_pass, plain, matrix = pair
     assert first_pass.prefilter is not None
     monkeypatch.setattr(index_module, "CHUNK_ROWS", chunk)  # several chunks: the floor carries over
+    monkeypatch.setattr(prefilter_module, "MAX_PASS_SHARE", 1.0)  # the pass on for every search
     rng = np.random.default_rng(seed)
     query = matrix[seed % len(matrix)] if seed % 3 == 0 else unit_rows(rng, 1, 384)[0]
     args = dict(k=k, offset=offset, filters={"section": sorted(wanted)} if wanted else None, min_score=min_score,
@@ -172,8 +174,37 @@ def test_first_pass_leaves_most_rows_unread(pair, monkeypatch):
         return original(self, rows, *args, **kwargs)
 
     monkeypatch.setattr(SearchIndex, "_score_listed", counting)
+    monkeypatch.setattr(prefilter_module, "MAX_PASS_SHARE", 1.0)
     assert first_pass.search(matrix[100], k=10)[0].row == 100
     assert 0 < sum(listed) < len(matrix) / 10
+
+
+def test_pass_rate_switches_the_pass_off_where_it_lets_too_much_through_and_probes_again():
+    rate = prefilter_module.PassRate()
+    assert rate.use()
+    for _ in range(10):
+        rate.record(30, 100)  # 30% let through: the pass costs more than it saves
+    assert rate.share > prefilter_module.MAX_PASS_SHARE
+    uses = [rate.use() for _ in range(3 * prefilter_module.PROBE_EVERY)]
+    assert uses.count(True) == 3 and uses[prefilter_module.PROBE_EVERY - 1]  # one probe per PROBE_EVERY
+    for _ in range(20):
+        rate.record(1, 1000)  # the data changed (an index swap): the pass pays again
+    assert rate.use() and rate.share < prefilter_module.MAX_PASS_SHARE
+    rate.record(0, 0)  # a search that scanned nothing (all rows filtered out) changes nothing
+    assert rate.share < prefilter_module.MAX_PASS_SHARE
+
+
+@needs_int4
+def test_flat_scores_switch_the_pass_off_with_the_same_results(tmp_path):
+    rng = np.random.default_rng(12)
+    matrix = unit_rows(rng, 3000, 384)  # random directions: no top stands out, most rows pass
+    index = SearchIndex.open(index_from_vectors(tmp_path / "flat", matrix))
+    plain = SearchIndex.open(tmp_path / "flat")
+    plain.prefilter = None
+    queries = unit_rows(rng, 40, 384)
+    for q in queries:
+        assert index.search(q, k=10) == plain.search(q, k=10)
+    assert index.pass_rate.share > prefilter_module.MAX_PASS_SHARE and index.pass_rate.skipped > 0
 
 
 def test_builder_writes_the_copy_and_can_leave_it_out(tmp_path):
