@@ -272,9 +272,12 @@ class SearchIndex:
             if pool.size <= need:
                 return (*self._score_listed(start + pool, query, need=need, floor=floor, prepared=prepared),
                         pool.size)
-            estimate = upper[pool] - self.prefilter.residuals[span][pool] * np.float32(query_norm)
+            estimate = upper - np.asarray(self.prefilter.residuals[span]) * np.float32(query_norm)
+            if selected is not None:
+                estimate = estimate[pool]
             seeds = min(pool.size, SEED_FACTOR * need)
-            seed = start + np.sort(pool[np.argpartition(-estimate, seeds - 1)[:seeds]])
+            best = np.argpartition(estimate, estimate.size - seeds)[estimate.size - seeds:]
+            seed = start + np.sort(best if selected is None else pool[best])
             seed_rows, seed_scores = self._score_listed(seed, query, need=need, floor=floor, prepared=prepared)
             floor = float(np.partition(seed_scores, seed_scores.size - need)[seed_scores.size - need])
             upper[seed - start] = -np.inf  # already scored
