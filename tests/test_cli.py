@@ -42,6 +42,7 @@ def test_info_describes_the_index(demo_index):
     assert "1108 items" in proc.stdout and "field section: games (1108)" in proc.stdout
     assert "all sha256 checksums verified" in proc.stdout
     assert "int8 scan copy: scan-int8.npy" in proc.stdout  # float32 demo index: built with its scan copy
+    assert "int4 prefilter copy: prefilter-int4.npy" in proc.stdout
 
 
 def test_bad_corpus_exits_1_with_one_line(tmp_path, model_dir):
