@@ -15,6 +15,9 @@ changes which rows come back, only how fast:
   query in groups of 8).  Both give the same integers, so the same rows come back.  numpy has no
   int8 product and int8->float32 ``astype`` is slower than a float32 product.
 
+Where the index has an int4 prefilter copy (``prefilter.py``), a first pass over it comes before these
+kernels and they score only the rows it lets through (``score_at``: read in place by row number).
+
 Why the int8 query is two int8 columns: MLAS computes up to 16 columns at the price of one, so the
 query's quantisation residual rides along as a second column and the error bound shrinks ~250x
 (to ~1e-4 on unit vectors), which keeps the exact rescoring to the few rows that tie the top.
