@@ -82,16 +82,13 @@ class Prefilter(NamedTuple):
     def dimension(self) -> int:
         return 2 * self.packed.shape[1]
 
-    def upper_bounds(self, rows: slice, columns, query_norm: float) -> np.ndarray:
-        """Each row's proven upper bound of its exact score (float32), from the compiled kernel.
+    def upper_bounds(self, rows: slice, columns, query_norm: float, top: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's proven upper bound of its exact score (float32), from the compiled kernel, and
+        the positions of the ``top`` rows with the highest int4 scores (the likeliest best rows).
         ``columns``: ``Int8Kernel.quantize_queries`` of one query; ``query_norm``: its L2 norm."""
         return self.native.int4_upper(self.packed[rows], self.scales[rows], self.residuals[rows],
                                       columns.native_columns, columns.native_weights, query_norm,
-                                      self._query_term(columns), FLOAT_SLACK)
-
-    def candidates(self, rows: slice, columns, query_norm: float, floor: float) -> np.ndarray:
-        """Positions (within ``rows``) whose upper bound reaches ``floor``; the others score below it."""
-        return np.flatnonzero(self.upper_bounds(rows, columns, query_norm) >= np.float32(floor))
+                                      self._query_term(columns), FLOAT_SLACK, top)
 
     def _query_term(self, columns) -> float:
         """|t n.(q - q_quantised)| / t <= ||n|| ||q - q_quantised||, ||n|| <= 7 sqrt(d)."""

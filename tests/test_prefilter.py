@@ -108,10 +108,29 @@ def test_upper_bound_is_never_below_the_exact_score(make_rows):
     for path in int4_paths(384):
         prefilter = Prefilter(packed, scales, residuals, native.load(path))
         for query in (rows[17], -rows[17], unit_rows(rng, 1, 384)[0], rows[5] * 3.0):
-            upper = prefilter.upper_bounds(slice(None), query_columns(query), float(np.linalg.norm(query)))
+            upper, _ = prefilter.upper_bounds(slice(None), query_columns(query), float(np.linalg.norm(query)))
             exact = rows.astype(np.float64) @ query.astype(np.float64)
             assert (upper >= exact).all()
             assert np.median(upper - exact) < 0.2 * np.linalg.norm(query)  # and not uselessly loose
+
+
+@needs_int4
+@pytest.mark.parametrize("n, top", [(5000, 20), (5000, 1), (15, 40), (5000, 0)])
+def test_upper_bounds_also_return_the_rows_with_the_best_int4_scores(n, top):
+    rng = np.random.default_rng(n + top)
+    rows = unit_rows(rng, n, 384)
+    from search.prefilter import Prefilter
+    prefilter = Prefilter(*quantize_int4_rows(rows), native.load())
+    columns = query_columns(rows[3])
+    for path in int4_paths(384):
+        kernel = native.load(path)
+        upper, best = Prefilter(*prefilter[:3], kernel).upper_bounds(slice(None), columns, 1.0, top=top)
+        approx = kernel.int4_scores(prefilter.packed, prefilter.scales, columns.native_columns,
+                                    columns.native_weights)[:, 0]
+        assert len(best) == min(top, n)
+        assert set(best.tolist()) == set(np.argsort(-approx, kind="stable")[:min(top, n)].tolist())
+        np.testing.assert_array_equal(upper, Prefilter(*prefilter[:3], kernel).upper_bounds(slice(None), columns,
+                                                                                             1.0)[0])
 
 
 @needs_int4

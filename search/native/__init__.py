@@ -48,7 +48,7 @@ class NativeInt8Dot:
             self._int4.argtypes = self._fn.argtypes
             self._int4_path.argtypes = self._path.argtypes
             p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-            self._int4_upper.argtypes = [p, i64, i64, p, p, p, p, f32, f32, f32, p, ctypes.c_int]
+            self._int4_upper.argtypes = [p, i64, i64, p, p, p, p, f32, f32, f32, p, i64, p, p, ctypes.c_int]
             self._at.argtypes = [p, p, i64, i64, p, p, p, p, ctypes.c_int]
         self.limit = limit
 
@@ -99,8 +99,10 @@ class NativeInt8Dot:
 
 
     def int4_upper(self, packed: np.ndarray, scales: np.ndarray, residuals: np.ndarray, columns: np.ndarray,
-                   weights: np.ndarray, query_norm: float, query_term: float, slack: float) -> np.ndarray:
-        """One query's upper bound per int4 row (see prefilter.py): (n,) float32."""
+                   weights: np.ndarray, query_norm: float, query_term: float, slack: float,
+                   top: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """One query's upper bound per int4 row (see prefilter.py): (n,) float32; and the positions of
+        the ``top`` rows with the highest int4 scores (unordered; fewer if n < top)."""
         packed = np.ascontiguousarray(packed, dtype=np.uint8)
         scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
         residuals = np.ascontiguousarray(residuals, dtype=np.float32).reshape(-1)
@@ -108,14 +110,17 @@ class NativeInt8Dot:
         weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
         n, half = packed.shape
         if columns.shape != (2, 2 * half) or weights.shape != (2,) or scales.shape != (n,) \
-                or residuals.shape != (n,):
+                or residuals.shape != (n,) or top < 0:
             raise ValueError("int4dot_upper: shapes do not match")
         out = np.empty(n, dtype=np.float32)
+        top = min(top, n)
+        top_val = np.full(top, -np.inf, dtype=np.float32)
+        top_idx = np.full(top, -1, dtype=np.int64)
         if n:
             self._int4_upper(packed.ctypes.data, n, 2 * half, scales.ctypes.data, residuals.ctypes.data,
                              columns.ctypes.data, weights.ctypes.data, query_norm, query_term, slack,
-                             out.ctypes.data, self.limit)
-        return out
+                             out.ctypes.data, top, top_val.ctypes.data, top_idx.ctypes.data, self.limit)
+        return out, top_idx
 
     def scores_at(self, rows: np.ndarray, positions: np.ndarray, scales: np.ndarray, columns: np.ndarray,
                   weights: np.ndarray) -> np.ndarray:
