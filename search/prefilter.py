@@ -34,10 +34,11 @@ PREFILTER_FILES = (PREFILTER_NAME, PREFILTER_SCALES_NAME, PREFILTER_RESIDUALS_NA
 NIBBLE_MAX = 7       # symmetric 4-bit values: -7..7 (stored + 8: 1..15)
 NIBBLE_OFFSET = 8
 FLOAT_SLACK = 1e-5   # float32 rounding allowance, as kernels.FLOAT_SLACK
-# Above this share of rows let through, the first pass costs more than it saves: measured on random
-# unit vectors with one thread, 64k rows (18% let through) 1.68 vs 1.38 ms without it, 1M rows (9%)
-# 26.4 vs 30.9 ms; MiniLM vectors of the 64k Debian corpus let 0.4% through (1.10 vs 1.30 ms).
-MAX_PASS_SHARE = 0.12
+# Above this share of rows let through, the first pass costs more than it saves.  Measured on random
+# unit vectors, one thread, int8 rows, the pass forced on vs off: 24% let through (20k rows, top 10)
+# 0.66 vs 0.73 ms; 25% (200k, top 100) 4.10 vs 3.83 ms; 36% (64k, top 100) 1.72 vs 1.71 ms; 49%
+# (20k, top 100) 0.89 vs 0.59 ms.  MiniLM vectors of the 64k Debian corpus let 0.2-4% through.
+MAX_PASS_SHARE = 0.20
 PROBE_EVERY = 64     # while the pass is off, every 64th search still takes it, to notice a change
 
 
