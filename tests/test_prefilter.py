@@ -17,25 +17,12 @@ from search.index import SearchIndex
 from search.prefilter import (PREFILTER_FILES, PREFILTER_NAME, PREFILTER_RESIDUALS_NAME, pack_int4,
                               quantize_int4_rows, unpack_int4)
 from tests.conftest import write_jsonl
-from tests.vectors import GivenVectors, index_from_vectors
+from tests.vectors import GivenVectors, clustered, clustered_index, index_from_vectors, unit_rows
 
 SECTIONS = ["a", "b", "c"]
 _LOADED = native.load()
 needs_int4 = pytest.mark.skipif(_LOADED is None or not _LOADED.has_int4,
                                 reason="the compiled kernel is not built (no C compiler)")
-
-
-def unit_rows(rng, n, d):
-    m = rng.standard_normal((n, d)).astype(np.float32)
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
-
-
-def clustered(rng, n, d):
-    """Tight clusters and exact duplicates: many near-ties around any top-k cut."""
-    centres = unit_rows(rng, 20, d)
-    m = centres[rng.integers(0, 20, n)] + rng.standard_normal((n, d)).astype(np.float32) * 0.05
-    m[5] = m[6]
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
 def int4_paths(dim):
@@ -155,10 +142,7 @@ def test_scores_at_reads_listed_rows_in_place():
 @pytest.fixture(scope="module", params=["float32", "float16", "int8"])
 def pair(request, tmp_path_factory):
     """(index searched through its int4 copy, the same files searched without it, matrix)."""
-    rng = np.random.default_rng(3)
-    matrix = clustered(rng, 3000, 384)
-    sections = [SECTIONS[i % 3] for i in range(len(matrix))]
-    folder = index_from_vectors(tmp_path_factory.mktemp("pf") / "index", matrix, sections, dtype=request.param)
+    folder, matrix = clustered_index(tmp_path_factory.mktemp("pf") / "index", request.param, SECTIONS)
     first_pass, plain = SearchIndex.open(folder), SearchIndex.open(folder)
     plain.prefilter = None
     return first_pass, plain, matrix

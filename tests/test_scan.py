@@ -14,33 +14,17 @@ from search.corpus import CorpusSpec
 from search.errors import IndexLoadError
 from search.index import SCAN_FILES, SCAN_NAME, SCAN_RESIDUALS_NAME, SearchIndex
 from tests.conftest import write_jsonl
-from tests.vectors import GivenVectors, index_from_vectors
+from tests.vectors import GivenVectors, clustered_index, index_from_vectors, unit_rows
 
 SECTIONS = ["a", "b", "c"]
 needs_native = pytest.mark.skipif(kernels.kernel_for("int8").native is None,
                                   reason="the compiled int8 kernel is not built (no C compiler)")
 
 
-def unit_rows(rng, n, d):
-    m = rng.standard_normal((n, d)).astype(np.float32)
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
-
-
-def clustered(rng, n, d):
-    """Rows in tight clusters plus exact duplicates: many near-ties around any top-k cut."""
-    centres = unit_rows(rng, 20, d)
-    m = centres[rng.integers(0, 20, n)] + rng.standard_normal((n, d)).astype(np.float32) * 0.05
-    m[5] = m[6]
-    return m / np.linalg.norm(m, axis=1, keepdims=True)
-
-
 @pytest.fixture(scope="module", params=["float32", "float16"])
 def pair(request, tmp_path_factory):
     """(index searched through its scan copy, the same files searched by the plain kernel, sections)."""
-    rng = np.random.default_rng(3)
-    matrix = clustered(rng, 3000, 384)
-    sections = [SECTIONS[i % 3] for i in range(len(matrix))]
-    folder = index_from_vectors(tmp_path_factory.mktemp("scan") / "index", matrix, sections, dtype=request.param)
+    folder, matrix = clustered_index(tmp_path_factory.mktemp("scan") / "index", request.param, SECTIONS)
     scanned, plain = SearchIndex.open(folder), SearchIndex.open(folder)
     plain.kernel = kernels.kernel_for(request.param)
     scanned.prefilter = plain.prefilter = None  # the int4 first pass has its own tests (test_prefilter.py)

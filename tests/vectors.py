@@ -37,3 +37,23 @@ def index_from_vectors(folder: Path, vectors: np.ndarray, sections=None, dtype="
     build_index(corpus, GivenVectors(vectors, fingerprint), folder, CorpusSpec(fields=("section",)),
                 BuildOptions(dtype=dtype, show_progress=False))
     return folder
+
+
+def unit_rows(rng, n, d):
+    m = rng.standard_normal((n, d)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def clustered(rng, n, d):
+    """Rows in tight clusters plus exact duplicates: many near-ties around any top-k cut."""
+    centres = unit_rows(rng, 20, d)
+    m = centres[rng.integers(0, 20, n)] + rng.standard_normal((n, d)).astype(np.float32) * 0.05
+    m[5] = m[6]
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def clustered_index(folder: Path, dtype: str, sections=("a", "b", "c"), n: int = 3000, seed: int = 3):
+    """(folder, matrix): ``clustered`` rows built into a real index, sections cycling through ``sections``."""
+    matrix = clustered(np.random.default_rng(seed), n, 384)
+    index_from_vectors(folder, matrix, [sections[i % len(sections)] for i in range(n)], dtype=dtype)
+    return folder, matrix

@@ -65,14 +65,8 @@ class NativeInt8Dot:
     def scores(self, rows: np.ndarray, scales: np.ndarray, columns: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """rows (n, d) int8, scales (n,) float32, columns (2q, d) int8, weights (2q,) float32."""
         rows = np.ascontiguousarray(rows, dtype=np.int8)
-        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
-        columns = np.ascontiguousarray(columns, dtype=np.int8)
-        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
         n, dim = rows.shape
-        n_queries = columns.shape[0] // 2
-        if columns.shape != (2 * n_queries, dim) or weights.shape != (2 * n_queries,) or scales.shape != (n,) \
-                or not 1 <= n_queries <= MAX_QUERIES:
-            raise ValueError("int8dot: shapes do not match")
+        scales, columns, weights, n_queries = _query_side("int8dot", scales, columns, weights, n, dim)
         out = np.empty((n, n_queries), dtype=np.float32)
         if n:
             self._fn(rows.ctypes.data, n, dim, scales.ctypes.data, columns.ctypes.data, weights.ctypes.data,
@@ -83,20 +77,13 @@ class NativeInt8Dot:
                     weights: np.ndarray) -> np.ndarray:
         """``scores`` for int4 prefilter rows: packed (n, d/2) uint8, two nibbles per byte."""
         packed = np.ascontiguousarray(packed, dtype=np.uint8)
-        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
-        columns = np.ascontiguousarray(columns, dtype=np.int8)
-        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
         n, half = packed.shape
-        n_queries = columns.shape[0] // 2
-        if columns.shape != (2 * n_queries, 2 * half) or weights.shape != (2 * n_queries,) \
-                or scales.shape != (n,) or not 1 <= n_queries <= MAX_QUERIES:
-            raise ValueError("int4dot: shapes do not match")
+        scales, columns, weights, n_queries = _query_side("int4dot", scales, columns, weights, n, 2 * half)
         out = np.empty((n, n_queries), dtype=np.float32)
         if n:
             self._int4(packed.ctypes.data, n, 2 * half, scales.ctypes.data, columns.ctypes.data,
                        weights.ctypes.data, n_queries, out.ctypes.data, self.limit)
         return out
-
 
     def int4_upper(self, packed: np.ndarray, scales: np.ndarray, residuals: np.ndarray, columns: np.ndarray,
                    weights: np.ndarray, query_norm: float, query_term: float, slack: float,
@@ -104,13 +91,10 @@ class NativeInt8Dot:
         """One query's upper bound per int4 row (see prefilter.py): (n,) float32; and the positions of
         the ``top`` rows with the highest int4 scores (unordered; fewer if n < top)."""
         packed = np.ascontiguousarray(packed, dtype=np.uint8)
-        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
-        residuals = np.ascontiguousarray(residuals, dtype=np.float32).reshape(-1)
-        columns = np.ascontiguousarray(columns, dtype=np.int8)
-        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
         n, half = packed.shape
-        if columns.shape != (2, 2 * half) or weights.shape != (2,) or scales.shape != (n,) \
-                or residuals.shape != (n,) or top < 0:
+        scales, columns, weights, _ = _query_side("int4dot_upper", scales, columns, weights, n, 2 * half, 1)
+        residuals = np.ascontiguousarray(residuals, dtype=np.float32).reshape(-1)
+        if residuals.shape != (n,) or top < 0:
             raise ValueError("int4dot_upper: shapes do not match")
         out = np.empty(n, dtype=np.float32)
         top = min(top, n)
@@ -127,12 +111,8 @@ class NativeInt8Dot:
         """``scores`` of one query for ``rows[positions]`` only, read in place (no gathered copy)."""
         rows = np.ascontiguousarray(rows, dtype=np.int8)
         positions = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
-        scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
-        columns = np.ascontiguousarray(columns, dtype=np.int8)
-        weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
         n, dim = rows.shape
-        if columns.shape != (2, dim) or weights.shape != (2,) or scales.shape != (n,):
-            raise ValueError("int8dot_scores_at: shapes do not match")
+        scales, columns, weights, _ = _query_side("int8dot_scores_at", scales, columns, weights, n, dim, 1)
         if positions.size and (positions.min() < 0 or positions.max() >= n):
             raise ValueError("int8dot_scores_at: row outside the matrix")
         out = np.empty(positions.size, dtype=np.float32)
@@ -140,6 +120,19 @@ class NativeInt8Dot:
             self._at(rows.ctypes.data, positions.ctypes.data, positions.size, dim, scales.ctypes.data,
                      columns.ctypes.data, weights.ctypes.data, out.ctypes.data, self.limit)
         return out
+
+
+def _query_side(name: str, scales, columns, weights, n: int, dim: int, most: int = MAX_QUERIES):
+    """Contiguous (scales (n,) float32, columns (2q, dim) int8, weights (2q,) float32, q) for a C call,
+    with 1 <= q <= ``most``; ValueError naming ``name`` otherwise."""
+    scales = np.ascontiguousarray(scales, dtype=np.float32).reshape(-1)
+    columns = np.ascontiguousarray(columns, dtype=np.int8)
+    weights = np.ascontiguousarray(weights, dtype=np.float32).reshape(-1)
+    n_queries = columns.shape[0] // 2
+    if columns.shape != (2 * n_queries, dim) or weights.shape != (2 * n_queries,) or scales.shape != (n,) \
+            or not 1 <= n_queries <= most:
+        raise ValueError(f"{name}: shapes do not match")
+    return scales, columns, weights, n_queries
 
 
 def library_path() -> Path:
