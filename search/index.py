@@ -49,6 +49,7 @@ CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of prod
 # Below this share of rows left by the filters, gathering them is cheaper than the int4 pass over all.
 PREFILTER_MIN_DENSITY = 0.25
 SEED_FACTOR = 2  # the first pass's floor: the need-th best exact score of this many x need seed rows
+MAX_HEAP_EXTRA = 4096  # rows left out by filters that the kernel's seed heap may absorb (else a numpy pass)
 
 
 def field_file(name: str) -> str:
@@ -260,8 +261,10 @@ class SearchIndex:
         # One call for the whole index: the kernel also keeps the rows with the highest int4 scores,
         # the seeds (ranking by the bound instead would favour loosely quantised rows and give a
         # low floor: measured 40% instead of 15% of 64k random rows let through).
-        upper, top = self.prefilter.upper_bounds(slice(None), columns, query_norm,
-                                                 top=seeds if mask is None else 0)
+        # A few rows left out (exclude_rows, a filter dropping little): the heap keeps that many more.
+        excluded = self.count - pool
+        heap = seeds + excluded if excluded <= MAX_HEAP_EXTRA else 0
+        upper, top = self.prefilter.upper_bounds(slice(None), columns, query_norm, top=heap)
         floor = -np.inf if min_score is None else float(min_score)
         best_rows, best_scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if not seeds:  # every row is needed: nothing to prune
@@ -269,10 +272,13 @@ class SearchIndex:
         else:
             if mask is not None:
                 upper[~mask] = -np.inf
-                estimate = np.where(mask, upper - np.asarray(self.prefilter.residuals) * np.float32(query_norm),
-                                    -np.inf)
-                top = np.argpartition(estimate, self.count - seeds)[self.count - seeds:]
-                del estimate
+                if heap:
+                    top = top[mask[top]]  # at least ``seeds`` rows remain
+                else:
+                    estimate = np.where(mask, upper - np.asarray(self.prefilter.residuals) * np.float32(query_norm),
+                                        -np.inf)
+                    top = np.argpartition(estimate, self.count - seeds)[self.count - seeds:]
+                    del estimate
             seed = np.sort(top)
             rows, scores = self._score_listed(seed, query, need=need, floor=-np.inf, prepared=prepared)
             best_rows, best_scores = _keep_top(best_rows, best_scores, rows, scores, need, min_score)

@@ -152,12 +152,13 @@ def pair(request, tmp_path_factory):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 60), offset=st.integers(0, 30),
        wanted=st.sets(st.sampled_from(SECTIONS), max_size=2), min_score=st.one_of(st.none(), st.floats(0.0, 0.9)),
-       chunk=st.sampled_from([700, 3000, 65536]), excluded=st.integers(0, 3))
+       chunk=st.sampled_from([700, 3000, 65536]), excluded=st.integers(0, 3), heap_extra=st.sampled_from([0, 4096]))
 def test_first_pass_returns_exactly_what_the_index_returns_without_it(pair, monkeypatch, seed, k, offset, wanted,
-                                                                      min_score, chunk, excluded):
+                                                                      min_score, chunk, excluded, heap_extra):
     first_pass, plain, matrix = pair
     assert first_pass.prefilter is not None
     monkeypatch.setattr(index_module, "CHUNK_ROWS", chunk)  # several chunks: the floor carries over
+    monkeypatch.setattr(index_module, "MAX_HEAP_EXTRA", heap_extra)  # seeds of filtered searches: heap or numpy
     monkeypatch.setattr(prefilter_module, "MAX_PASS_SHARE", 1.0)  # the pass on for every search
     rng = np.random.default_rng(seed)
     query = matrix[seed % len(matrix)] if seed % 3 == 0 else unit_rows(rng, 1, 384)[0]
