@@ -139,10 +139,13 @@ def ensure_index(folder: Path, *, no_title: bool = False, model: Path = MODEL, f
         if (folder / "manifest.json").is_file():
             cached = json.loads((folder / "manifest.json").read_text())
             wanted = json.loads((model / "manifest.json").read_text())["fingerprint"]
-            stale_format = "prefilter" not in cached and "--no-prefilter" not in extra  # built before the int4 copy
+            from search.encoder import DISABLED_OPTIMIZERS
+
+            stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or \
+                (cached["model"].get("session") or {}).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
             if cached["model"]["fingerprint"] == wanted and not stale_format:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
-            log(f"{folder} was built " + ("before the int4 prefilter copy existed" if stale_format
+            log(f"{folder} was built " + ("by an older builder or encoder" if stale_format
                                           else "with another model") + "; rebuilding it")
             shutil.rmtree(folder)
         cmd = [PY, "-m", "search", "build", "--corpus", str(corpus), "--model", str(model), "--out", str(folder),

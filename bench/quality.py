@@ -162,9 +162,12 @@ def run(quick: bool = False, sample: int | None = None) -> dict:
     log(f"quality: {len(records)} documents, {len(queries)} queries")
 
     docs, qs = {}, {}
+    from search.encoder import DISABLED_OPTIMIZERS
+
     int8_fp = _fingerprint(MODEL)
+    int8_key = int8_fp + ",".join(DISABLED_OPTIMIZERS)  # the encoder's session settings move int8 vectors
     if quick:
-        docs["onnx_int8"] = _cached("docs-onnx-int8", int8_fp + key, lambda: _onnx(MODEL, texts, "document"))
+        docs["onnx_int8"] = _cached("docs-onnx-int8", int8_key + key, lambda: _onnx(MODEL, texts, "document"))
     else:
         ensure_index(TEXT_INDEX_64K, no_title=True)
         from search.index import SearchIndex
@@ -177,7 +180,7 @@ def run(quick: bool = False, sample: int | None = None) -> dict:
                              "delete it and run again")
         docs["onnx_int8"] = np.array(index.embeddings, dtype=np.float32)
         index.close()
-    qs["onnx_int8"] = _cached("queries-onnx-int8", int8_fp + qkey, lambda: _onnx(MODEL, queries, "query", 1))
+    qs["onnx_int8"] = _cached("queries-onnx-int8", int8_key + qkey, lambda: _onnx(MODEL, queries, "query", 1))
     fp = _fingerprint(fp32_model)
     docs["onnx_fp32"] = _cached("docs-onnx-fp32", fp + key, lambda: _onnx(fp32_model, texts, "document"))
     qs["onnx_fp32"] = _cached("queries-onnx-fp32", fp + qkey, lambda: _onnx(fp32_model, queries, "query"))

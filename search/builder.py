@@ -113,6 +113,7 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
             "fingerprint": encoder.fingerprint,
             "source_model": encoder.bundle.source_model,
             "quantization": encoder.bundle.quantization,
+            "session": getattr(encoder, "session_settings", None),
         },
         "fields": list(spec.fields),
         "lexical": lexical,
