@@ -139,7 +139,7 @@ def ensure_index(folder: Path, *, no_title: bool = False, model: Path = MODEL, f
         if (folder / "manifest.json").is_file():
             cached = json.loads((folder / "manifest.json").read_text())
             wanted = json.loads((model / "manifest.json").read_text())["fingerprint"]
-            from search.encoder import DISABLED_OPTIMIZERS
+            from search.encoder import DISABLED_OPTIMIZERS  # search imports stay out of bench startup
 
             stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or \
                 (cached["model"].get("session") or {}).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
