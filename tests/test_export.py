@@ -117,6 +117,12 @@ def test_int8_export_passes_gate_and_manifest_is_complete(int8_bundle):
     q = m["quantization"]
     assert q["method"].endswith("quantize_dynamic") and q["per_channel"] is True
     assert {"weight_type", "reduce_range", "op_types", "nodes_excluded"} <= set(q)
+    # the down-projections left out of the per-tensor pass are blockwise 8-bit, none stays fp32
+    assert len(q["nodes_excluded"]) == 3 and q["nodes_excluded_as"]["op"] == "MatMulNBits"
+    assert (q["nodes_excluded_as"]["bits"], q["nodes_excluded_as"]["block_size"]) == (8, 32)
+    assert ops.count("MatMulNBits") == 3
+    weights = {t.name for t in graph.initializer}
+    assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert set(m["versions"]) == {"onnx", "onnxruntime", "torch", "transformers", "opset"}
     assert m["versions"]["opset"] >= 14
     datetime.fromisoformat(m["created_at"].replace("Z", "+00:00"))
