@@ -263,9 +263,12 @@ def quantize_blockwise(path: Path, names: list[str], settings: dict) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    model = onnx.load(str(path))
+    # nodes_to_include only adds to the op types it quantises (every MatMul): exclude the rest by name
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(names)]
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(path)), bits=settings["bits"], block_size=settings["block_size"],
-        is_symmetric=settings["symmetric"], accuracy_level=settings["accuracy_level"], nodes_to_include=names,
+        model, bits=settings["bits"], block_size=settings["block_size"], is_symmetric=settings["symmetric"],
+        accuracy_level=settings["accuracy_level"], nodes_to_include=names, nodes_to_exclude=others,
     )
     quantizer.process()
     done = sum(n.op_type == settings["op"] for n in quantizer.model.model.graph.node)

@@ -199,3 +199,30 @@ def test_projections_of_different_widths_are_left_alone():
     model = _projections(widths=(HIDDEN, HIDDEN // 2, HIDDEN))
     assert export_graph.merged_projections(model) == 0
     assert [n.op_type for n in model.graph.node].count("MatMul") == 4
+
+
+def test_blockwise_quantisation_rewrites_only_the_named_products(tmp_path):
+    """export_onnx.quantize_blockwise: the named MatMul becomes MatMulNBits; a second MatMul with
+    constant weights stays fp32 (the quantizer would take every MatMul without the exclusion)."""
+    import export_onnx
+
+    rng = np.random.default_rng(3)
+    w1 = numpy_helper.from_array(rng.normal(size=(64, 96)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(size=(96, 32)).astype(np.float32), "w2")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+         helper.make_node("MatMul", ["h", "w2"], ["y"], name="second")],
+        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])], [w1, w2])
+    path = tmp_path / "two.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    x = rng.normal(size=(5, 64)).astype(np.float32)
+    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    export_onnx.quantize_blockwise(path, ["first"], export_onnx.INT8_SETTINGS["excluded_as"])
+
+    nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
+    assert nodes["second"] == "MatMul" and "first" not in nodes
+    assert list(nodes.values()).count("MatMulNBits") == 1
+    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(after - before).max() < 0.02 * np.abs(before).max()  # 8-bit blocks: close, not equal
