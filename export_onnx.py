@@ -265,7 +265,8 @@ def quantize_blockwise(path: Path, names: list[str], settings: dict) -> None:
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     model = onnx.load(str(path))
     # nodes_to_include only adds to the op types it quantises (every MatMul): exclude the rest by name
-    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in set(names)]
+    wanted = set(names)
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
     quantizer = MatMulNBitsQuantizer(
         model, bits=settings["bits"], block_size=settings["block_size"], is_symmetric=settings["symmetric"],
         accuracy_level=settings["accuracy_level"], nodes_to_include=names, nodes_to_exclude=others,
