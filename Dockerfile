@@ -24,7 +24,8 @@ COPY verification/ verification/
 COPY export_onnx.py export_graph.py ./
 # Only the modules export_onnx.py imports, so a code change does not re-run the export
 # (tests/test_template.py checks this list against the imports).
-COPY search/__init__.py search/bundle.py search/cpu.py search/encoder.py search/errors.py search/fileutil.py search/
+COPY search/__init__.py search/errors.py search/fileutil.py search/
+COPY search/model/ search/model/
 RUN python export_onnx.py --out /out/model
 
 FROM model AS index

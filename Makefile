@@ -37,11 +37,11 @@ $(INDEX)/manifest.json: $(MODEL)/manifest.json $(DEMO_CORPUS)
 
 index: $(INDEX)/manifest.json  ## build the demo index (1,108 Debian games)
 
-# The int8 scoring kernel (search/native/int8dot.c).  Optional: without a C compiler int8 indexes
+# The int8 scoring kernel (search/scoring/native/int8dot.c).  Optional: without a C compiler int8 indexes
 # use onnxruntime's kernel (same results, slower for single queries), so a failure only warns.
-NATIVE_LIB := search/native/_int8dot.so
-$(NATIVE_LIB): search/native/int8dot.c search/native/build.py | $(VENV)/.installed
-	$(PY) search/native/build.py --optional
+NATIVE_LIB := search/scoring/native/_int8dot.so
+$(NATIVE_LIB): search/scoring/native/int8dot.c search/scoring/native/build.py | $(VENV)/.installed
+	$(PY) search/scoring/native/build.py --optional
 
 native: $(NATIVE_LIB)  ## compile the int8 scoring kernel (needs cc; optional)
 

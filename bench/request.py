@@ -23,20 +23,43 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from bench.common import (INDEX_64K, INDEX_64K_INT8, MODEL, PY, RESULTS, ROOT, child_env, emit, ensure_index, proc_status,
-                          require_model, run_child, short_queries, summary_ms)
+from bench.common import (
+    INDEX_64K,
+    INDEX_64K_INT8,
+    MODEL,
+    PY,
+    RESULTS,
+    ROOT,
+    child_env,
+    emit,
+    ensure_index,
+    proc_status,
+    require_model,
+    run_child,
+    short_queries,
+    summary_ms,
+)
 
 EVENT_FILE = ROOT / "events" / "http-api-get-search.json"
-COMMANDS = {"request": "python -m bench --only request", "cold": "python -m bench --only cold",
-            "profile": "python -m bench --only profile"}
+COMMANDS = {
+    "request": "python -m bench --only request",
+    "cold": "python -m bench --only cold",
+    "profile": "python -m bench --only profile",
+}
 
 
 def _env(index: Path = INDEX_64K) -> dict:
     # query cache off: the two modes are timed on the same queries, and every request must embed.
     # SEARCH_CPU_WORKERS unset: handler.py's Lambda default (searches inline) is what is measured.
-    return {"SEARCH_MODEL_DIR": str(MODEL), "SEARCH_INDEX_URI": str(index), "SEARCH_THREADS": "1",
-            "SEARCH_QUERY_CACHE_SIZE": "0", "SEARCH_CPU_WORKERS": "",
-            "POWERTOOLS_METRICS_DISABLED": "true", "POWERTOOLS_LOG_LEVEL": "WARNING"}
+    return {
+        "SEARCH_MODEL_DIR": str(MODEL),
+        "SEARCH_INDEX_URI": str(index),
+        "SEARCH_THREADS": "1",
+        "SEARCH_QUERY_CACHE_SIZE": "0",
+        "SEARCH_CPU_WORKERS": "",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+        "POWERTOOLS_LOG_LEVEL": "WARNING",
+    }
 
 
 def event_for(query: str, k: int = 10, template: dict | None = None, mode: str | None = None) -> dict:
@@ -73,8 +96,14 @@ def measure_profile(quick: bool) -> dict:
     raw = RESULTS / "profile-warm-request.raw.txt"
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         # stdout to a file, not a pipe: the handler prints EMF metrics and an unread pipe would block it
-        child = subprocess.Popen([PY, "-m", "bench.request", "--child", "loop", "--seconds", str(seconds + 3)],
-                                 cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+        child = subprocess.Popen(
+            [PY, "-m", "bench.request", "--child", "loop", "--seconds", str(seconds + 3)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 300
             while not _printed(out, "ready"):
@@ -82,9 +111,26 @@ def measure_profile(quick: bool) -> dict:
                     err.seek(0)
                     raise RuntimeError(f"profile child did not get ready: {err.read()[-1500:]}")
                 time.sleep(0.2)
-            subprocess.run([spy, "record", "--pid", str(child.pid), "--duration", str(seconds), "--rate", "500",
-                            "--format", "raw", "--output", str(raw), "--nonblocking"],
-                           check=True, capture_output=True, timeout=seconds + 60)
+            subprocess.run(
+                [
+                    spy,
+                    "record",
+                    "--pid",
+                    str(child.pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "500",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=seconds + 60,
+            )
             child.wait(timeout=120)
         finally:
             if child.poll() is None:
@@ -94,8 +140,12 @@ def measure_profile(quick: bool) -> dict:
     text = summarise_profile(raw.read_text(), done["requests"], seconds)
     raw.unlink()
     (RESULTS / "profile-warm-request.txt").write_text(text)
-    return {"profile.requests": done["requests"], "profile.seconds": seconds, "profile.tool": "py-spy 500 Hz",
-            "profile.file": "bench/results/profile-warm-request.txt"}
+    return {
+        "profile.requests": done["requests"],
+        "profile.seconds": seconds,
+        "profile.tool": "py-spy 500 Hz",
+        "profile.file": "bench/results/profile-warm-request.txt",
+    }
 
 
 def _printed(fh, marker: str) -> bool:
@@ -108,8 +158,11 @@ def _frame(frame: str) -> str:
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     parts = path.split("/")
-    short = "/".join(parts[-2:]) if "site-packages" not in path else parts[parts.index("site-packages") + 1] + \
-        "/" + parts[-1]
+    short = (
+        "/".join(parts[-2:])
+        if "site-packages" not in path
+        else parts[parts.index("site-packages") + 1] + "/" + parts[-1]
+    )
     return f"{name} ({short})"
 
 
@@ -130,14 +183,20 @@ def summarise_profile(raw: str, requests: int, seconds: float, top: int = 30) ->
         own[frames[-1]] += n
         for f in set(frames):
             inclusive[f] += n
-    lines = [f"py-spy, {total} CPU samples over {seconds} s of warm requests ({requests} requests, "
-             f"{requests / seconds:.0f}/s), all threads, idle time excluded", "",
-             f"{'self %':>7}  function (file)"]
+    lines = [
+        f"py-spy, {total} CPU samples over {seconds} s of warm requests ({requests} requests, "
+        f"{requests / seconds:.0f}/s), all threads, idle time excluded",
+        "",
+        f"{'self %':>7}  function (file)",
+    ]
     lines += [f"{100 * n / total:7.1f}  {f}" for f, n in own.most_common(top)]
     lines += ["", f"{'total %':>7}  function (file): inclusive, calls below it counted"]
     plumbing = ("(threading.py)", "(futures/thread.py)", "<frozen runpy>", "(bench/request.py)")
-    lines += [f"{100 * n / total:7.1f}  {f}" for f, n in inclusive.most_common(top + 12)
-              if not f.endswith(plumbing) and not any(p in f for p in plumbing)][:top]
+    lines += [
+        f"{100 * n / total:7.1f}  {f}"
+        for f, n in inclusive.most_common(top + 12)
+        if not f.endswith(plumbing) and not any(p in f for p in plumbing)
+    ][:top]
     return "\n".join(lines) + "\n"
 
 
@@ -182,8 +241,10 @@ def measure_cold(quick: bool) -> dict:
     env = child_env(None, **_env())
     env.pop("SEARCH_THREADS")  # a cold Lambda gets its CPUs; both sides use their defaults
     runs = 2 if quick else 5
-    sides = {"ours": [PY, "-c", COLD_OURS, json.dumps(event_for(query))],
-             "pytorch": [PY, "-c", COLD_TORCH, query, str(INDEX_64K)]}
+    sides = {
+        "ours": [PY, "-c", COLD_OURS, json.dumps(event_for(query))],
+        "pytorch": [PY, "-c", COLD_TORCH, query, str(INDEX_64K)],
+    }
     inner: dict[str, list[float]] = {s: [] for s in sides}
     imports: list[float] = []
     wall: dict[str, list[float]] = {s: [] for s in sides}
@@ -201,11 +262,15 @@ def measure_cold(quick: bool) -> dict:
                     imports.append(out["import"])
                 wall[side].append(elapsed)
     med = {s: statistics.median(v) for s, v in inner.items()}
-    return {"cold.ours_s": round(med["ours"], 3), "cold.pytorch_s": round(med["pytorch"], 3),
-            "cold.speedup": round(med["pytorch"] / med["ours"], 2),
-            "cold.ours_wall_s": round(statistics.median(wall["ours"]), 3),
-            "cold.pytorch_wall_s": round(statistics.median(wall["pytorch"]), 3), "cold.runs": runs,
-            "cold.ours_import_s": round(statistics.median(imports), 3)}
+    return {
+        "cold.ours_s": round(med["ours"], 3),
+        "cold.pytorch_s": round(med["pytorch"], 3),
+        "cold.speedup": round(med["pytorch"] / med["ours"], 2),
+        "cold.ours_wall_s": round(statistics.median(wall["ours"]), 3),
+        "cold.pytorch_wall_s": round(statistics.median(wall["pytorch"]), 3),
+        "cold.runs": runs,
+        "cold.ours_import_s": round(statistics.median(imports), 3),
+    }
 
 
 # ------------------------------------------------------------------------------------ children
@@ -244,9 +309,15 @@ def _warm_child(args) -> None:
     out[f"{prefix}.n"] = len(timed)
     out.update({f"{prefix}.timing.{part}_ms_p50": round(statistics.median(v), 3) for part, v in parts.items()})
     memory = "memory" if prefix == "request" else f"memory.{prefix.split('.', 1)[1]}"
-    out.update({f"{memory}.peak_rss_mb": mem["VmHWM"], f"{memory}.rss_mb": mem["VmRSS"],
-                f"{memory}.rss_anon_mb": mem["RssAnon"], f"{memory}.rss_file_mb": mem["RssFile"],
-                f"{memory}.queries": len(warmup) + 2 * len(timed)})
+    out.update(
+        {
+            f"{memory}.peak_rss_mb": mem["VmHWM"],
+            f"{memory}.rss_mb": mem["VmRSS"],
+            f"{memory}.rss_anon_mb": mem["RssAnon"],
+            f"{memory}.rss_file_mb": mem["RssFile"],
+            f"{memory}.queries": len(warmup) + 2 * len(timed),
+        }
+    )
     emit(out)
 
 

@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from bench.common import BUILD, emit, log, proc_status, run_child
-from search.builder import quantize_int8_rows, residual_norms
-from search.prefilter import quantize_int4_rows
+from search.index.builder import quantize_int8_rows, residual_norms
+from search.scoring.prefilter import quantize_int4_rows
 
 COMMAND = "python -m bench --only scale"
 DIM = 384
@@ -39,16 +39,18 @@ def ensure_synthetic(rows: int) -> None:
         return
     log(f"writing {rows:,} synthetic {DIM}-d unit vectors to {SYNTHETIC}")
     rng = np.random.default_rng(20240601)
-    files = {d: np.lib.format.open_memmap(SYNTHETIC / f"{d}-{rows}.npy", mode="w+", dtype=d, shape=(rows, DIM))
-             for d in ("float32", "float16", "int8")}
+    files = {
+        d: np.lib.format.open_memmap(SYNTHETIC / f"{d}-{rows}.npy", mode="w+", dtype=d, shape=(rows, DIM))
+        for d in ("float32", "float16", "int8")
+    }
     scales = np.lib.format.open_memmap(SYNTHETIC / f"scales-{rows}.npy", mode="w+", dtype=np.float32, shape=(rows,))
     for start in range(0, rows, GEN_BLOCK):
         n = min(GEN_BLOCK, rows - start)
         x = rng.standard_normal((n, DIM), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        files["float32"][start:start + n] = x
-        files["float16"][start:start + n] = x
-        files["int8"][start:start + n], scales[start:start + n] = quantize_int8_rows(x)  # the builder's format
+        files["float32"][start : start + n] = x
+        files["float16"][start : start + n] = x
+        files["int8"][start : start + n], scales[start : start + n] = quantize_int8_rows(x)  # the builder's format
     for arr in (*files.values(), scales):
         arr.flush()
     _write_residuals(rows)
@@ -71,13 +73,17 @@ def _ensure_prefilters(rows: int) -> None:
         matrix = np.load(SYNTHETIC / f"{source}-{rows}.npy", mmap_mode="r")
         scales = np.load(SYNTHETIC / f"scales-{rows}.npy", mmap_mode="r")
         tmp = {k: p.with_name("." + p.name) for k, p in paths.items()}
-        out = {"int4": np.lib.format.open_memmap(tmp["int4"], mode="w+", dtype=np.uint8, shape=(rows, DIM // 2)),
-               **{k: np.lib.format.open_memmap(tmp[k], mode="w+", dtype=np.float32, shape=(rows,))
-                  for k in ("scales", "residuals")}}
+        out = {
+            "int4": np.lib.format.open_memmap(tmp["int4"], mode="w+", dtype=np.uint8, shape=(rows, DIM // 2)),
+            **{
+                k: np.lib.format.open_memmap(tmp[k], mode="w+", dtype=np.float32, shape=(rows,))
+                for k in ("scales", "residuals")
+            },
+        }
         for start in range(0, rows, GEN_BLOCK):
-            block = np.asarray(matrix[start:start + GEN_BLOCK], dtype=np.float32)
+            block = np.asarray(matrix[start : start + GEN_BLOCK], dtype=np.float32)
             if source == "int8":
-                block = block * np.asarray(scales[start:start + len(block)])[:, None]
+                block = block * np.asarray(scales[start : start + len(block)])[:, None]
             stop = start + len(block)
             out["int4"][start:stop], out["scales"][start:stop], out["residuals"][start:stop] = quantize_int4_rows(block)
         for arr in out.values():
@@ -90,7 +96,7 @@ def _ensure_prefilters(rows: int) -> None:
 def load_prefilter(rows: int, file_rows: int, source: str):
     """The memory-mapped int4 copy of the first ``rows`` rows, or None without the compiled kernel."""
     from search import native
-    from search.prefilter import Prefilter
+    from search.scoring.prefilter import Prefilter
 
     kernel = native.load()
     if kernel is None or not kernel.has_int4:
@@ -108,8 +114,9 @@ def _write_residuals(rows: int) -> None:
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(rows,))
     for start in range(0, rows, GEN_BLOCK):
         stop = min(start + GEN_BLOCK, rows)
-        out[start:stop] = residual_norms(np.asarray(f32[start:stop]), np.asarray(i8[start:stop]),
-                                         np.asarray(sc[start:stop]))
+        out[start:stop] = residual_norms(
+            np.asarray(f32[start:stop]), np.asarray(i8[start:stop]), np.asarray(sc[start:stop])
+        )
     out.flush()
     del out
     tmp.replace(SYNTHETIC / f"residuals-{rows}.npy")
@@ -122,19 +129,29 @@ def measure(quick: bool) -> dict:
     out: dict = {"scale.sizes": list(sizes)}
     for n in sizes:
         log(f"scale: {n:,} rows")
-        res = run_child("bench.scale", "--rows", str(n), "--file-rows", str(top),
-                        "--queries", str(10 if quick else (30 if n >= 1_000_000 else 100)))
+        res = run_child(
+            "bench.scale",
+            "--rows",
+            str(n),
+            "--file-rows",
+            str(top),
+            "--queries",
+            str(10 if quick else (30 if n >= 1_000_000 else 100)),
+        )
         out.update(res)
     big = max(sizes)
     for side in ("int8_onnxruntime", "float32_scan"):
         if f"scale.{big}.{side}_ms" in out:
             out[f"scale.{big}.{side}.speedup_vs_numpy"] = round(
-                out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{side}_ms"], 2)
+                out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{side}_ms"], 2
+            )
     for dtype in ("float32", "float16", "int8"):
         out[f"scale.{big}.{dtype}.speedup_vs_numpy"] = round(
-            out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_ms"], 2)
+            out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_ms"], 2
+        )
         out[f"scale.{big}.{dtype}.batch8_speedup_vs_numpy"] = round(
-            out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_batch8_ms_per_query"], 2)
+            out[f"scale.{big}.numpy_float32_ms"] / out[f"scale.{big}.{dtype}_batch8_ms_per_query"], 2
+        )
     small = min(sizes)
     out["memory.anon_growth_mb"] = round(out[f"scale.{big}.rss_anon_mb"] - out[f"scale.{small}.rss_anon_mb"], 1)
     out["memory.anon_growth_from_to"] = [small, big]
@@ -143,7 +160,7 @@ def measure(quick: bool) -> dict:
 
 def _child(args) -> None:
     from search import kernels
-    from search.index import SearchIndex
+    from search.index.reader import SearchIndex
 
     n, file_rows = args.rows, args.file_rows
     arrays = {d: np.load(SYNTHETIC / f"{d}-{file_rows}.npy", mmap_mode="r")[:n] for d in ("float32", "float16", "int8")}
@@ -159,17 +176,24 @@ def _child(args) -> None:
     residuals = np.load(SYNTHETIC / f"residuals-{file_rows}.npy", mmap_mode="r")[:n]
     scanned = kernels.scanned_kernel_for("float32")
     if scanned is not None:
-        indexes["float32_scan"] = SearchIndex(SYNTHETIC, {**indexes["float32"].manifest}, arrays["float32"], None, {},
-                                              None, kernels.ScanBlock(arrays["float32"], arrays["int8"], scales,
-                                                                      residuals))
+        indexes["float32_scan"] = SearchIndex(
+            SYNTHETIC,
+            {**indexes["float32"].manifest},
+            arrays["float32"],
+            None,
+            {},
+            None,
+            kernels.ScanBlock(arrays["float32"], arrays["int8"], scales, residuals),
+        )
         indexes["float32_scan"].page_in()
     # what `search build` writes by default: the int4 prefilter copy beside each of these
     for name, source in (("int8", "int8"), ("float32_scan", "float32")):
         prefilter = load_prefilter(n, file_rows, source) if name in indexes else None
         if prefilter is not None:
             base = indexes[name]
-            indexes[f"{name}_no_prefilter"] = SearchIndex(SYNTHETIC, {**base.manifest}, base.embeddings, base.scales,
-                                                          {}, None, base.scan)
+            indexes[f"{name}_no_prefilter"] = SearchIndex(
+                SYNTHETIC, {**base.manifest}, base.embeddings, base.scales, {}, None, base.scan
+            )
             indexes[f"{name}_no_prefilter"].kernel = base.kernel
             base.prefilter = prefilter
             base.page_in()
@@ -181,7 +205,10 @@ def _child(args) -> None:
     queries = rng.standard_normal((args.queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     plain = arrays["float32"]
-    sides = {"numpy_float32": lambda q: plain @ q, **{d: (lambda q, i=i: i.search(q, k=10)) for d, i in indexes.items()}}
+    sides = {
+        "numpy_float32": lambda q: plain @ q,
+        **{d: (lambda q, i=i: i.search(q, k=10)) for d, i in indexes.items()},
+    }
     # Sides take turns in blocks of queries, each block after one untimed query: a server scans one
     # index again and again, so a side is timed warm (caches, TLB) and not right after another
     # side's gigabyte scan; rounds alternate so drift hits every side alike.
@@ -190,7 +217,7 @@ def _child(args) -> None:
     for start in range(0, len(queries), block):
         for side, fn in sides.items():
             fn(queries[start])
-            for q in queries[start:start + block]:
+            for q in queries[start : start + block]:
                 t0 = time.perf_counter()
                 fn(q)
                 times[side].append(time.perf_counter() - t0)

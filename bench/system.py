@@ -26,14 +26,31 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import (BUILD, CORPUS, FIELDS, INDEX_64K, MODEL, PY, ROOT, child_env, ensure_fp32_model,
-                          ensure_index, percentile, require_model, short_queries)
+from bench.common import (
+    BUILD,
+    CORPUS,
+    FIELDS,
+    INDEX_64K,
+    MODEL,
+    PY,
+    ROOT,
+    child_env,
+    ensure_fp32_model,
+    ensure_index,
+    percentile,
+    require_model,
+    short_queries,
+)
 
-COMMANDS = {"build": "python -m bench --only build", "load": "python -m bench --only load",
-            "pagein": "python -m bench --only pagein"}
+COMMANDS = {
+    "build": "python -m bench --only build",
+    "load": "python -m bench --only load",
+    "pagein": "python -m bench --only pagein",
+}
 
 
 # ---------------------------------------------------------------------------------------- build
+
 
 def _sample_corpus(n: int) -> Path:
     path = BUILD / f"corpus-sample-{n}.jsonl"
@@ -58,15 +75,35 @@ def measure_build(quick: bool) -> dict:
         for _ in range(1 if quick else 2):
             for name, model in (("int8", MODEL), ("fp32", fp32)):
                 target = Path(tmp) / name
-                cmd = [PY, "-m", "search", "build", "--corpus", str(corpus), "--model", str(model),
-                       "--out", str(target), "--fields", FIELDS, "--skip-bad", "--quiet"]
+                cmd = [
+                    PY,
+                    "-m",
+                    "search",
+                    "build",
+                    "--corpus",
+                    str(corpus),
+                    "--model",
+                    str(model),
+                    "--out",
+                    str(target),
+                    "--fields",
+                    FIELDS,
+                    "--skip-bad",
+                    "--quiet",
+                ]
                 subprocess.run(cmd, cwd=ROOT, env=child_env(None), check=True, capture_output=True)
                 manifest = json.loads((target / "manifest.json").read_text())
                 rates[name].append(manifest["count"] / manifest["build_seconds"])
                 shutil.rmtree(target)
     best = {k: max(v) for k, v in rates.items()}
-    out.update({"build.int8_docs_per_s": round(best["int8"], 1), "build.fp32_docs_per_s": round(best["fp32"], 1),
-                "build.speedup": round(best["int8"] / best["fp32"], 2), "build.cpus": os.cpu_count()})
+    out.update(
+        {
+            "build.int8_docs_per_s": round(best["int8"], 1),
+            "build.fp32_docs_per_s": round(best["fp32"], 1),
+            "build.speedup": round(best["int8"] / best["fp32"], 2),
+            "build.cpus": os.cpu_count(),
+        }
+    )
     manifest = INDEX_64K / "manifest.json"
     if manifest.is_file():
         m = json.loads(manifest.read_text())
@@ -117,9 +154,26 @@ def measure_load(quick: bool) -> dict:
     ensure_index(INDEX_64K)
     port = _free_port()
     env = child_env(None, SEARCH_QUERY_CACHE_SIZE="0")  # every request embeds: the honest worst case
-    server = subprocess.Popen([PY, "-m", "search", "serve", "--model", str(MODEL), "--index", str(INDEX_64K),
-                               "--port", str(port), "--log-level", "warning"],
-                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "search",
+            "serve",
+            "--model",
+            str(MODEL),
+            "--index",
+            str(INDEX_64K),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -129,8 +183,10 @@ def measure_load(quick: bool) -> dict:
             except OSError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("server did not become ready: " + (server.stderr.read().decode()[-1500:]
-                                                                       if server.poll() is not None else "timeout"))
+                raise RuntimeError(
+                    "server did not become ready: "
+                    + (server.stderr.read().decode()[-1500:] if server.poll() is not None else "timeout")
+                )
             time.sleep(0.2)
         import urllib.parse
 
@@ -157,8 +213,12 @@ def measure_load(quick: bool) -> dict:
             poller = threading.Thread(target=poll_livez, daemon=True)
             poller.start()
             seconds = 10 if quick else 30
-            wrk = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency", "-s", str(script),
-                                  f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60)
+            wrk = subprocess.run(
+                ["wrk", "-t1", "-c4", f"-d{seconds}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}"],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+            )
             stop.set()
             poller.join()
         text = wrk.stdout
@@ -167,11 +227,18 @@ def measure_load(quick: bool) -> dict:
         p99 = _wrk_ms(re.search(r"99%\s+(\S+)", text).group(1))
         non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
         live_ms = [t * 1000 for t in livez]
-        return {"load.requests_per_s": rps, "load.p50_ms": p50, "load.p99_ms": p99,
-                "load.non_2xx": int(non2xx.group(1)) if non2xx else 0, "load.connections": 4,
-                "load.seconds": seconds, "load.livez_p99_ms": round(percentile(live_ms, 99), 2),
-                "load.livez_p50_ms": round(percentile(live_ms, 50), 2), "load.livez_samples": len(live_ms),
-                "load.wrk": "wrk -t1 -c4 --latency, distinct queries, query cache off"}
+        return {
+            "load.requests_per_s": rps,
+            "load.p50_ms": p50,
+            "load.p99_ms": p99,
+            "load.non_2xx": int(non2xx.group(1)) if non2xx else 0,
+            "load.connections": 4,
+            "load.seconds": seconds,
+            "load.livez_p99_ms": round(percentile(live_ms, 99), 2),
+            "load.livez_p50_ms": round(percentile(live_ms, 50), 2),
+            "load.livez_samples": len(live_ms),
+            "load.wrk": "wrk -t1 -c4 --latency, distinct queries, query cache off",
+        }
     finally:
         server.terminate()
         try:
@@ -181,6 +248,7 @@ def measure_load(quick: bool) -> dict:
 
 
 # -------------------------------------------------------------------------------------- page in
+
 
 def _drop_from_page_cache(folder: Path) -> None:
     for path in folder.iterdir():
@@ -195,7 +263,7 @@ def _drop_from_page_cache(folder: Path) -> None:
 def measure_pagein(quick: bool) -> dict:
     require_model()
     ensure_index(INDEX_64K)
-    from search.index import SearchIndex
+    from search.index.reader import SearchIndex
 
     times, size = [], 0
     for _ in range(2 if quick else 3):
@@ -211,6 +279,10 @@ def measure_pagein(quick: bool) -> dict:
     warm.page_in()
     warm_s = time.perf_counter() - t0
     warm.close()
-    return {"pagein.ms": round(seconds * 1000, 1), "pagein.mb": round(size / 1e6, 1),
-            "pagein.mb_per_s": round(size / 1e6 / seconds, 1), "pagein.already_cached_ms": round(warm_s * 1000, 2),
-            "pagein.storage": "local disk (files dropped from the page cache first); EFS would be slower"}
+    return {
+        "pagein.ms": round(seconds * 1000, 1),
+        "pagein.mb": round(size / 1e6, 1),
+        "pagein.mb_per_s": round(size / 1e6 / seconds, 1),
+        "pagein.already_cached_ms": round(warm_s * 1000, 2),
+        "pagein.storage": "local disk (files dropped from the page cache first); EFS would be slower",
+    }

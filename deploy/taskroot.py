@@ -41,7 +41,7 @@ LAMBDA_PYTHON = "3.12"  # the python3.12 runtime and public.ecr.aws/lambda/pytho
 MAX_GLIBC_MINOR = 28
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, MAX_GLIBC_MINOR + 1)]
 MODEL_DIR, INDEX_DIR = "model", "index"  # beside the code: /var/task/model, /var/task/index
-NATIVE_BUILD_SCRIPT, NATIVE_LIBRARY = "search/native/build.py", "_int8dot.so"
+NATIVE_BUILD_SCRIPT, NATIVE_LIBRARY = "search/scoring/native/build.py", "_int8dot.so"
 DEPS_STAMP = ".taskroot-deps.json"
 CODE_STAMP = ".taskroot-code.json"
 ZIP_LEVEL = 6
@@ -52,13 +52,13 @@ LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
 # only they require goes too (computed from the installed metadata, never guessed).
 DROP_DISTRIBUTIONS = {
     "huggingface-hub": "tokenizers requires it for Tokenizer.from_pretrained() downloads; "
-                       "the model bundle ships tokenizer.json",
+    "the model bundle ships tokenizer.json",
 }
 # Folders inside packages that the run time never imports.
 PRUNE_DIR_NAMES = {"__pycache__", "tests"}
 PRUNE_PATHS = [
-    "bin",                                  # console scripts with this machine's interpreter path
-    "onnxruntime/transformers",             # model conversion and optimisation tools
+    "bin",  # console scripts with this machine's interpreter path
+    "onnxruntime/transformers",  # model conversion and optimisation tools
     "onnxruntime/quantization",
     "onnxruntime/tools",
     "onnxruntime/datasets",
@@ -107,7 +107,9 @@ def pip_install(requirements: list[str], target: Path, python_version: str, whee
     """Install for Linux x86_64 + CPython ``python_version``; wheels cached in ``wheel_dir`` when given."""
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     common = pip_args(python_version)
-    install = pip + ["install", "--quiet", "--no-compile", "--no-warn-script-location", "--target", str(target)] + common
+    install = (
+        pip + ["install", "--quiet", "--no-compile", "--no-warn-script-location", "--target", str(target)] + common
+    )
     if wheel_dir is None:
         subprocess.run(install + requirements, check=True)
         return
@@ -160,7 +162,7 @@ def droppable(dists: dict[str, dict], roots: set[str], wanted: set[str]) -> set[
     changed = True
     while changed:
         changed = False
-        for name, info in dists.items():
+        for name, _info in dists.items():
             if name in dropped or name in wanted:
                 continue
             requirers = {other for other, o in dists.items() if name in o["requires"]}
@@ -182,7 +184,7 @@ def remove_distribution(target: Path, dist_info: Path) -> None:
 
 
 def remove_empty_dirs(top: Path) -> None:
-    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+    for dirpath, _dirnames, _filenames in os.walk(top, topdown=False):
         if Path(dirpath) != top and not os.listdir(dirpath):
             os.rmdir(dirpath)
 
@@ -219,8 +221,12 @@ def find_python(version: str) -> str | None:
     candidates += [f"/usr/bin/python{version}", f"/usr/local/bin/python{version}"]
     for exe in filter(None, candidates):
         try:
-            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.strip() == version:
@@ -233,17 +239,30 @@ def compile_pyc(paths: list[Path], python_version: str) -> str | None:
     whatever the files' timestamps become.  Returns the interpreter's version, or None if none found."""
     exe = find_python(python_version)
     if exe is None:
-        log(f"no python{python_version} here: .pyc files not written (the function works, its cold "
-            f"start compiles every module); install python{python_version} to add them")
+        log(
+            f"no python{python_version} here: .pyc files not written (the function works, its cold "
+            f"start compiles every module); install python{python_version} to add them"
+        )
         return None
-    subprocess.run([exe, "-m", "compileall", "-q", "-j", "1", "--invalidation-mode", "unchecked-hash"]
-                   + [str(p) for p in paths], check=True, stdout=subprocess.DEVNULL)
-    return subprocess.run([exe, "-c", "import platform; print(platform.python_version())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(
+        [exe, "-m", "compileall", "-q", "-j", "1", "--invalidation-mode", "unchecked-hash"] + [str(p) for p in paths],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return subprocess.run(
+        [exe, "-c", "import platform; print(platform.python_version())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
-def deps(target: Path, *, python_version: str = LAMBDA_PYTHON, with_ric: bool = False,
-         wheel_dir: Path | None = None, compile_: bool = True, force: bool = False) -> bool:
+def deps(
+    target: Path,
+    *,
+    python_version: str = LAMBDA_PYTHON,
+    with_ric: bool = False,
+    wheel_dir: Path | None = None,
+    compile_: bool = True,
+    force: bool = False,
+) -> bool:
     """Install the pruned runtime dependencies into ``target``; False when already up to date.
 
     ``with_ric`` adds awslambdaric (what the Lambda base image provides) for running the tree
@@ -275,7 +294,9 @@ def deps(target: Path, *, python_version: str = LAMBDA_PYTHON, with_ric: bool = 
     wanted = {normalize(re.split(r"[=<>!~\[; ]", r, maxsplit=1)[0]) for r in requirements}
     stamp.update(prune(target, wanted))
     stamp["compiled_with"] = compile_pyc([target], python_version) if compile_ else None
-    stamp["versions"] = {name: _version(info["dist_info"]) for name, info in sorted(installed_distributions(target).items())}
+    stamp["versions"] = {
+        name: _version(info["dist_info"]) for name, info in sorted(installed_distributions(target).items())
+    }
     stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
     log(f"{target}: {len(stamp['versions'])} distributions, {tree_bytes(target) / 1e6:.1f} MB")
     return True
@@ -320,14 +341,15 @@ def code(target: Path, *, python_version: str = LAMBDA_PYTHON, source: Path = RO
         shutil.copytree(src, dst, ignore=ignore) if src.is_dir() else shutil.copy2(src, dst)
     compiled = compile_pyc([target / p for p in paths], python_version) if compile_ else None
     native = build_native_kernel(target)
-    stamp_path.write_text(json.dumps({"paths": paths, "compiled_with": compiled, "native_kernel": native},
-                                     indent=2) + "\n")
+    stamp_path.write_text(
+        json.dumps({"paths": paths, "compiled_with": compiled, "native_kernel": native}, indent=2) + "\n"
+    )
     log(f"{target}: code {', '.join(paths)}")
     return paths
 
 
 def build_native_kernel(target: Path) -> str | None:
-    """Compile search/native/int8dot.c into the task root (x86-64 Linux, no libc dependency).
+    """Compile search/scoring/native/int8dot.c into the task root (x86-64 Linux, no libc dependency).
 
     Without a compiler the function still works: int8 indexes use onnxruntime's kernel, slower
     for single queries.  The Dockerfile installs gcc in the stage that runs this."""
@@ -401,18 +423,25 @@ def zip_packages(pairs: list[str]) -> int:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="taskroot", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="taskroot", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, *, with_deps: bool):
         sp.add_argument("--target", required=True, type=Path, help="folder to fill, e.g. build/task")
-        sp.add_argument("--python-version", default=LAMBDA_PYTHON,
-                        help=f"CPython the tree is for (default {LAMBDA_PYTHON}, Lambda's)")
+        sp.add_argument(
+            "--python-version",
+            default=LAMBDA_PYTHON,
+            help=f"CPython the tree is for (default {LAMBDA_PYTHON}, Lambda's)",
+        )
         sp.add_argument("--no-compile", action="store_true", help="do not write .pyc files")
         if with_deps:
-            sp.add_argument("--with-ric", action="store_true",
-                            help="add awslambdaric (provided by Lambda itself) to run the tree locally")
+            sp.add_argument(
+                "--with-ric",
+                action="store_true",
+                help="add awslambdaric (provided by Lambda itself) to run the tree locally",
+            )
             sp.add_argument("--wheel-dir", type=Path, help="cache of downloaded wheels (default: pip's own cache)")
             sp.add_argument("--force", action="store_true", help="reinstall even if up to date")
 
@@ -425,7 +454,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         sp.add_argument("--index", type=Path, help="index folder, copied to TARGET/index (optional)")
     common(a, with_deps=True)
     z = sub.add_parser("zip", help="zip folders as Lambda packages and print their sizes against the 250 MB limit")
-    z.add_argument("pairs", nargs="+", metavar="FOLDER=ZIP", help="e.g. build/layers/runtime=build/zip/runtime-layer.zip")
+    z.add_argument(
+        "pairs", nargs="+", metavar="FOLDER=ZIP", help="e.g. build/layers/runtime=build/zip/runtime-layer.zip"
+    )
     return p.parse_args(argv)
 
 
@@ -434,8 +465,14 @@ def main(argv=None) -> int:
     try:
         compile_ = not getattr(args, "no_compile", False)
         if args.command in ("deps", "all"):
-            deps(args.target, python_version=args.python_version, with_ric=args.with_ric,
-                 wheel_dir=args.wheel_dir, compile_=compile_, force=args.force)
+            deps(
+                args.target,
+                python_version=args.python_version,
+                with_ric=args.with_ric,
+                wheel_dir=args.wheel_dir,
+                compile_=compile_,
+                force=args.force,
+            )
         if args.command in ("code", "all"):
             code(args.target, python_version=args.python_version, compile_=compile_)
         if args.command in ("data", "all"):

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import SearchError
-from .settings import DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
+from search.errors import SearchError
+from search.settings import DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
 
 
 def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
@@ -26,42 +26,72 @@ def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
 
 
 def cmd_build(args) -> int:
-    from .builder import BuildOptions, build_index
-    from .corpus import CorpusSpec
-    from .encoder import Encoder
+    from search.index.builder import BuildOptions, build_index
+    from search.index.corpus import CorpusSpec
+    from search.model.encoder import Encoder
 
     fields = tuple(f.strip() for f in (args.fields or "").split(",") if f.strip())
-    spec = CorpusSpec(id_field=args.id_field, text_field=args.text_field,
-                      title_field=args.title_field or None, embed_title=not args.no_title, fields=fields)
+    spec = CorpusSpec(
+        id_field=args.id_field,
+        text_field=args.text_field,
+        title_field=args.title_field or None,
+        embed_title=not args.no_title,
+        fields=fields,
+    )
     settings = Settings.resolve(threads=args.threads)
-    workers = settings.threads or __import__("search.cpu", fromlist=["x"]).available_cpus()
+    workers = settings.threads or __import__("search.model.cpu", fromlist=["x"]).available_cpus()
     # One text per run, several runs in flight, one onnxruntime thread each: keeps both cores
     # busy without batching (batches would change int8 vectors, see encoder.py).
     encoder = Encoder.load(args.model, threads=1)
-    manifest = build_index(args.corpus, encoder, args.out, spec,
-                           BuildOptions(dtype=args.dtype, workers=workers, skip_bad=args.skip_bad,
-                                        show_progress=not args.quiet, scan_copy=not args.no_scan_copy,
-                                        prefilter=not args.no_prefilter))
+    manifest = build_index(
+        args.corpus,
+        encoder,
+        args.out,
+        spec,
+        BuildOptions(
+            dtype=args.dtype,
+            workers=workers,
+            skip_bad=args.skip_bad,
+            show_progress=not args.quiet,
+            scan_copy=not args.no_scan_copy,
+            prefilter=not args.no_prefilter,
+        ),
+    )
     skipped = manifest["corpus"]["skipped"]
-    print(f"built {args.out}: {manifest['count']} items, {manifest['dimension']}-d {manifest['dtype']}, "
-          f"version {manifest['version']}" + (f", {skipped} bad records skipped" if skipped else "")
-          + f" in {manifest['build_seconds']}s")
+    print(
+        f"built {args.out}: {manifest['count']} items, {manifest['dimension']}-d {manifest['dtype']}, "
+        f"version {manifest['version']}"
+        + (f", {skipped} bad records skipped" if skipped else "")
+        + f" in {manifest['build_seconds']}s"
+    )
     return 0
 
 
 def cmd_query(args) -> int:
-    from .service import Searcher
+    from search.searcher import Searcher
 
     filters = _filters(args.filter)  # a malformed --filter is a usage error, before any loading
     settings = Settings.resolve(threads=args.threads)
-    searcher = Searcher.open(args.model, args.index, threads=settings.threads, cache_size=0,
-                             hybrid_candidates=settings.hybrid_candidates)
-    result = searcher.search(args.text, k=args.k, offset=args.offset, min_score=args.min_score,
-                             filters=filters, mode=args.mode)
+    searcher = Searcher.open(
+        args.model, args.index, threads=settings.threads, cache_size=0, hybrid_candidates=settings.hybrid_candidates
+    )
+    result = searcher.search(
+        args.text, k=args.k, offset=args.offset, min_score=args.min_score, filters=filters, mode=args.mode
+    )
     if args.json:
-        print(json.dumps({"query": args.text, "mode": result.mode, "results": result.hits,
-                          "timing_ms": result.timing_ms, **({"note": result.note} if result.note else {})},
-                         ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {
+                    "query": args.text,
+                    "mode": result.mode,
+                    "results": result.hits,
+                    "timing_ms": result.timing_ms,
+                    **({"note": result.note} if result.note else {}),
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 0
     if result.note:
         print(f"note: {result.note}", file=sys.stderr)
@@ -71,13 +101,12 @@ def cmd_query(args) -> int:
     width = max(len(h["id"]) for h in result.hits)
     for rank, hit in enumerate(result.hits, start=1 + args.offset):
         print(f"{rank:>3}  {hit['score']:.3f}  {hit['id']:<{width}}  {hit['title']}  [{'+'.join(hit['signals'])}]")
-    print(f"({result.mode}: " + ", ".join(f"{v:.1f} ms {n}" for n, v in result.timing_ms.items() if n != "total")
-          + ")")
+    print(f"({result.mode}: " + ", ".join(f"{v:.1f} ms {n}" for n, v in result.timing_ms.items() if n != "total") + ")")
     return 0
 
 
 def cmd_info(args) -> int:
-    from .index import SearchIndex
+    from search.index.reader import SearchIndex
 
     index = SearchIndex.open(args.index, verify=args.verify)
     m = index.manifest
@@ -89,13 +118,17 @@ def cmd_info(args) -> int:
     print(f"index {args.index} (format {m['format']}, version {m['version']})")
     print(f"  {m['count']} items, {m['dimension']}-dimensional {m['dtype']} vectors, {size / 1e6:.1f} MB on disk")
     print(f"  built {m['built_at']} from {corpus.get('file')} ({corpus.get('skipped', 0)} bad records skipped)")
-    print(f"  model {m['model']['source_model']}, fingerprint {m['model']['fingerprint'][:12]}, "
-          f"quantization {'int8' if m['model'].get('quantization') else 'none'}")
+    print(
+        f"  model {m['model']['source_model']}, fingerprint {m['model']['fingerprint'][:12]}, "
+        f"quantization {'int8' if m['model'].get('quantization') else 'none'}"
+    )
     if m.get("scan"):
         how = "compiled int8 kernel" if index.kernel.scanned else "not used here: the compiled int8 kernel is not built"
         print(f"  int8 scan copy: {', '.join(m['scan']['files'])} ({how})")
     if m.get("prefilter"):
-        how = "compiled int4 kernel" if index.prefilter is not None else "not used here: the compiled kernel is not built"
+        how = (
+            "compiled int4 kernel" if index.prefilter is not None else "not used here: the compiled kernel is not built"
+        )
         print(f"  int4 prefilter copy: {', '.join(m['prefilter']['files'])} ({how})")
     for name in m["fields"]:
         top = ", ".join(f"{v or '(empty)'} ({c})" for v, c in index.metadata.field_values(name, limit=5))
@@ -112,22 +145,30 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from .bundle import ModelBundle
+    from search.model.bundle import ModelBundle
 
-    settings = Settings.resolve(model_dir=args.model, index_uri=args.index, threads=args.threads,
-                                cpu_workers=args.cpu_workers)
+    settings = Settings.resolve(
+        model_dir=args.model, index_uri=args.index, threads=args.threads, cpu_workers=args.cpu_workers
+    )
     ModelBundle.load(settings.model_dir)  # fail here with one line, not later in a worker
     if not settings.index_uri.startswith("s3://") and not (Path(settings.index_uri) / "manifest.json").is_file():
         raise SearchError(f"{settings.index_uri}: no index here (build one with `python -m search build`)")
     # Each worker process builds the app from the environment: hand it exactly these settings.
     os.environ.update(_settings_env(settings))
-    uvicorn.run("search.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                log_level=args.log_level, access_log=False)  # the app logs requests, without query strings
+    uvicorn.run(
+        "search.serve.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=False,
+    )  # the app logs requests, without query strings
     return 0
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
-    from .settings import SPEC
+    from search.settings import SPEC
 
     env = {}
     for name, (var, _default, _parse) in SPEC.items():
@@ -143,76 +184,114 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 
 
 def cmd_upload(args) -> int:
-    from . import storage
+    from search.storage import s3 as storage
 
     if args.model:
-        from .bundle import ModelBundle
+        from search.model.bundle import ModelBundle
 
         folder, what = args.model, "model bundle"
         ModelBundle.load(folder)  # refuse to publish a broken bundle
     else:
-        from .index import SearchIndex
+        from search.index.reader import SearchIndex
 
         folder, what = args.index, "index"
         SearchIndex.open(folder, verify=True).close()  # refuse to publish a corrupt index
-    report = storage.upload_folder(folder, args.destination, endpoint_url=args.endpoint_url,
-                                   show_progress=not args.quiet, prune=args.prune)
-    print(f"uploaded {what} {folder} version {report.version} to {report.uri}: {len(report.uploaded)} files sent "
-          f"({report.bytes_sent / 1e6:.1f} MB), {len(report.unchanged)} unchanged"
-          + (f", {report.pruned} old objects pruned" if args.prune else "") + f" in {report.seconds:.1f}s")
+    report = storage.upload_folder(
+        folder, args.destination, endpoint_url=args.endpoint_url, show_progress=not args.quiet, prune=args.prune
+    )
+    print(
+        f"uploaded {what} {folder} version {report.version} to {report.uri}: {len(report.uploaded)} files sent "
+        f"({report.bytes_sent / 1e6:.1f} MB), {len(report.unchanged)} unchanged"
+        + (f", {report.pruned} old objects pruned" if args.prune else "")
+        + f" in {report.seconds:.1f}s"
+    )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description="Semantic search: build an index, "
-                                     "query it, serve it.")
+    parser = argparse.ArgumentParser(
+        prog="python -m search", description="Semantic search: build an index, query it, serve it."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, index=True):
         p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model bundle folder (default: %(default)s)")
         if index:
             p.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
-        p.add_argument("--threads", type=int, default=None, help="CPU threads (default: SEARCH_THREADS or the "
-                       "CPUs this process may use)")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="CPU threads (default: SEARCH_THREADS or the CPUs this process may use)",
+        )
 
-    p = sub.add_parser("build", help="embed a corpus into an index folder",
-                       description="Read a JSON Lines or CSV corpus (optionally .gz), embed every record and "
-                       "write an index folder atomically.")
+    p = sub.add_parser(
+        "build",
+        help="embed a corpus into an index folder",
+        description="Read a JSON Lines or CSV corpus (optionally .gz), embed every record and "
+        "write an index folder atomically.",
+    )
     p.add_argument("--corpus", required=True, help="corpus file: .jsonl, .ndjson or .csv, optionally .gz")
     common(p, index=False)
     p.add_argument("--out", default=DEFAULT_INDEX_URI, help="index folder to write (default: %(default)s)")
     p.add_argument("--id-field", default="id", help="record key holding the unique id (default: %(default)s)")
     p.add_argument("--text-field", default="text", help="record key holding the text (default: %(default)s)")
-    p.add_argument("--title-field", default="title", help="record key holding the title; empty for none "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--title-field", default="title", help="record key holding the title; empty for none (default: %(default)s)"
+    )
     p.add_argument("--no-title", action="store_true", help="do not prepend the title to the embedded text")
     p.add_argument("--fields", default="", help="comma-separated record keys to store and filter on")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "int8"],
-                   help="embedding storage: float32 (default), float16 (half size), int8 (quarter size, "
-                   "per-row scale)")
-    p.add_argument("--no-scan-copy", action="store_true",
-                   help="float32/float16: leave out the int8 scan copy (a quarter of the float32 size; "
-                   "searches read it instead of every stored vector, with the same results)")
-    p.add_argument("--no-prefilter", action="store_true",
-                   help="leave out the int4 prefilter copy (an eighth of the float32 size; a first pass over it "
-                   "skips rows that cannot reach the top, with the same results)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "int8"],
+        help="embedding storage: float32 (default), float16 (half size), int8 (quarter size, per-row scale)",
+    )
+    p.add_argument(
+        "--no-scan-copy",
+        action="store_true",
+        help="float32/float16: leave out the int8 scan copy (a quarter of the float32 size; "
+        "searches read it instead of every stored vector, with the same results)",
+    )
+    p.add_argument(
+        "--no-prefilter",
+        action="store_true",
+        help="leave out the int4 prefilter copy (an eighth of the float32 size; a first pass over it "
+        "skips rows that cannot reach the top, with the same results)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("query", help="search an index from the command line",
-                       description="Find the items best matching TEXT: by meaning, by keywords, or both.")
+    p = sub.add_parser(
+        "query",
+        help="search an index from the command line",
+        description="Find the items best matching TEXT: by meaning, by keywords, or both.",
+    )
     p.add_argument("text", help="the query")
     common(p)
     p.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
     p.add_argument("--offset", type=int, default=0, help="skip this many results (pagination)")
-    p.add_argument("--mode", default="hybrid", choices=["semantic", "keyword", "hybrid"],
-                   help="semantic (meaning), keyword (BM25 over id, title, text) or hybrid (both, fused; "
-                   "exact name matches first) (default: %(default)s)")
-    p.add_argument("--min-score", type=float, default=None, help="drop results scoring below this (cosine in "
-                   "semantic mode; 0..1 relative BM25 in keyword mode; 0..1 fused score in hybrid mode)")
-    p.add_argument("--filter", action="append", metavar="FIELD=VALUE",
-                   help="keep items whose FIELD equals VALUE; repeat or use commas for any-of")
+    p.add_argument(
+        "--mode",
+        default="hybrid",
+        choices=["semantic", "keyword", "hybrid"],
+        help="semantic (meaning), keyword (BM25 over id, title, text) or hybrid (both, fused; "
+        "exact name matches first) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="drop results scoring below this (cosine in "
+        "semantic mode; 0..1 relative BM25 in keyword mode; 0..1 fused score in hybrid mode)",
+    )
+    p.add_argument(
+        "--filter",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="keep items whose FIELD equals VALUE; repeat or use commas for any-of",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_query)
 
@@ -222,29 +301,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("serve", help="serve the HTTP API locally with uvicorn",
-                       description="Serve the search API (the same app the Lambda handler wraps).")
+    p = sub.add_parser(
+        "serve",
+        help="serve the HTTP API locally with uvicorn",
+        description="Serve the search API (the same app the Lambda handler wraps).",
+    )
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="processes, each with its own model copy "
-                   "(default: %(default)s)")
-    p.add_argument("--cpu-workers", type=int, default=None, help="searches run in parallel per process; 0 runs "
-                   "them on the event loop, which then waits for each (default: SEARCH_CPU_WORKERS or 2)")
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes, each with its own model copy (default: %(default)s)"
+    )
+    p.add_argument(
+        "--cpu-workers",
+        type=int,
+        default=None,
+        help="searches run in parallel per process; 0 runs "
+        "them on the event loop, which then waits for each (default: SEARCH_CPU_WORKERS or 2)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("upload", help="publish an index (or model bundle) folder to S3",
-                       description="Upload the data files, then the manifest (so readers never see a manifest "
-                       "naming missing files). Running functions pick the new version up on their next check.")
+    p = sub.add_parser(
+        "upload",
+        help="publish an index (or model bundle) folder to S3",
+        description="Upload the data files, then the manifest (so readers never see a manifest "
+        "naming missing files). Running functions pick the new version up on their next check.",
+    )
     p.add_argument("destination", help="s3://bucket/prefix/")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
     what.add_argument("--model", default=None, help="upload this model bundle folder instead of an index")
-    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: AWS, or "
-                   "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL when set)")
-    p.add_argument("--prune", action="store_true", help="delete data of versions other than this one and the "
-                   "one it replaces")
+    p.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL when set)",
+    )
+    p.add_argument(
+        "--prune", action="store_true", help="delete data of versions other than this one and the one it replaces"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_upload)
     return parser

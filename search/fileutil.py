@@ -21,8 +21,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 def describe_files(folder: Path, names: list[str]) -> dict[str, dict]:
     """``{name: {"sha256", "bytes"}}`` for the manifest's file list."""
     return {
-        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
-        for name in sorted(names)
+        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in sorted(names)
     }
 
 

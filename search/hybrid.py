@@ -25,10 +25,10 @@ their fused order among themselves, an id typed as it is before an id or a title
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
-SEMANTIC_WEIGHT = 0.6   # the keyword side gets the rest (0.4)
+SEMANTIC_WEIGHT = 0.6  # the keyword side gets the rest (0.4)
 # A sentence ("a game where you grow crops with friends") is about meaning: there the best keyword
 # match is often one rare word in a paragraph, and relative BM25 would still hand it the full 0.4.
 # Queries of LONG_QUERY_WORDS words or more lean on meaning; names and keywords stay at 0.6.
@@ -37,7 +37,7 @@ SEMANTIC_WEIGHT_LONG = 0.75
 SEMANTIC = "semantic"
 KEYWORD = "keyword"
 EXACT = "exact"
-EXACT_SCORE = 1.0       # the highest a fused score can be (cosine 1 and the best keyword match)
+EXACT_SCORE = 1.0  # the highest a fused score can be (cosine 1 and the best keyword match)
 
 
 def semantic_weight_for(query: str) -> float:
@@ -51,8 +51,14 @@ class Fused:
     signals: list[str] = field(default_factory=list)
 
 
-def weighted_fuse(semantic_rows: Sequence[int], keyword: Sequence[tuple[int, float]], cosine: Mapping[int, float],
-                  exact: Sequence[list[int]] = (), *, semantic_weight: float = SEMANTIC_WEIGHT) -> list[Fused]:
+def weighted_fuse(
+    semantic_rows: Sequence[int],
+    keyword: Sequence[tuple[int, float]],
+    cosine: Mapping[int, float],
+    exact: Sequence[list[int]] = (),
+    *,
+    semantic_weight: float = SEMANTIC_WEIGHT,
+) -> list[Fused]:
     """Every candidate, best first (ties by lower row).  ``keyword`` is (row, bm25) best first;
     ``cosine`` holds the cosine of every candidate of both sides; ``exact`` is
     lexical.exact_matches' tiers of rows named by the query."""
@@ -63,8 +69,10 @@ def weighted_fuse(semantic_rows: Sequence[int], keyword: Sequence[tuple[int, flo
         signals[row] = [SEMANTIC]
     for row, _ in keyword:
         signals.setdefault(row, []).append(KEYWORD)
-    fused = [Fused(row, semantic_weight * cosine[row] + (1 - semantic_weight) * relative.get(row, 0.0), sig)
-             for row, sig in signals.items()]
+    fused = [
+        Fused(row, semantic_weight * cosine[row] + (1 - semantic_weight) * relative.get(row, 0.0), sig)
+        for row, sig in signals.items()
+    ]
     fused.sort(key=lambda f: (-f.score, f.row))
     return promote_exact(fused, exact)
 

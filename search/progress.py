@@ -10,8 +10,7 @@ LOG_INTERVAL_S = 5.0
 
 
 class Progress:
-    def __init__(self, label: str, total: int | None = None, *, unit: str = "items", stream=None,
-                 enabled: bool = True):
+    def __init__(self, label: str, total: int | None = None, *, unit: str = "items", stream=None, enabled: bool = True):
         self.label, self.total, self.unit = label, total, unit
         self.stream = stream or sys.stderr
         self.enabled = enabled
@@ -39,8 +38,10 @@ class Progress:
         rate = self.rate
         if self.total:
             left = (self.total - self.done) / rate if rate > 0 else 0
-            text = (f"{self.label}: {self.done}/{self.total} {self.unit} "
-                    f"({100 * self.done / self.total:.0f}%, {rate:.0f} {self.unit}/s, ETA {left:.0f}s)")
+            text = (
+                f"{self.label}: {self.done}/{self.total} {self.unit} "
+                f"({100 * self.done / self.total:.0f}%, {rate:.0f} {self.unit}/s, ETA {left:.0f}s)"
+            )
         else:
             text = f"{self.label}: {self.done} {self.unit} ({rate:.0f} {self.unit}/s)"
         if final:

@@ -8,10 +8,11 @@ The README's settings table lists the same names.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
-from .errors import ConfigError
+from search.errors import ConfigError
 
 DEFAULT_MODEL_DIR = "build/model"
 DEFAULT_INDEX_URI = "build/index"
@@ -59,7 +60,7 @@ def _bool(raw: Any) -> bool:
 
 
 def _base_path(raw: Any) -> str:
-    """"" or "/" = none; otherwise "/prefix" without a trailing slash."""
+    """ "" or "/" = none; otherwise "/prefix" without a trailing slash."""
     text = str(raw).strip().strip("/")
     if any(c in text for c in "?#% \t"):
         raise ValueError("must be a plain path such as /api")
@@ -109,7 +110,7 @@ class Settings:
     base_path: str
 
     @classmethod
-    def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+    def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Arguments (not None) beat environment variables, which beat defaults."""
         env = os.environ if env is None else env
         unknown = set(overrides) - set(SPEC)

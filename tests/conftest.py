@@ -4,13 +4,11 @@ so these paths exist; running pytest by hand without them fails with the command
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEMO_CORPUS = ROOT / "data" / "demo-games.jsonl"
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "debian-bookworm-packages.jsonl.gz"
@@ -34,7 +32,7 @@ def demo_index(model_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def encoder(model_dir):
-    from search.encoder import Encoder
+    from search.model.encoder import Encoder
 
     return Encoder.load(model_dir, threads=1)
 

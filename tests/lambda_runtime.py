@@ -31,7 +31,7 @@ from pathlib import Path
 
 PREFIX = "/2018-06-01/runtime"
 FUNCTION_NAME = "search-test"
-INVOKE_TIMEOUT_SECONDS = 60.0   # generous: two cores shared by many test processes
+INVOKE_TIMEOUT_SECONDS = 60.0  # generous: two cores shared by many test processes
 INIT_TIMEOUT_SECONDS = 90.0
 
 
@@ -40,7 +40,7 @@ class RuntimeAPI:
 
     def __init__(self):
         self.pending: queue.Queue = queue.Queue()
-        self.results: dict[str, tuple[str, dict, bytes]] = {}   # request id -> (kind, headers, body)
+        self.results: dict[str, tuple[str, dict, bytes]] = {}  # request id -> (kind, headers, body)
         self.answered = threading.Condition()
         self.init_error: tuple[dict, bytes] | None = None
         self.restore_error: tuple[dict, bytes] | None = None
@@ -79,15 +79,17 @@ class RuntimeAPI:
                         except queue.Empty:
                             continue
                         deadline_ms = int((time.time() + 30) * 1000)
-                        self._reply(200, event, {
-                            "Content-Type": "application/json",
-                            "Lambda-Runtime-Aws-Request-Id": request_id,
-                            "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
-                            "Lambda-Runtime-Invoked-Function-Arn":
-                                f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION_NAME}",
-                            "Lambda-Runtime-Trace-Id":
-                                f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=1",
-                        })
+                        self._reply(
+                            200,
+                            event,
+                            {
+                                "Content-Type": "application/json",
+                                "Lambda-Runtime-Aws-Request-Id": request_id,
+                                "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+                                "Lambda-Runtime-Invoked-Function-Arn": f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION_NAME}",
+                                "Lambda-Runtime-Trace-Id": f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]};Parent={uuid.uuid4().hex[:16]};Sampled=1",
+                            },
+                        )
                         return
                     self._reply(503, b'{"errorMessage": "shutting down"}')
                 elif path == f"{PREFIX}/restore/next":
@@ -100,14 +102,14 @@ class RuntimeAPI:
                 body, path = self._body(), self.path
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 if path.startswith(f"{PREFIX}/invocation/") and path.endswith(("/response", "/error")):
-                    request_id, kind = path[len(f"{PREFIX}/invocation/"):].rsplit("/", 1)
+                    request_id, kind = path[len(f"{PREFIX}/invocation/") :].rsplit("/", 1)
                     api.log.append(kind)
                     with api.answered:
                         api.results[request_id] = (kind, headers, body)
                         api.answered.notify_all()
                     self._reply(202, b'{"status": "OK"}')
                 elif path in (f"{PREFIX}/init/error", f"{PREFIX}/restore/error"):
-                    stage = path[len(PREFIX) + 1:-len("/error")]  # "init" or "restore"
+                    stage = path[len(PREFIX) + 1 : -len("/error")]  # "init" or "restore"
                     api.log.append(f"{stage}/error")
                     with api.answered:
                         setattr(api, f"{stage}_error", (headers, body))
@@ -143,7 +145,7 @@ class RuntimeAPI:
             return self.results[request_id]
 
     def wait_init(self, timeout: float) -> str:
-        """"error" once /init/error was posted, "ready" once the function asked for its first event."""
+        """ "error" once /init/error was posted, "ready" once the function asked for its first event."""
         with self.answered:
             if not self.answered.wait_for(lambda: self.init_error or self.next_calls, timeout):
                 raise TimeoutError(f"init neither failed nor finished within {timeout:.0f} s")
@@ -166,7 +168,7 @@ def udp_sink() -> tuple[socket.socket, list[bytes]]:
         while sock.fileno() != -1:
             try:
                 received.append(sock.recv(65536))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -212,8 +214,13 @@ class LambdaProcess:
         env = dict(env, PYTHONPATH=os.pathsep.join(str(p) for p in path), PYTHONDONTWRITEBYTECODE="1")
         # -S: no site module, so no site-packages at all (the tree must hold everything);
         # -s: no user site either; PYTHONDONTWRITEBYTECODE: /var/task is read-only in Lambda.
-        self.proc = subprocess.Popen([python, "-S", "-s", "-m", "awslambdaric", "handler.handler"],
-                                     cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [python, "-S", "-s", "-m", "awslambdaric", "handler.handler"],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         self.output = bytearray()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -263,6 +270,7 @@ WHEELS = ROOT / "build" / ".wheels"
 def taskroot():
     sys.path.insert(0, str(ROOT))
     from deploy import taskroot as module
+
     return module
 
 
@@ -302,8 +310,13 @@ def zip_parts(model: Path, index: Path) -> dict[str, Path]:
         out = ZIP_PARTS / name
         env = dict(os.environ, ARTIFACTS_DIR=str(out))
         args = [f"{k}={v}" for k, v in variables.items()] + [f"PYTHON={sys.executable}"]
-        done = subprocess.run(["make", "--no-print-directory", "-f", str(ROOT / makefile), target, *args],
-                              cwd=ROOT, env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-f", str(ROOT / makefile), target, *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, f"{makefile} {target} failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}"
         parts[name] = out
     return parts

@@ -19,10 +19,22 @@ import pytest
 
 from tests.conftest import ROOT
 
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te",
-              "trailer", "upgrade"}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+}
 
 
 @dataclass
@@ -114,8 +126,10 @@ class _Handler(BaseHTTPRequestHandler):
             proxy.requests.append((self.command, path, self.headers.get("Range")))
         fault = proxy.take(self.command, path)
         if fault is not None and fault.kind == "status":
-            xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault.code}</Code>'
-                   f"<Message>injected by the test proxy</Message><RequestId>{uuid.uuid4().hex}</RequestId></Error>")
+            xml = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{fault.code}</Code>'
+                f"<Message>injected by the test proxy</Message><RequestId>{uuid.uuid4().hex}</RequestId></Error>"
+            )
             data = xml.encode()
             self.send_response(fault.status)
             self.send_header("Content-Type", "application/xml")
@@ -155,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "slow":
             for i in range(0, len(data), 16384):
-                self.wfile.write(data[i:i + 16384])
+                self.wfile.write(data[i : i + 16384])
                 self.wfile.flush()
                 time.sleep(fault.delay)
             return
@@ -212,4 +226,3 @@ def subprocess_env(endpoint: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(CREDENTIALS, AWS_ENDPOINT_URL_S3=endpoint, PYTHONPATH=str(ROOT))
     return env
-

@@ -8,8 +8,9 @@ from tests.conftest import ROOT, write_jsonl
 
 
 def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "search", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "search", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("command", [[], ["build"], ["query"], ["info"], ["serve"]])
@@ -19,8 +20,17 @@ def test_every_command_has_help(command):
 
 
 def test_query_json_finds_the_game_by_meaning(model_dir, demo_index):
-    proc = run("query", "--model", model_dir, "--index", demo_index, "--json", "-k", "5",
-               "real-time strategy game in ancient times")
+    proc = run(
+        "query",
+        "--model",
+        model_dir,
+        "--index",
+        demo_index,
+        "--json",
+        "-k",
+        "5",
+        "real-time strategy game in ancient times",
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     ids = [r["id"] for r in out["results"]]
@@ -29,8 +39,20 @@ def test_query_json_finds_the_game_by_meaning(model_dir, demo_index):
 
 
 def test_query_table_with_filter_and_offset(model_dir, demo_index):
-    proc = run("query", "--model", model_dir, "--index", demo_index, "chess", "-k", "3", "--offset", "2",
-               "--filter", "section=games")
+    proc = run(
+        "query",
+        "--model",
+        model_dir,
+        "--index",
+        demo_index,
+        "chess",
+        "-k",
+        "3",
+        "--offset",
+        "2",
+        "--filter",
+        "section=games",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0].lstrip().startswith("3 ") and len(lines) == 4  # ranks 3..5 and a timing line
@@ -76,8 +98,7 @@ def test_unknown_command_exits_2():
 
 def test_build_without_scan_copy(tmp_path, model_dir):
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"i{n}", "text": f"game number {n}"} for n in range(5)])
-    proc = run("build", "--corpus", corpus, "--model", model_dir, "--out", tmp_path / "i", "--quiet",
-               "--no-scan-copy")
+    proc = run("build", "--corpus", corpus, "--model", model_dir, "--out", tmp_path / "i", "--quiet", "--no-scan-copy")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
     assert manifest["scan"] is None and not any(n.startswith("scan-") for n in manifest["files"])

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.bundle import BUNDLE_FORMAT, ModelBundle, compute_fingerprint, encoding_settings
-from search.encoder import Encoder
 from search.fileutil import sha256_file
+from search.model.bundle import BUNDLE_FORMAT, ModelBundle, compute_fingerprint, encoding_settings
+from search.model.encoder import Encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "export_onnx.py"

@@ -11,9 +11,9 @@ import pytest
 from aws_lambda_powertools.metrics.provider import cold_start
 
 import handler
-from search import observability, runtime
-from search.encoder import Encoder
-from search.runtime import Runtime
+from search.model.encoder import Encoder
+from search.serve import observability, runtime
+from search.serve.runtime import Runtime
 from search.settings import Settings
 from tests.conftest import ROOT
 
@@ -42,8 +42,7 @@ def event(name: str) -> dict:
 def lambda_settings(model_dir, index, cache, **overrides) -> Settings:
     """What handler.lambda_settings() gives in Lambda (searches inline), pointed at the test files."""
     overrides = {"cpu_workers": 0, "refresh_seconds": 0, **overrides}
-    return Settings.resolve(env={}, model_dir=str(model_dir), index_uri=str(index), cache_dir=str(cache),
-                            **overrides)
+    return Settings.resolve(env={}, model_dir=str(model_dir), index_uri=str(index), cache_dir=str(cache), **overrides)
 
 
 @pytest.fixture()
@@ -52,8 +51,13 @@ def context(monkeypatch):
 
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", FUNCTION_NAME)
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")
-    return LambdaContext("8f5a1c2e-1111-4c9b-8d7e-0123456789ab", None, None, int(time.time() * 1000) + 30_000,
-                         f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION_NAME}")
+    return LambdaContext(
+        "8f5a1c2e-1111-4c9b-8d7e-0123456789ab",
+        None,
+        None,
+        int(time.time() * 1000) + 30_000,
+        f"arn:aws:lambda:us-east-1:123456789012:function:{FUNCTION_NAME}",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +78,12 @@ def env(shared_runtime):
 @pytest.fixture()
 def fresh(model_dir, demo_index, tmp_path, shared_runtime):
     """A new execution environment: nothing loaded, no invocation seen."""
+
     def make(**overrides):
         rt = Runtime(lambda_settings(model_dir, overrides.pop("index", demo_index), tmp_path, **overrides))
         runtime.set_runtime(rt)
         return rt
+
     yield make
     runtime.set_runtime(shared_runtime)
 
@@ -100,6 +106,7 @@ def header(response: dict, name: str) -> str | None:
 
 
 # -- every event in events/ ---------------------------------------------------------------------
+
 
 def test_every_event_file_is_covered():
     assert sorted(p.name for p in EVENTS.glob("*.json")) == sorted(EXPECTED)
@@ -149,7 +156,7 @@ def test_get_and_base64_post_give_identical_results(env, context):
 def test_same_answer_as_the_local_server(env, context):
     from fastapi.testclient import TestClient
 
-    from search.app import create_app
+    from search.serve.app import create_app
 
     local = TestClient(create_app(runtime=env)).get("/search", params={"q": "chess", "k": 2}).json()
     via_lambda = body_of(handler.handler(event("function-url-search.json"), context))
@@ -157,6 +164,7 @@ def test_same_answer_as_the_local_server(env, context):
 
 
 # -- warmup and loading once -------------------------------------------------------------------
+
 
 def test_warmup_before_the_first_request(fresh, context):
     rt = fresh()
@@ -204,6 +212,7 @@ def test_failed_load_answers_503_and_warmup_says_why(fresh, context, tmp_path):
 
 # -- stage prefixes ----------------------------------------------------------------------------
 
+
 def test_rest_api_stage_prefix_for_docs_and_openapi(env, context):
     docs = handler.handler(event("rest-api-docs-stage.json"), context)
     assert "/prod/openapi.json" in docs["body"]
@@ -236,6 +245,7 @@ def test_base_path_setting_for_a_custom_domain_mapping(fresh, context):
 
 
 # -- duplicate headers, cookies, multi-value query strings ---------------------------------------
+
 
 def test_duplicate_headers_and_cookies_v1(env, context):
     with_dupes = event("rest-api-search-stage.json")
@@ -280,6 +290,7 @@ def test_repeated_query_parameters_filter_any_of(env, context):
 
 # -- events that are not requests --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [[], "hello", None, 42, {"Records": []}, {"detail-type": "Other", "source": "x"}])
 def test_other_events_get_a_clear_error(env, context, bad):
     response = handler.handler(bad, context)
@@ -296,6 +307,7 @@ def test_direct_call_without_a_context(env):
 
 
 # -- metrics and logs --------------------------------------------------------------------------
+
 
 def emf(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{") and '"_aws"' in line]
@@ -372,7 +384,12 @@ def test_search_inline_or_on_the_executor_gives_the_same_answer(fresh, context, 
     response = handler.handler(ev, context)
     assert response["statusCode"] == 200 and body_of(response)["results"]
     assert (rt._executor is None) == (workers == 0)  # inline: no executor thread was started for it
-    runtime.set_runtime(Runtime(lambda_settings(rt.settings.model_dir, rt.settings.index_uri, rt.settings.cache_dir,
-                                                cpu_workers=1 - workers)))
+    runtime.set_runtime(
+        Runtime(
+            lambda_settings(
+                rt.settings.model_dir, rt.settings.index_uri, rt.settings.cache_dir, cpu_workers=1 - workers
+            )
+        )
+    )
     other = handler.handler(ev, context)
     assert body_of(other)["results"] == body_of(response)["results"]

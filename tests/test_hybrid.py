@@ -10,22 +10,46 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.builder import BuildOptions, build_index
 from search.cli import main as cli_main
-from search.corpus import CorpusSpec
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
 from search.hybrid import weighted_fuse
-from search.index import SearchIndex
-from search.lexical import (FTS_TABLE, lexical_for, match_expression, name_key, query_tokens,
-                            write_lexical_index)
-from search.service import Searcher
+from search.index.builder import BuildOptions, build_index
+from search.index.corpus import CorpusSpec
+from search.index.keyword import FTS_TABLE, lexical_for, match_expression, name_key, query_tokens, write_lexical_index
+from search.index.reader import SearchIndex
+from search.searcher import Searcher
 from tests.conftest import DEMO_CORPUS, write_jsonl
 from tests.vectors import GivenVectors
 
-FTS_SYNTAX = ['"', '""', "'", "AND", "OR", "NOT", "NEAR", "NEAR(chess game, 2)", "chess*", "*", "title:chess",
-              "{id title}: chess", "^chess", "-chess", "+chess", "chess AND", "(chess", "chess)", "a:b:c",
-              '"unterminated chess', "chess\x00game", "\\", "%", "_", ";", "'; DROP TABLE items; --"]
+FTS_SYNTAX = [
+    '"',
+    '""',
+    "'",
+    "AND",
+    "OR",
+    "NOT",
+    "NEAR",
+    "NEAR(chess game, 2)",
+    "chess*",
+    "*",
+    "title:chess",
+    "{id title}: chess",
+    "^chess",
+    "-chess",
+    "+chess",
+    "chess AND",
+    "(chess",
+    "chess)",
+    "a:b:c",
+    '"unterminated chess',
+    "chess\x00game",
+    "\\",
+    "%",
+    "_",
+    ";",
+    "'; DROP TABLE items; --",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +59,13 @@ def given_index(tmp_path_factory):
     folder = tmp_path_factory.mktemp("given")
     corpus = write_jsonl(folder / "c.jsonl", records)
     vectors = np.random.default_rng(3).standard_normal((len(records), 8)).astype(np.float32)
-    build_index(corpus, GivenVectors(vectors), folder / "index", CorpusSpec(fields=("section",)),
-                BuildOptions(show_progress=False))
+    build_index(
+        corpus,
+        GivenVectors(vectors),
+        folder / "index",
+        CorpusSpec(fields=("section",)),
+        BuildOptions(show_progress=False),
+    )
     return SearchIndex.open(folder / "index"), records
 
 
@@ -54,12 +83,26 @@ def grouped(demo, tmp_path_factory):
     rows = list(range(400))
     records = demo.index.metadata.rows(rows)
     folder = tmp_path_factory.mktemp("grouped")
-    corpus = write_jsonl(folder / "c.jsonl", [
-        {"id": records[r]["id"], "title": records[r]["title"], "text": records[r]["text"],
-         "group": ("a", "b", "c")[r % 3]} for r in rows])
+    corpus = write_jsonl(
+        folder / "c.jsonl",
+        [
+            {
+                "id": records[r]["id"],
+                "title": records[r]["title"],
+                "text": records[r]["text"],
+                "group": ("a", "b", "c")[r % 3],
+            }
+            for r in rows
+        ],
+    )
     vectors = np.stack([demo.index.vector(r) for r in rows])
-    build_index(corpus, GivenVectors(vectors, demo.encoder.fingerprint), folder / "index",
-                CorpusSpec(fields=("group",)), BuildOptions(show_progress=False))
+    build_index(
+        corpus,
+        GivenVectors(vectors, demo.encoder.fingerprint),
+        folder / "index",
+        CorpusSpec(fields=("group",)),
+        BuildOptions(show_progress=False),
+    )
     index = SearchIndex.open(folder / "index", model_fingerprint=demo.encoder.fingerprint)
     yield Searcher(demo.encoder, index)
     index.close()
@@ -86,8 +129,9 @@ def test_write_refuses_clearly_without_fts5_support_in_the_connection(tmp_path):
     # A real connection that cannot create virtual tables behaves like a SQLite without FTS5.
     conn = sqlite3.connect(tmp_path / "m.sqlite")
     conn.execute("CREATE TABLE items (row INTEGER PRIMARY KEY, id TEXT, title TEXT, text TEXT)")
-    conn.set_authorizer(lambda action, *rest: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_CREATE_VTABLE
-                        else sqlite3.SQLITE_OK)
+    conn.set_authorizer(
+        lambda action, *rest: sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_CREATE_VTABLE else sqlite3.SQLITE_OK
+    )
     with pytest.raises(IndexBuildError, match="FTS5"):
         write_lexical_index(conn)
 
@@ -112,8 +156,11 @@ def test_fts_syntax_characters_are_plain_text(given_index, text):
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=st.text(alphabet=st.sampled_from(list('"\'()*:^-+{}[],.;ANDORNEAR chess game0') + ["\u00e9", "\u4e2d"]),
-                    max_size=40))
+@given(
+    text=st.text(
+        alphabet=st.sampled_from(list("\"'()*:^-+{}[],.;ANDORNEAR chess game0") + ["\u00e9", "\u4e2d"]), max_size=40
+    )
+)
 def test_any_text_gives_results_or_nothing_never_an_error(given_index, text):
     index, _ = given_index
     lexical = lexical_for(index)
@@ -132,9 +179,14 @@ def test_punctuation_only_gives_empty_keyword_results(given_index, demo):
 def test_common_words_only_add_to_items_that_hold_a_rare_word(tmp_path):
     # 6,000 items of equal length: "common" in 1,100 (over the 1,000-item floor, under a fifth),
     # "every" in all (too common to add anything), "rare" in items 0, 400 and 5000
-    records = [{"id": f"item-{i}", "title": f"Item {i}",
-                "text": ("common" if i >= 4900 else "other") + " every" + (" rare" if i in (0, 400, 5000) else "")}
-               for i in range(6000)]
+    records = [
+        {
+            "id": f"item-{i}",
+            "title": f"Item {i}",
+            "text": ("common" if i >= 4900 else "other") + " every" + (" rare" if i in (0, 400, 5000) else ""),
+        }
+        for i in range(6000)
+    ]
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
     vectors = np.random.default_rng(1).standard_normal((len(records), 4)).astype(np.float32)
     build_index(corpus, GivenVectors(vectors), tmp_path / "index", CorpusSpec(), BuildOptions(show_progress=False))
@@ -194,8 +246,7 @@ def test_a_package_name_finds_that_package_first(demo, name):
 
 def test_names_in_the_demo_corpus_rank_first_in_hybrid(demo, demo_records):
     sample = demo_records[::37]  # a fixed spread of 30 names
-    first = sum(demo.search(r["id"].replace("-", " ").replace("_", " "), k=1).hits[0]["id"] == r["id"]
-                for r in sample)
+    first = sum(demo.search(r["id"].replace("-", " ").replace("_", " "), k=1).hits[0]["id"] == r["id"] for r in sample)
     assert first / len(sample) >= 0.95
 
 
@@ -222,8 +273,11 @@ def test_empty_keyword_side_leaves_the_semantic_order(demo):
 def test_pages_concatenate_to_the_whole_list(grouped, mode, filters):
     query = "board game"
     whole = [h["id"] for h in grouped.search(query, k=24, mode=mode, filters=filters).hits]
-    pages = [h["id"] for off in range(0, 24, 8)
-             for h in grouped.search(query, k=8, offset=off, mode=mode, filters=filters).hits]
+    pages = [
+        h["id"]
+        for off in range(0, 24, 8)
+        for h in grouped.search(query, k=8, offset=off, mode=mode, filters=filters).hits
+    ]
     assert pages == whole and len(set(whole)) == len(whole) == 24
 
 
@@ -234,7 +288,7 @@ def test_filters_hold_in_every_mode(grouped, mode):
     unfiltered = grouped.search("strategy game", k=100, mode=mode).hits
     if mode != "hybrid":  # one ranking, filtered: the filtered list keeps the unfiltered order
         in_b = [h["id"] for h in unfiltered if h["fields"]["group"] == "b"]
-        assert [h["id"] for h in hits][:len(in_b)] == in_b[:30]
+        assert [h["id"] for h in hits][: len(in_b)] == in_b[:30]
     assert grouped.search("strategy game", k=5, mode=mode, filters={"group": ["zzz"]}).hits == []
     with pytest.raises(QueryError):
         grouped.search("strategy game", mode=mode, filters={"nope": ["x"]})
@@ -293,8 +347,9 @@ def test_a_sqlite_without_fts5_still_serves_semantic_search(demo, demo_index, tm
     shutil.copytree(demo_index, copy)
     conn = sqlite3.connect(copy / "metadata.sqlite")
     conn.execute("PRAGMA writable_schema=ON")
-    conn.execute(f"UPDATE sqlite_schema SET sql = replace(sql, 'USING fts5(', 'USING fts5_absent(') "
-                 f"WHERE name = '{FTS_TABLE}'")
+    conn.execute(
+        f"UPDATE sqlite_schema SET sql = replace(sql, 'USING fts5(', 'USING fts5_absent(') WHERE name = '{FTS_TABLE}'"
+    )
     conn.commit()
     conn.close()
     index = SearchIndex.open(copy)
@@ -309,8 +364,24 @@ def test_a_sqlite_without_fts5_still_serves_semantic_search(demo, demo_index, tm
 
 
 def test_cli_query_takes_a_mode(model_dir, demo_index, capsys):
-    assert cli_main(["query", "gnome chess", "--model", str(model_dir), "--index", str(demo_index),
-                     "--mode", "keyword", "-k", "3", "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "query",
+                "gnome chess",
+                "--model",
+                str(model_dir),
+                "--index",
+                str(demo_index),
+                "--mode",
+                "keyword",
+                "-k",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["mode"] == "keyword" and out["results"][0]["id"] == "gnome-chess"
     assert out["results"][0]["signals"] == ["exact", "keyword"]

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from search.builder import BuildOptions, build_index
-from search.corpus import CorpusSpec
+from search.index.builder import BuildOptions, build_index
+from search.index.corpus import CorpusSpec
 from tests.conftest import write_jsonl
 
 
@@ -27,15 +27,20 @@ class GivenVectors:
             yield self.vectors[row]
 
 
-def index_from_vectors(folder: Path, vectors: np.ndarray, sections=None, dtype="float32",
-                       fingerprint="given-vectors") -> Path:
+def index_from_vectors(
+    folder: Path, vectors: np.ndarray, sections=None, dtype="float32", fingerprint="given-vectors"
+) -> Path:
     n = len(vectors)
     sections = sections if sections is not None else ["s"] * n
-    records = [{"id": f"item-{i}", "title": f"Item {i}", "text": f"text {i}", "section": sections[i]}
-               for i in range(n)]
+    records = [{"id": f"item-{i}", "title": f"Item {i}", "text": f"text {i}", "section": sections[i]} for i in range(n)]
     corpus = write_jsonl(folder.parent / f"{folder.name}.jsonl", records)
-    build_index(corpus, GivenVectors(vectors, fingerprint), folder, CorpusSpec(fields=("section",)),
-                BuildOptions(dtype=dtype, show_progress=False))
+    build_index(
+        corpus,
+        GivenVectors(vectors, fingerprint),
+        folder,
+        CorpusSpec(fields=("section",)),
+        BuildOptions(dtype=dtype, show_progress=False),
+    )
     return folder
 
 

@@ -1,0 +1,1 @@
+"""The index folder: corpus in, format, builder, reader, metadata, keyword index."""

@@ -1,0 +1,258 @@
+"""corpus -> index folder.  Written in a temporary sibling folder and renamed into place
+only when complete, so a failed or killed build never leaves a half index where readers look.
+
+Two passes keep memory flat on large corpora: records go to SQLite first (validated,
+line numbers on errors), then texts stream back out in row order to the encoder,
+whose vectors land in a preallocated ``.npy`` memory map.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from search.errors import CorpusError, IndexBuildError
+from search.fileutil import describe_files, sha256_file, write_json_atomic
+from search.index.corpus import CorpusSpec, ReadStats, read_corpus
+from search.index.keyword import write_lexical_index
+from search.index.metadata import METADATA_NAME, MetadataWriter
+from search.index.reader import (
+    DTYPES,
+    EMBEDDINGS_NAME,
+    FIELD_NAME_RE,
+    INDEX_FORMAT,
+    MANIFEST_NAME,
+    SCALES_NAME,
+    SCAN_FILES,
+    SCAN_NAME,
+    SCAN_RESIDUALS_NAME,
+    SCAN_SCALES_NAME,
+    field_file,
+)
+from search.model.encoder import Encoder
+from search.progress import Progress
+from search.scoring.prefilter import (
+    PREFILTER_FILES,
+    PREFILTER_NAME,
+    PREFILTER_RESIDUALS_NAME,
+    PREFILTER_SCALES_NAME,
+    quantize_int4_rows,
+)
+
+INSERT_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    dtype: str = "float32"
+    workers: int = 1  # single-text runs in flight at once
+    skip_bad: bool = False
+    show_progress: bool = True
+    scan_copy: bool = True  # float32/float16: also write the int8 scan copy (see index.py)
+    prefilter: bool = True  # any dtype: also write the int4 prefilter copy (see prefilter.py)
+
+
+def build_index(
+    corpus: str | Path, encoder: Encoder, out: str | Path, spec: CorpusSpec, options: BuildOptions = BuildOptions()
+) -> dict:
+    """Build and publish the index at ``out``; returns its manifest."""
+    if options.dtype not in DTYPES:
+        raise IndexBuildError(f"dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
+    for name in spec.fields:
+        if not FIELD_NAME_RE.match(name):
+            raise IndexBuildError(f"field name {name!r} is not allowed (letters, digits, _ . -)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _build_into(Path(corpus), encoder, tmp, spec, options)
+        _publish(tmp, out)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:
+    started = time.monotonic()
+    stats = ReadStats()
+    writer = MetadataWriter(tmp / METADATA_NAME)
+    progress = Progress("reading", unit="records", enabled=options.show_progress)
+    batch: list = []
+    row = 0
+    for record in read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats):
+        batch.append((row, record.id, record.title, record.text, record.fields))
+        row += 1
+        if len(batch) >= INSERT_BATCH:
+            writer.add_items(batch)
+            progress.update(len(batch))
+            batch = []
+    writer.add_items(batch)
+    progress.update(len(batch))
+    progress.close()
+    count = row
+    if count == 0:
+        raise CorpusError("no usable records", path=str(corpus))
+
+    texts = (spec.document_text(title, text) for title, text in writer.iter_texts())
+    _write_embeddings(tmp, encoder, texts, count, options)
+    scan = options.scan_copy and options.dtype != "int8"
+    if scan:
+        _write_scan_copy(tmp, count)
+    prefilter = options.prefilter and encoder.dimension % 2 == 0
+    if prefilter:
+        _write_prefilter(tmp, count, options.dtype)
+    for name in spec.fields:
+        _write_field(tmp, writer, name, count)
+    lexical = write_lexical_index(writer.conn)  # keyword index inside metadata.sqlite: its sha256 covers it
+    writer.close()
+
+    names = sorted(p.name for p in tmp.iterdir())
+    files = describe_files(tmp, names)
+    version = hashlib.sha256("".join(files[n]["sha256"] for n in names).encode()).hexdigest()[:16]
+    manifest = {
+        "format": INDEX_FORMAT,
+        "version": version,
+        "count": count,
+        "dimension": encoder.dimension,
+        "dtype": options.dtype,
+        "model": {
+            "fingerprint": encoder.fingerprint,
+            "source_model": encoder.bundle.source_model,
+            "quantization": encoder.bundle.quantization,
+            "session": getattr(encoder, "session_settings", None),
+        },
+        "fields": list(spec.fields),
+        "lexical": lexical,
+        "scan": {"dtype": "int8", "files": list(SCAN_FILES)} if scan else None,
+        "prefilter": {"dtype": "int4", "files": list(PREFILTER_FILES)} if prefilter else None,
+        "corpus": {
+            "file": corpus.name,
+            "sha256": sha256_file(corpus),
+            "records": count,
+            "skipped": stats.skipped,
+            "first_errors": stats.first_errors,
+        },
+        "spec": asdict(spec),
+        "files": files,
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def _write_embeddings(tmp: Path, encoder: Encoder, texts, count: int, options: BuildOptions) -> None:
+    dim = encoder.dimension
+    target = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=options.dtype, shape=(count, dim))
+    scales = (
+        np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+        if options.dtype == "int8"
+        else None
+    )
+    progress = Progress("embedding", count, unit="docs", enabled=options.show_progress)
+    for row, vector in enumerate(encoder.embed_stream(texts, workers=options.workers)):
+        if scales is not None:
+            target[row], scales[row] = quantize_int8(vector)
+        else:
+            target[row] = vector
+        progress.update()
+    progress.close()
+    target.flush()
+    del target
+    if scales is not None:
+        scales.flush()
+        del scales
+
+
+SCAN_BLOCK_ROWS = 65536
+
+
+def _write_scan_copy(tmp: Path, count: int) -> None:
+    """int8 rows + scales of the stored vectors, and how far each stored vector is from its int8
+    form (L2 norm of the difference, rounded up): the search's error bound needs it."""
+    stored = np.load(tmp / EMBEDDINGS_NAME, mmap_mode="r")
+    dim = stored.shape[1]
+    scan = np.lib.format.open_memmap(tmp / SCAN_NAME, mode="w+", dtype=np.int8, shape=(count, dim))
+    scales = np.lib.format.open_memmap(tmp / SCAN_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    residuals = np.lib.format.open_memmap(tmp / SCAN_RESIDUALS_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    for start in range(0, count, SCAN_BLOCK_ROWS):
+        block = np.asarray(stored[start : start + SCAN_BLOCK_ROWS], dtype=np.float32)
+        rows, row_scales = quantize_int8_rows(block)
+        stop = start + len(block)
+        scan[start:stop], scales[start:stop] = rows, row_scales
+        residuals[start:stop] = residual_norms(block, rows, row_scales)
+    for arr in (scan, scales, residuals):
+        arr.flush()
+    del stored, scan, scales, residuals
+
+
+def _write_prefilter(tmp: Path, count: int, dtype: str) -> None:
+    """The int4 copy of what the index stores (int8 rows times their scales), see prefilter.py."""
+    stored = np.load(tmp / EMBEDDINGS_NAME, mmap_mode="r")
+    row_scales = np.load(tmp / SCALES_NAME, mmap_mode="r") if dtype == "int8" else None
+    dim = stored.shape[1]
+    packed = np.lib.format.open_memmap(tmp / PREFILTER_NAME, mode="w+", dtype=np.uint8, shape=(count, dim // 2))
+    scales = np.lib.format.open_memmap(tmp / PREFILTER_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    residuals = np.lib.format.open_memmap(tmp / PREFILTER_RESIDUALS_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    for start in range(0, count, SCAN_BLOCK_ROWS):
+        block = np.asarray(stored[start : start + SCAN_BLOCK_ROWS], dtype=np.float32)
+        if row_scales is not None:
+            block = block * np.asarray(row_scales[start : start + len(block)], dtype=np.float32)[:, None]
+        stop = start + len(block)
+        packed[start:stop], scales[start:stop], residuals[start:stop] = quantize_int4_rows(block)
+    for arr in (packed, scales, residuals):
+        arr.flush()
+    del stored, row_scales, packed, scales, residuals
+
+
+def quantize_int8_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``quantize_int8`` for every row of ``block`` at once."""
+    peak = np.abs(block).max(axis=1)
+    scales = np.where(peak > 0, peak.astype(np.float64) / 127.0, 1.0).astype(np.float32)
+    rows = np.clip(np.rint(block / scales[:, None]), -127, 127).astype(np.int8)
+    return rows, scales
+
+
+def residual_norms(block: np.ndarray, rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``||v - int8 row x scale||`` per row, rounded up to float32 (an error bound: never round down)."""
+    diff = block.astype(np.float64) - rows.astype(np.float64) * scales.astype(np.float64)[:, None]
+    return np.nextafter(np.linalg.norm(diff, axis=1).astype(np.float32), np.float32(np.inf))
+
+
+def quantize_int8(vector: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """Symmetric per-row int8: ``vector ≈ q * scale``; the row's largest component maps to ±127."""
+    rows, scales = quantize_int8_rows(np.asarray(vector, dtype=np.float32)[None, :])
+    return rows[0], scales[0]
+
+
+def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> None:
+    column = list(writer.field_column(name))
+    counts = Counter(column)
+    codes_of = {value: code for code, value in enumerate(sorted(counts))}
+    writer.add_field_values(name, [(code, value, counts[value]) for value, code in codes_of.items()])
+    codes = np.lib.format.open_memmap(tmp / field_file(name), mode="w+", dtype=np.int32, shape=(count,))
+    codes[:] = np.fromiter((codes_of[v] for v in column), dtype=np.int32, count=count)
+    codes.flush()
+    del codes
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Swap the finished folder into place; an old index is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    os.rename(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

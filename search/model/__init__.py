@@ -1,0 +1,1 @@
+"""The model bundle and the encoder: text -> unit vector."""

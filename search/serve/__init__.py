@@ -1,0 +1,1 @@
+"""Serving: the runtime, the HTTP API, the app, the web page, observability."""

@@ -1,0 +1,254 @@
+"""The FastAPI app: the same object behind ``python -m search serve`` and the Lambda handler.
+
+``create_app()`` uses the process-wide runtime (settings from the environment); ``create_app(settings)``
+gets a runtime of its own (tests, embedding); ``create_app(runtime=...)`` shares a given one.
+
+A small ASGI middleware wraps every request: request id (API Gateway's, else X-Request-Id, else
+new), the public path prefix behind an API Gateway stage (so /docs finds /prod/openapi.json), the
+body size limit, one access-log line without the query string, and a last-resort 500 in the error
+shape (logged with its traceback, never sent).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from search import __version__
+from search.errors import SearchError
+from search.serve.api import (
+    HTTP_CODES,
+    INTERNAL,
+    ApiError,
+    build_router,
+    error_response,
+    search_error_status,
+    validation_details,
+)
+from search.serve.observability import REQUEST_ID_RE, logger, request_id_from_event
+from search.serve.runtime import Runtime, get_runtime
+from search.settings import Settings
+
+try:  # the search page (GET /), when that module is present
+    from search.serve import web
+except ImportError:  # pragma: no cover - the API works without it
+    web = None
+
+QUIET_PATHS = frozenset({"/livez", "/readyz"})  # probes: access log at DEBUG only
+DESCRIPTION = """Meaning-based search over one catalogue: the query is embedded with a sentence-embedding
+model and compared with every item (exact top-k).  Errors are `{"error": {"code", "message"}, "request_id"}`."""
+
+Observer = Callable[[dict], None]
+
+
+def create_app(
+    settings: Settings | None = None, *, runtime: Runtime | None = None, observer: Observer | None = None
+) -> FastAPI:
+    owns_runtime = runtime is None and settings is not None
+    if runtime is None:
+        runtime = Runtime(settings) if settings is not None else get_runtime()
+    settings = runtime.settings
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        runtime.start_loading()  # /livez answers at once; /readyz turns 200 when loaded
+        yield
+        if owns_runtime:
+            runtime.close()
+
+    app = FastAPI(title="Semantic search", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(build_router(settings, runtime))
+    if web is not None:
+        app.include_router(web.router)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(request, exc.status, exc.code, exc.message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, details = validation_details(exc.errors())
+        return error_response(request, 422, HTTP_CODES[422], message, details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        return error_response(
+            request,
+            exc.status_code,
+            HTTP_CODES.get(exc.status_code, "error"),
+            message,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(SearchError)
+    async def _search_error(request: Request, exc: SearchError):
+        status, code = search_error_status(exc)
+        return error_response(request, status, code, str(exc) if status < 500 else "the search failed")
+
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["content-type"],
+            expose_headers=["server-timing", "x-request-id"],
+            max_age=600,
+        )
+    app.add_middleware(
+        RequestContext, max_body_bytes=settings.max_body_bytes, base_path=settings.base_path, observer=observer
+    )
+    return app
+
+
+class RequestContext:
+    """Pure ASGI (no per-request task or body buffering, unlike BaseHTTPMiddleware)."""
+
+    def __init__(self, app, *, max_body_bytes: int, base_path: str = "", observer: Observer | None = None):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.base_path = base_path
+        self.observer = observer
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        state = scope.setdefault("state", {})
+        rid = state["request_id"] = _request_id(scope)
+        if "aws.event" in scope:
+            _apply_gateway_prefix(scope, self.base_path)
+        sent = {"status": 0}
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                sent["status"] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        limit, received = self.max_body_bytes, 0
+
+        async def receive_limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"request body larger than {limit} bytes")
+            return message
+
+        try:
+            if _content_length(scope) > limit:
+                await _send_error(scope, receive, send_with_id, 413, f"request body larger than {limit} bytes")
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        except Exception:
+            logger.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
+            if not sent["status"]:
+                await _send_error(scope, receive, send_with_id, 500, "internal error; quote the request id")
+            sent["status"] = sent["status"] or 500
+        finally:
+            self._finish(scope, state, sent["status"] or 500, t0)
+
+    def _finish(self, scope, state: dict, status: int, t0: float) -> None:
+        record: dict[str, Any] = {
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": status,
+            "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
+        }
+        search = state.get("search")
+        if search:
+            record.update(search)
+        log = logger.debug if _route_path(scope) in QUIET_PATHS else logger.info
+        log(
+            "request",
+            extra={**{k: v for k, v in record.items() if k != "timing_ms"}, "request_id": state.get("request_id")},
+        )
+        if self.observer is not None:
+            try:
+                self.observer(record)
+            except Exception:  # metrics must never break a response
+                logger.exception("request observer failed")
+
+
+async def _send_error(scope, receive, send, status: int, message: str) -> None:
+    body = {
+        "error": {"code": HTTP_CODES.get(status, INTERNAL), "message": message},
+        "request_id": scope.get("state", {}).get("request_id"),
+    }
+    await JSONResponse(body, status_code=status)(scope, receive, send)
+
+
+def _content_length(scope) -> int:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def _request_id(scope) -> str:
+    event = scope.get("aws.event")
+    if event is not None:
+        rid = request_id_from_event(event)
+        if rid:
+            return rid[:128]
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if REQUEST_ID_RE.match(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def _route_path(scope) -> str:
+    root = scope.get("root_path") or ""
+    path = scope.get("path") or ""
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def _apply_gateway_prefix(scope, base_path: str) -> None:
+    """Set ``root_path`` to the prefix the client saw in front of the app, so generated URLs
+    (/docs -> openapi.json, the page's <base>) include it, and keep ``path`` = root_path + route.
+
+    REST API (v1): the gateway removed the stage (and any base path mapping) from ``path``;
+    ``requestContext.path`` still has it.  HTTP API and Function URLs: a named stage stays at the
+    front of the path.  SEARCH_BASE_PATH (stripped by Mangum) is taken as given."""
+    event = scope["aws.event"]
+    context = event.get("requestContext") if isinstance(event, dict) else None
+    if not isinstance(context, dict):
+        return
+    path = scope.get("path") or "/"
+    prefix = ""
+    if base_path:
+        prefix = base_path
+    elif "version" not in event and "resource" in event:  # REST API
+        full = context.get("path")
+        if isinstance(full, str) and len(full) > len(path) and full.endswith(path):
+            prefix = full[: len(full) - len(path)].rstrip("/")
+    else:  # HTTP API (payload 1.0 or 2.0), Function URL
+        stage = context.get("stage")
+        if (
+            isinstance(stage, str)
+            and stage not in ("", "$default")
+            and (path == f"/{stage}" or path.startswith(f"/{stage}/"))
+        ):
+            scope["root_path"] = f"/{stage}"
+            return
+    if prefix:
+        scope["root_path"] = prefix
+        scope["path"] = prefix + path

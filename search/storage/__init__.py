@@ -1,0 +1,1 @@
+"""Where an index lives: S3 download and upload, the live (hot-swapped) index."""

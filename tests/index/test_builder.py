@@ -1,0 +1,94 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from search.errors import CorpusError, IndexBuildError
+from search.index.builder import BuildOptions, build_index
+from search.index.corpus import CorpusSpec
+from search.index.reader import SearchIndex
+from tests.conftest import write_jsonl
+from tests.vectors import index_from_vectors
+
+SPEC = CorpusSpec(fields=("section", "version", "homepage"))
+
+
+def build(corpus, encoder, out, **options):
+    return build_index(corpus, encoder, out, SPEC, BuildOptions(show_progress=False, **options))
+
+
+@pytest.fixture(scope="module")
+def sample_corpus(tmp_path_factory, demo_records):
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "sample.jsonl", demo_records[::40])
+
+
+def test_rebuild_is_byte_identical(tmp_path, sample_corpus, encoder):
+    """Same corpus, same settings -> the same embeddings.npy bytes, whatever the worker count."""
+    build(sample_corpus, encoder, tmp_path / "a", workers=1)
+    build(sample_corpus, encoder, tmp_path / "b", workers=2)
+    a, b = (tmp_path / "a" / "embeddings.npy").read_bytes(), (tmp_path / "b" / "embeddings.npy").read_bytes()
+    assert a == b
+    ma = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert (
+        ma["files"]["embeddings.npy"]["sha256"]
+        == json.loads((tmp_path / "b" / "manifest.json").read_text())["files"]["embeddings.npy"]["sha256"]
+    )
+
+
+def test_index_vectors_equal_single_text_embeddings(tmp_path, sample_corpus, encoder, demo_records):
+    build(sample_corpus, encoder, tmp_path / "i", workers=2)
+    index = SearchIndex.open(tmp_path / "i", model_fingerprint=encoder.fingerprint)
+    rec = demo_records[::40][3]
+    alone = encoder.embed([f"{rec['title']}\n{rec['text']}"])[0]
+    assert np.array_equal(index.vector(3), alone)
+
+
+def test_manifest_lists_every_file_with_sha256(demo_index):
+    from search.fileutil import sha256_file
+
+    m = json.loads((demo_index / "manifest.json").read_text())
+    on_disk = sorted(p.name for p in demo_index.iterdir() if p.name != "manifest.json")
+    assert sorted(m["files"]) == on_disk
+    for name, info in m["files"].items():
+        assert sha256_file(demo_index / name) == info["sha256"]
+    assert m["count"] == 1108 and m["fields"] == ["section", "version", "homepage"]
+    assert m["dtype"] == "float32" and m["dimension"] == 384
+
+
+def test_failed_build_leaves_nothing_and_keeps_the_old_index(tmp_path, encoder, demo_records):
+    good = write_jsonl(tmp_path / "good.jsonl", demo_records[:5])
+    out = tmp_path / "index"
+    build(good, encoder, out)
+    before = (out / "manifest.json").read_bytes()
+    bad = write_jsonl(tmp_path / "bad.jsonl", demo_records[:5] + ['{"id": "x", "text": '])
+    with pytest.raises(CorpusError, match=r"bad\.jsonl:6: broken JSON"):
+        build(bad, encoder, out)
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "good.jsonl", "index"]  # no temp folder left
+
+
+def test_empty_corpus_and_bad_field_name(tmp_path, encoder):
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    with pytest.raises(CorpusError, match="no usable records"):
+        build(empty, encoder, tmp_path / "i")
+    with pytest.raises(IndexBuildError, match="field name"):
+        build_index(empty, encoder, tmp_path / "i", CorpusSpec(fields=("../x",)), BuildOptions(show_progress=False))
+    assert not (tmp_path / "i").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_compact_storage_keeps_the_top_10(tmp_path, demo_index, dtype):
+    """On real vectors (the demo corpus), float16/int8 storage returns float32's top-10 >= 95% of the time."""
+    exact = SearchIndex.open(demo_index)
+    vectors = np.asarray(exact.embeddings, dtype=np.float32)
+    compact = SearchIndex.open(index_from_vectors(tmp_path / dtype, vectors, dtype=dtype))
+    assert compact.embeddings.dtype == np.dtype(dtype)
+    queries = range(0, exact.count, 11)  # ~100 real item vectors as queries
+    same = sum(
+        {h.row for h in exact.search(vectors[q], k=10)} == {h.row for h in compact.search(vectors[q], k=10)}
+        for q in queries
+    )
+    assert same / len(queries) >= 0.95  # same ten items; near-ties may swap places inside them
+    # and sizes shrink as promised
+    assert compact.embeddings.nbytes * (2 if dtype == "float16" else 4) == exact.embeddings.nbytes

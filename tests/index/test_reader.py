@@ -1,0 +1,201 @@
+import json
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from search.errors import IndexLoadError, IndexMismatchError, QueryError
+from search.index.reader import SearchIndex
+from tests.vectors import index_from_vectors
+
+SECTIONS = ["games", "x11", "libs"]
+
+
+def unit_rows(rng, n, d):
+    m = rng.standard_normal((n, d)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def brute_force(matrix, query, k, offset, mask=None, min_score=None):
+    scores = matrix @ query
+    rows = np.arange(len(matrix))
+    if mask is not None:
+        rows = rows[mask]
+    if min_score is not None:
+        rows = rows[scores[rows] >= min_score]
+    order = sorted(rows.tolist(), key=lambda r: (-scores[r], r))  # plain argsort semantics, ties by row
+    return order[offset : offset + k]
+
+
+@pytest.fixture(scope="module")
+def random_index(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    matrix = unit_rows(rng, 500, 16)
+    matrix[10] = matrix[20]  # exact ties must be broken by row
+    sections = [SECTIONS[i % 3] for i in range(500)]
+    folder = index_from_vectors(tmp_path_factory.mktemp("idx") / "index", matrix, sections)
+    return SearchIndex.open(folder), matrix, np.array(sections)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 100),
+    offset=st.integers(0, 60),
+    wanted=st.sets(st.sampled_from(SECTIONS + ["nope"]), max_size=3),
+    min_score=st.one_of(st.none(), st.floats(-0.5, 0.5)),
+)
+def test_top_k_equals_brute_force(random_index, seed, k, offset, wanted, min_score):
+    index, matrix, sections = random_index
+    query = matrix[seed % len(matrix)] if seed % 5 == 0 else unit_rows(np.random.default_rng(seed), 1, 16)[0]
+    filters = {"section": sorted(wanted)} if wanted else None
+    mask = np.isin(sections, sorted(wanted)) if wanted else None
+    hits = index.search(query, k=k, offset=offset, filters=filters, min_score=min_score)
+    expected = brute_force(matrix, query, k, offset, mask, min_score)
+    assert [h.row for h in hits] == expected
+    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+
+
+def test_ties_broken_by_row_and_exclusion(random_index):
+    index, matrix, _ = random_index
+    hits = index.search(matrix[10], k=2)
+    assert [h.row for h in hits] == [10, 20]
+    assert [h.row for h in index.search(matrix[10], k=1, exclude_rows=[10])] == [20]
+
+
+def test_filter_returns_k_when_k_match(random_index):
+    index, matrix, sections = random_index
+    hits = index.search(matrix[0], k=50, filters={"section": ["libs"]})
+    assert len(hits) == 50 and all(sections[h.row] == "libs" for h in hits)
+
+
+def test_unknown_filter_field_is_a_query_error(random_index):
+    index, matrix, _ = random_index
+    with pytest.raises(QueryError, match="unknown filter field 'colour'"):
+        index.search(matrix[0], filters={"colour": ["red"]})
+
+
+def test_chunked_scoring_matches_one_shot(tmp_path, monkeypatch):
+    import search.index.reader as index_module
+
+    rng = np.random.default_rng(3)
+    matrix = unit_rows(rng, 300, 8)
+    index = SearchIndex.open(index_from_vectors(tmp_path / "i", matrix))
+    query = unit_rows(rng, 1, 8)[0]
+    whole = index.search(query, k=40)
+    monkeypatch.setattr(index_module, "CHUNK_ROWS", 7)  # many chunks, ties across chunk borders
+    for hits in (index.search(query, k=40), index.search(query, k=40, filters={"section": ["s"]})):
+        assert [h.row for h in hits] == [h.row for h in whole]
+        # BLAS may sum a 7-row block in another order than a 300-row one: last-bit differences only
+        assert np.allclose([h.score for h in hits], [h.score for h in whole], atol=1e-6)
+
+
+# -- corrupt or mismatched indexes: each gives a typed error naming the file ----------------------
+
+
+@pytest.fixture()
+def fresh_index(tmp_path):
+    rng = np.random.default_rng(1)
+    return index_from_vectors(tmp_path / "index", unit_rows(rng, 50, 8))
+
+
+def edit_manifest(folder, change):
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    change(m)
+    path.write_text(json.dumps(m))
+
+
+def test_missing_folder_and_manifest(tmp_path, fresh_index):
+    with pytest.raises(IndexLoadError, match="index folder not found"):
+        SearchIndex.open(tmp_path / "nothing")
+    (fresh_index / "manifest.json").unlink()
+    with pytest.raises(IndexLoadError, match="manifest.json: missing file"):
+        SearchIndex.open(fresh_index)
+
+
+def test_missing_data_file(fresh_index):
+    (fresh_index / "field-section.npy").unlink()
+    with pytest.raises(IndexLoadError, match="field-section.npy: missing file"):
+        SearchIndex.open(fresh_index)
+
+
+def test_truncated_embeddings(fresh_index):
+    path = fresh_index / "embeddings.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(IndexLoadError, match=r"embeddings.npy: size .*truncated"):
+        SearchIndex.open(fresh_index)
+
+
+def test_corrupt_npy_header(fresh_index):
+    path = fresh_index / "embeddings.npy"
+    data = bytearray(path.read_bytes())
+    data[:6] = b"GARBAG"  # same size, broken magic
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexLoadError, match="embeddings.npy: not a readable .npy"):
+        SearchIndex.open(fresh_index)
+
+
+def test_wrong_dtype(fresh_index):
+    edit_manifest(fresh_index, lambda m: m.update(dtype="float16"))
+    with pytest.raises(IndexLoadError, match="embeddings.npy: dtype float32 but the manifest says float16"):
+        SearchIndex.open(fresh_index)
+
+
+def test_wrong_count(fresh_index):
+    edit_manifest(fresh_index, lambda m: m.update(count=49))
+    with pytest.raises(IndexLoadError, match="shape"):
+        SearchIndex.open(fresh_index)
+
+
+def test_dimension_and_fingerprint_mismatch(fresh_index):
+    with pytest.raises(IndexMismatchError, match="dimension 8 but the model gives 384"):
+        SearchIndex.open(fresh_index, dimension=384)
+    with pytest.raises(IndexMismatchError, match="rebuild the index with this model"):
+        SearchIndex.open(fresh_index, model_fingerprint="another-model")
+
+
+def test_flipped_byte_caught_by_verify(fresh_index):
+    path = fresh_index / "embeddings.npy"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    SearchIndex.open(fresh_index).close()  # sizes match: cheap open accepts it
+    with pytest.raises(IndexLoadError, match="embeddings.npy: sha256 differs"):
+        SearchIndex.open(fresh_index, verify=True)
+
+
+def test_corrupt_metadata_store(fresh_index):
+    path = fresh_index / "metadata.sqlite"
+    path.write_bytes(b"\0" * path.stat().st_size)
+    with pytest.raises(IndexLoadError, match="metadata.sqlite: not a valid metadata store"):
+        SearchIndex.open(fresh_index)
+
+
+def test_manifest_missing_key(fresh_index):
+    edit_manifest(fresh_index, lambda m: m.pop("files"))
+    with pytest.raises(IndexLoadError, match="manifest lacks or mangles key 'files'"):
+        SearchIndex.open(fresh_index)
+
+
+def test_bad_json_manifest(fresh_index):
+    (fresh_index / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexLoadError, match="unreadable manifest"):
+        SearchIndex.open(fresh_index)
+
+
+def test_opening_reads_little_of_the_metadata(demo_index):
+    """Opening must not parse the metadata store whole: count the bytes this process reads."""
+
+    def read_chars():
+        for line in open("/proc/self/io"):
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+
+    size = (demo_index / "metadata.sqlite").stat().st_size
+    before = read_chars()
+    index = SearchIndex.open(demo_index)
+    opened = read_chars() - before
+    assert opened < size / 10, f"open read {opened} bytes of a {size}-byte metadata store"
+    assert index.metadata.rows([5])[5]["id"]

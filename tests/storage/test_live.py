@@ -1,0 +1,216 @@
+"""LiveIndex: S3 and local sources, readiness, and hot swap under concurrent queries."""
+
+import gc
+import json
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+from search.errors import IndexMismatchError, StorageError
+from search.index.builder import BuildOptions, build_index
+from search.index.corpus import CorpusSpec
+from search.searcher import Searcher
+from search.storage import s3 as storage
+from search.storage.live import LiveIndex
+from tests.conftest import write_jsonl
+from tests.s3helpers import Fault, bucket, moto_url, proxy, s3_proxy  # noqa: F401 (fixtures)
+
+QUERIES = ["chess", "space shooter", "puzzle with falling blocks", "card game", "racing cars", "strategy"]
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory, encoder, demo_records):
+    """Two small indexes whose ids do not overlap: every answer tells which version gave it."""
+    root = tmp_path_factory.mktemp("versions")
+    out = {}
+    for name, records in (("a", demo_records[:40]), ("b", demo_records[40:80])):
+        corpus = write_jsonl(root / f"{name}.jsonl", [dict(r, id=f"{name}-{r['id']}") for r in records])
+        build_index(corpus, encoder, root / name, CorpusSpec(fields=("section",)), BuildOptions(show_progress=False))
+        out[name] = root / name
+    return out
+
+
+def version_of(folder: Path) -> str:
+    return json.loads((folder / "manifest.json").read_text())["version"]
+
+
+def mapped_paths() -> str:
+    with open("/proc/self/maps") as fh:
+        return fh.read()
+
+
+def test_hot_swap_under_concurrent_queries(two_versions, bucket, moto_url, proxy, encoder, tmp_path):
+    uri = f"s3://{bucket}/live/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    live = LiveIndex(
+        uri,
+        cache_dir=str(tmp_path),
+        refresh_seconds=3600,
+        model_fingerprint=encoder.fingerprint,
+        dimension=encoder.dimension,
+        client=storage.s3_client(endpoint_url=proxy.url),
+    )
+    live.load()
+    prefix = {version_of(two_versions["a"]): "a-", version_of(two_versions["b"]): "b-"}
+    old_path = Path(live.status()["local_path"])
+    old_ref = weakref.ref(live.current())
+    assert str(old_path / "embeddings.npy") in mapped_paths()
+    searcher = Searcher(encoder, live.current(), cache_size=64)
+    answers, errors, stop = [], [], threading.Event()
+
+    def ask(worker: int):
+        i = worker
+        while not stop.is_set():
+            index = live.current()  # pinned for this request, as the app does
+            try:
+                hits = searcher.search(QUERIES[i % len(QUERIES)], k=5, index=index).hits  # noqa: F821 (del below)
+                answers.append((index.version, [h["id"] for h in hits], time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(repr(exc))
+            del index
+            i += 1
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert live.maybe_refresh() is False  # within refresh_seconds: not even a HEAD
+    storage.upload_folder(two_versions["b"], uri, endpoint_url=moto_url, show_progress=False)
+    proxy.reset()
+    assert live.maybe_refresh(force=True) is True  # a warmup event forces the check
+    swapped_at = time.monotonic()
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    assert errors == []
+    assert live.version == version_of(two_versions["b"]) and live.swaps == 1
+    per_version = {v: sum(1 for a in answers if a[0] == v) for v in prefix}
+    print(f"answers per version: {per_version}")
+    assert all(n > 0 for n in per_version.values())  # answers came from both versions ...
+    for version, ids, _ in answers:  # ... each from exactly one
+        assert len(ids) == 5 and all(i.startswith(prefix[version]) for i in ids), (version, ids)
+    assert all(v == live.version for v, _, at in answers if at > swapped_at + 0.05)
+    assert len(proxy.calls("HEAD", "manifest.json")) == 1  # the forced check
+
+    del searcher
+    gc.collect()
+    assert old_ref() is None  # the old version is gone once no request holds it ...
+    assert not old_path.exists() and str(old_path) not in mapped_paths()  # ... files deleted and unmapped
+    assert live.status()["ready"] and live.status()["error"] is None
+
+
+def test_unchanged_manifest_costs_one_head(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/same/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    live = LiveIndex(uri, cache_dir=str(tmp_path), refresh_seconds=1, client=storage.s3_client(endpoint_url=proxy.url))
+    live.load()
+    proxy.reset()
+    time.sleep(1.1)
+    assert live.maybe_refresh() is False
+    assert [r[0] for r in proxy.requests] == ["HEAD"]
+
+
+def test_a_second_environment_start_reuses_the_cache(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/warm/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    first = LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url))
+    first.load()
+    assert first.status()["downloaded_mb"] > 0
+    proxy.reset()
+    second = LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url))
+    second.load()
+    assert second.status()["downloaded_mb"] == 0 and proxy.data_gets() == []
+    assert second.version == first.version
+
+
+def test_not_ready_says_why_and_does_not_stampede(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/later/"
+    live = LiveIndex(uri, cache_dir=str(tmp_path), retry_seconds=60, client=storage.s3_client(endpoint_url=proxy.url))
+    with pytest.raises(StorageError, match="manifest.json: not found"):
+        live.load()
+    status = live.status()
+    assert status["ready"] is False and f"{uri}manifest.json: not found (404 NoSuchKey)" in status["error"]
+    proxy.reset()
+    for _ in range(20):  # a burst of requests while not ready
+        with pytest.raises(StorageError):
+            live.current()
+        with pytest.raises(StorageError):
+            live.load()
+    assert proxy.requests == []  # the same error, no new S3 calls
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    live.retry_seconds = 0
+    assert live.maybe_refresh() is True and live.status()["ready"] and live.status()["error"] is None
+
+
+def test_index_for_another_model_is_refused_before_download(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/other/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    live = LiveIndex(
+        uri, cache_dir=str(tmp_path), model_fingerprint="f" * 64, client=storage.s3_client(endpoint_url=proxy.url)
+    )
+    with pytest.raises(IndexMismatchError, match="rebuild the index with this model"):
+        live.load()
+    assert proxy.data_gets() == [] and not live.ready
+
+
+def test_bad_new_version_keeps_the_old_one_serving(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/bad/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    live = LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url))
+    live.load()
+    before = live.version
+    storage.upload_folder(two_versions["b"], uri, endpoint_url=moto_url, show_progress=False)
+    proxy.add(Fault("embeddings.npy", kind="flip"))
+    assert live.maybe_refresh(force=True) is False
+    assert live.version == before and live.status()["ready"]
+    assert "checksum mismatch" in live.status()["error"]
+    proxy.reset()
+    assert live.maybe_refresh(force=True) is True and live.status()["error"] is None
+
+
+def test_local_folder_in_place_with_page_in_and_rebuild_swap(two_versions, encoder, tmp_path, demo_records):
+    folder = tmp_path / "index"
+    build_index(
+        write_jsonl(tmp_path / "a.jsonl", [dict(r, id=f"a-{r['id']}") for r in demo_records[:20]]),
+        encoder,
+        folder,
+        CorpusSpec(),
+        BuildOptions(show_progress=False),
+    )
+    live = LiveIndex(str(folder), refresh_seconds=0, page_in=True)
+    first = live.load()
+    assert first.path == folder and "page_in" in live.timings and live.status()["source"] == "path"
+    assert live.maybe_refresh(force=True) is False  # nothing changed
+    build_index(
+        write_jsonl(tmp_path / "b.jsonl", [dict(r, id=f"b-{r['id']}") for r in demo_records[20:40]]),
+        encoder,
+        folder,
+        CorpusSpec(),
+        BuildOptions(show_progress=False),
+    )
+    assert live.maybe_refresh() is False  # refresh_seconds=0: only forced checks
+    assert live.maybe_refresh(force=True) is True
+    assert live.current().metadata.rows([0])[0]["id"].startswith("b-")
+    assert first.metadata.rows([0])[0]["id"].startswith("a-")  # a request still holding the old one finishes
+    assert folder.exists()  # a path we do not own is never deleted
+
+
+def test_background_refresh_does_not_block_the_caller(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/bg/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    live = LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url))
+    live.load()
+    storage.upload_folder(two_versions["b"], uri, endpoint_url=moto_url, show_progress=False)
+    proxy.add(Fault("embeddings.npy", kind="slow", delay=0.2))
+    started = time.monotonic()
+    assert live.maybe_refresh(force=True, wait=False) is False
+    assert time.monotonic() - started < 0.2 and live.version == version_of(two_versions["a"])
+    until = time.monotonic() + 30
+    while live.version != version_of(two_versions["b"]) and time.monotonic() < until:
+        time.sleep(0.05)
+    assert live.version == version_of(two_versions["b"]) and live.swaps == 1
