@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -73,7 +74,7 @@ class Server:
     def output(self) -> str:
         if not self.log.closed:
             self.log.flush()
-        return open(self.log_path).read()
+        return Path(self.log_path).read_text()
 
     def stop(self) -> bool:
         """SIGTERM; True when the server shut down cleanly (uvicorn re-raises the signal once done)."""
