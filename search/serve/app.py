@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search import __version__
 from search.errors import SearchError
-from search.serve.api import (
+from search.serve.routes import (
     HTTP_CODES,
     INTERNAL,
     ApiError,
