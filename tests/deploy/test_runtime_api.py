@@ -45,7 +45,7 @@ FORBIDDEN = ("torch", "transformers", "sentence_transformers", "pytest", "moto",
 
 def template_environment() -> dict[str, str]:
     """The plain (non-intrinsic) variables template.yaml gives the function, so the test runs with them."""
-    from test_template import load_template  # one YAML loader for the template, in its own test module
+    from tests.deploy.test_template import load_template  # one YAML loader for the template, in its own test module
 
     variables = load_template()["Globals"]["Function"]["Environment"]["Variables"]
     return {k: v for k, v in variables.items() if isinstance(v, str)}

@@ -5,6 +5,7 @@ the way the Makefile and deploy/taskroot.py use it."""
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_every_path_matches_integer_reference(kernel, n, dim, n_queries):
 
 
 def test_this_machine_takes_a_simd_path(kernel):
-    flags = open("/proc/cpuinfo").read().split() if sys.platform == "linux" else []
+    flags = Path("/proc/cpuinfo").read_text().split() if sys.platform == "linux" else []
     expected = (
         "avx512_vnni"
         if {"avx512_vnni", "avx512bw", "avx512dq"} <= set(flags)
