@@ -55,6 +55,7 @@ def cmd_build(args) -> int:
             show_progress=not args.quiet,
             scan_copy=not args.no_scan_copy,
             prefilter=not args.no_prefilter,
+            force=args.force,
         ),
     )
     skipped = manifest["corpus"]["skipped"]
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         "skips rows that cannot reach the top, with the same results)",
     )
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also replace an index at --out that is damaged or of another format version "
+        "(an intact index is replaced anyway; anything that is not an index never is)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_build)
 

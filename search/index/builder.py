@@ -9,8 +9,6 @@ whose vectors land in a preallocated ``.npy`` memory map.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -21,6 +19,7 @@ import numpy as np
 
 from search.errors import CorpusError, IndexBuildError
 from search.fileutil import describe_files, sha256_file, write_json_atomic
+from search.index import publish
 from search.index.corpus import CorpusSpec, ReadStats, read_corpus
 from search.index.keyword import write_lexical_index
 from search.index.metadata import METADATA_NAME, MetadataWriter
@@ -58,6 +57,7 @@ class BuildOptions:
     show_progress: bool = True
     scan_copy: bool = True  # float32/float16: also write the int8 scan copy (see index.py)
     prefilter: bool = True  # any dtype: also write the int4 prefilter copy (see prefilter.py)
+    force: bool = False  # may replace a damaged index or one of another format (never anything else)
 
 
 def build_index(
@@ -70,16 +70,14 @@ def build_index(
         if not FIELD_NAME_RE.match(name):
             raise IndexBuildError(f"field name {name!r} is not allowed (letters, digits, _ . -)")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    publish.check_target(out, corpus=corpus, force=options.force)  # refuse before any work (see publish.py)
+    tmp = publish.make_temp(out)
     try:
         manifest = _build_into(Path(corpus), encoder, tmp, spec, options)
-        _publish(tmp, out)
+        publish.publish(tmp, out, corpus=corpus, force=options.force)
         return manifest
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        publish.discard(tmp)  # only the folder this build made
         raise
 
 
@@ -245,14 +243,3 @@ def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> No
     codes[:] = np.fromiter((codes_of[v] for v in column), dtype=np.int32, count=count)
     codes.flush()
     del codes
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished folder into place; an old index is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
