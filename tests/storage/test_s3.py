@@ -18,15 +18,17 @@ import pytest
 from search.errors import StorageError
 from search.index.reader import SearchIndex
 from search.searcher import Searcher
-from search.storage import s3 as storage
+from search.storage import cache as s3cache
+from search.storage import objects, transfer
 from tests.conftest import ROOT
 from tests.s3helpers import Fault, bucket, moto_url, proxy, s3_proxy, subprocess_env  # noqa: F401 (fixtures)
 
-SMALL_CHUNKS = storage.TransferOptions(chunk_bytes=256 * 1024)  # embeddings.npy (1.7 MB) -> 7 ranged GETs
+SMALL_CHUNKS = transfer.TransferOptions(chunk_bytes=256 * 1024)  # embeddings.npy (1.7 MB) -> 7 ranged GETs
 FETCH_SCRIPT = """
 import json, sys
-from search.storage import s3 as storage
-f = storage.fetch_folder(sys.argv[1], sys.argv[2], deadline=storage.deadline_after(60))
+from search.storage import cache as s3cache
+from search.storage import transfer
+f = s3cache.fetch_folder(sys.argv[1], sys.argv[2], deadline=transfer.deadline_after(60))
 print(json.dumps({"path": str(f.path), "reused": f.reused, "version": f.version}))
 """
 
@@ -35,12 +37,12 @@ print(json.dumps({"path": str(f.path), "reused": f.reused, "version": f.version}
 def uploaded(bucket, moto_url, demo_index):
     """The demo index uploaded to s3://<fresh bucket>/games/ (straight to moto)."""
     uri = f"s3://{bucket}/games/"
-    storage.upload_folder(demo_index, uri, endpoint_url=moto_url, show_progress=False)
+    objects.upload_folder(demo_index, uri, endpoint_url=moto_url, show_progress=False)
     return uri
 
 
 def client_for(proxy):
-    return storage.s3_client(endpoint_url=proxy.url)
+    return transfer.s3_client(endpoint_url=proxy.url)
 
 
 def published(cache: Path) -> list[Path]:
@@ -48,11 +50,11 @@ def published(cache: Path) -> list[Path]:
 
 
 def temps(cache: Path) -> list[Path]:
-    return list(cache.glob(f"s3-*/{storage.TEMP_PREFIX}*"))
+    return list(cache.glob(f"s3-*/{transfer.TEMP_PREFIX}*"))
 
 
 def test_upload_then_cold_start_download_then_query(uploaded, proxy, tmp_path, demo_index, encoder):
-    fetched = storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy), options=SMALL_CHUNKS)
+    fetched = s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy), options=SMALL_CHUNKS)
     assert not fetched.reused and fetched.downloaded_bytes > 2_000_000
     ranges = [r for _, path, r in proxy.calls("GET", "embeddings.npy")]
     assert len(ranges) == 7 and len(set(ranges)) == 7 and all(r.startswith("bytes=") for r in ranges)
@@ -67,7 +69,7 @@ def test_upload_then_cold_start_download_then_query(uploaded, proxy, tmp_path, d
 
 
 def test_a_later_cold_start_reuses_the_copy_without_data_gets(uploaded, proxy, tmp_path):
-    first = storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
+    first = s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
     proxy.reset()
     # A new process in the same environment, configured only through AWS_ENDPOINT_URL_S3.
     proc = subprocess.run(
@@ -90,7 +92,7 @@ def test_5xx_twice_then_success(uploaded, proxy, tmp_path):
         Fault("manifest.json", status=503, code="SlowDown", times=1),
         Fault("embeddings.npy", status=503, code="SlowDown", times=2),
     )
-    fetched = storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy), deadline=storage.deadline_after(20))
+    fetched = s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy), deadline=transfer.deadline_after(20))
     SearchIndex.open(fetched.path, verify=True)
     assert len(proxy.calls("GET", "manifest.json")) == 3
     assert len(proxy.calls("GET", "embeddings.npy")) == 3
@@ -102,7 +104,7 @@ def test_permanent_503_is_a_typed_error_within_the_budget(uploaded, proxy, tmp_p
     budget = 3.0
     started = time.monotonic()
     with pytest.raises(StorageError) as err:
-        storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy), deadline=storage.deadline_after(budget))
+        s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy), deadline=transfer.deadline_after(budget))
     elapsed = time.monotonic() - started
     assert elapsed < budget, f"took {elapsed:.1f}s"
     assert f"{uploaded}" in str(err.value) and key in str(err.value) and "503" in str(err.value)
@@ -122,7 +124,7 @@ def test_permanent_503_is_a_typed_error_within_the_budget(uploaded, proxy, tmp_p
 def test_corrupt_or_truncated_bodies_are_never_published(uploaded, proxy, tmp_path, kind, key, expect):
     proxy.add(Fault(key, kind=kind))
     with pytest.raises(StorageError) as err:
-        storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy), options=SMALL_CHUNKS)
+        s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy), options=SMALL_CHUNKS)
     message = str(err.value)
     assert expect in message and key in message and uploaded in message, message
     assert temps(tmp_path) == [] and published(tmp_path) == []
@@ -130,21 +132,21 @@ def test_corrupt_or_truncated_bodies_are_never_published(uploaded, proxy, tmp_pa
 
 def test_a_body_truncated_once_is_retried_and_verified(uploaded, proxy, tmp_path):
     proxy.add(Fault("metadata.sqlite", kind="truncate", times=1))
-    fetched = storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
+    fetched = s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
     SearchIndex.open(fetched.path, verify=True)
     assert len(proxy.calls("GET", "metadata.sqlite")) == 2
 
 
 def test_missing_manifest_and_missing_data_file(uploaded, proxy, tmp_path, moto_url, bucket):
     with pytest.raises(StorageError, match=r"s3://.*/nothing-here/manifest.json: not found \(404 NoSuchKey\)"):
-        storage.fetch_folder(f"s3://{bucket}/nothing-here/", tmp_path, client=client_for(proxy))
+        s3cache.fetch_folder(f"s3://{bucket}/nothing-here/", tmp_path, client=client_for(proxy))
     manifest = json.loads(
         boto3.client("s3", endpoint_url=moto_url).get_object(Bucket=bucket, Key="games/manifest.json")["Body"].read()
     )
     gone = f"games/{manifest['data_prefix']}field-homepage.npy"
     boto3.client("s3", endpoint_url=moto_url).delete_object(Bucket=bucket, Key=gone)
     with pytest.raises(StorageError) as err:
-        storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
+        s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
     assert str(err.value) == f"s3://{bucket}/{gone}: not found (404 NoSuchKey)"
     assert temps(tmp_path) == [] and published(tmp_path) == []
 
@@ -152,7 +154,7 @@ def test_missing_manifest_and_missing_data_file(uploaded, proxy, tmp_path, moto_
 def test_access_denied_is_not_retried(uploaded, proxy, tmp_path):
     proxy.add(Fault("field-version.npy", status=403, code="AccessDenied"))
     with pytest.raises(StorageError, match=r"field-version.npy: access denied \(403 AccessDenied\)"):
-        storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
+        s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
     assert len(proxy.calls("GET", "field-version.npy")) == 1
     assert temps(tmp_path) == [] and published(tmp_path) == []
 
@@ -164,16 +166,16 @@ def small_disk(tmp_path):
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode == 0:
-        yield mount, storage.TransferOptions(reserve_bytes=0)
+        yield mount, transfer.TransferOptions(reserve_bytes=0)
         subprocess.run(["umount", str(mount)], check=True)
     else:
-        yield mount, storage.TransferOptions(reserve_bytes=shutil.disk_usage(mount).free)
+        yield mount, transfer.TransferOptions(reserve_bytes=shutil.disk_usage(mount).free)
 
 
 def test_not_enough_free_space(uploaded, proxy, small_disk):
     cache, options = small_disk
     with pytest.raises(StorageError, match=r"not enough free space in .*: the download needs [\d.]+ MB"):
-        storage.fetch_folder(uploaded, cache, client=client_for(proxy), options=options)
+        s3cache.fetch_folder(uploaded, cache, client=client_for(proxy), options=options)
     assert proxy.data_gets() == []
     assert temps(cache) == [] and published(cache) == []
 
@@ -198,12 +200,12 @@ def test_download_killed_midway_then_clean_restart(uploaded, proxy, tmp_path):
             pytest.fail("the child never started writing")
         os.kill(child.pid, signal.SIGKILL)
     finally:
-        child.wait(timeout=30)
+        child.communicate(timeout=30)  # waits and closes both pipes (an open one fails the run)
     assert child.returncode == -signal.SIGKILL
     assert len(temps(tmp_path)) == 1 and published(tmp_path) == []  # a half download, not published
 
     proxy.reset()
-    fetched = storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
+    fetched = s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy))
     assert not fetched.reused and temps(tmp_path) == [] and published(tmp_path) == [fetched.path]
     SearchIndex.open(fetched.path, verify=True)
 
@@ -246,12 +248,12 @@ def test_upload_layout_skip_unchanged_and_prune(bucket, moto_url, demo_index, tm
         return folder
 
     n_files = len(json.loads((demo_index / "manifest.json").read_text())["files"])  # data files, not the manifest
-    first = storage.upload_folder(variant("v1"), uri, endpoint_url=moto_url, show_progress=False)
+    first = objects.upload_folder(variant("v1"), uri, endpoint_url=moto_url, show_progress=False)
     assert len(first.uploaded) == n_files and first.unchanged == []
-    again = storage.upload_folder(tmp_path / "v1", uri, endpoint_url=moto_url, show_progress=False)
+    again = objects.upload_folder(tmp_path / "v1", uri, endpoint_url=moto_url, show_progress=False)
     assert again.uploaded == [] and len(again.unchanged) == n_files and again.bytes_sent == 0
-    storage.upload_folder(variant("v2"), uri, endpoint_url=moto_url, show_progress=False, prune=True)
-    third = storage.upload_folder(variant("v3"), uri, endpoint_url=moto_url, show_progress=False, prune=True)
+    objects.upload_folder(variant("v2"), uri, endpoint_url=moto_url, show_progress=False, prune=True)
+    third = objects.upload_folder(variant("v3"), uri, endpoint_url=moto_url, show_progress=False, prune=True)
     assert third.pruned == n_files  # v1's files; v2 stays (a reader may still be fetching it)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert {k.split("/")[2] for k in keys if k.startswith("p/data/")} == {"v2", "v3"}
@@ -287,7 +289,7 @@ def test_cli_upload_reads_the_standard_endpoint_variable(bucket, moto_url, demo_
         rf"\({sent_mb:.1f} MB\), 0 unchanged in [\d.]+s$",
         proc.stdout.strip(),
     ), proc.stdout
-    fetched = storage.fetch_folder(f"s3://{bucket}/cli/", tmp_path, client=storage.s3_client(endpoint_url=moto_url))
+    fetched = s3cache.fetch_folder(f"s3://{bucket}/cli/", tmp_path, client=transfer.s3_client(endpoint_url=moto_url))
     SearchIndex.open(fetched.path, verify=True)
 
 
@@ -306,10 +308,10 @@ def test_model_bundle_from_s3(bucket, moto_url, model_dir, tmp_path, proxy):
 
     proc = run_cli("upload", "--model", model_dir, "--endpoint-url", moto_url, "--quiet", f"s3://{bucket}/model/")
     assert proc.returncode == 0, proc.stderr
-    local = storage.fetch_bundle(f"s3://{bucket}/model/", tmp_path, client=client_for(proxy))
+    local = s3cache.fetch_bundle(f"s3://{bucket}/model/", tmp_path, client=client_for(proxy))
     remote_vec = Encoder.load(local, threads=1).embed_query("chess engine")
     assert (remote_vec == Encoder.load(model_dir, threads=1).embed_query("chess engine")).all()
-    assert storage.fetch_bundle(str(model_dir), tmp_path) == Path(model_dir)  # a path is used as is
+    assert s3cache.fetch_bundle(str(model_dir), tmp_path) == Path(model_dir)  # a path is used as is
 
 
 def test_unreachable_endpoint_fails_fast_with_the_key(tmp_path, moto_url):  # moto_url: credentials
@@ -318,21 +320,21 @@ def test_unreachable_endpoint_fails_fast_with_the_key(tmp_path, moto_url):  # mo
         port = s.getsockname()[1]
     started = time.monotonic()
     with pytest.raises(StorageError, match=r"s3://b-x/idx/manifest.json: .*(cannot reach|time budget)"):
-        storage.fetch_folder(
+        s3cache.fetch_folder(
             "s3://b-x/idx/",
             tmp_path,
-            client=storage.s3_client(endpoint_url=f"http://127.0.0.1:{port}"),
-            deadline=storage.deadline_after(5),
+            client=transfer.s3_client(endpoint_url=f"http://127.0.0.1:{port}"),
+            deadline=transfer.deadline_after(5),
         )
     assert time.monotonic() - started < 5
 
 
 def test_waiting_for_another_downloader_respects_the_deadline(uploaded, proxy, tmp_path):
-    root = storage.cache_root(tmp_path, storage.S3Location.parse(uploaded))
+    root = s3cache.cache_root(tmp_path, transfer.S3Location.parse(uploaded))
     root.mkdir(parents=True)
-    with storage.CacheLock(root):  # as if another process were downloading
+    with s3cache.CacheLock(root):  # as if another process were downloading
         started = time.monotonic()
         with pytest.raises(StorageError, match="another process still holds the download lock"):
-            storage.fetch_folder(uploaded, tmp_path, client=client_for(proxy), deadline=storage.deadline_after(1))
+            s3cache.fetch_folder(uploaded, tmp_path, client=client_for(proxy), deadline=transfer.deadline_after(1))
         assert 0.9 < time.monotonic() - started < 3
     assert proxy.data_gets() == []
