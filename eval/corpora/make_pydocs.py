@@ -3,7 +3,9 @@
 For each module named in ``pydocs-modules.txt`` (one a line, ``#`` comments),
 one record for the module itself, one for each public function and class, and
 one for each public method or property of those classes, all with a docstring
-of their own (inherited docstrings are not used).
+of their own (inherited docstrings are not used; a class without one is
+described by its own ``__init__`` docstring, and its members are listed even
+when neither has one).
 
 Public names: the module's ``__all__`` where it has one; otherwise every name
 without a leading underscore whose object was defined in that module. Class
@@ -83,11 +85,14 @@ def first_paragraph(doc: str | None) -> str:
 
 
 def own_doc(obj: object) -> str | None:
-    """The object's own docstring (a class's __doc__ is never inherited in Python)."""
+    """The object's own docstring; for a class without one, its own __init__'s."""
     doc = getattr(obj, "__doc__", None)
     if inspect.isclass(obj):
-        # a class without a docstring still reports type(obj).__doc__ for some C types
+        # only the class's own __dict__: some C types would report type.__doc__
         doc = obj.__dict__.get("__doc__")
+        init = obj.__dict__.get("__init__")
+        if not isinstance(doc, str) and inspect.isfunction(init):
+            doc = init.__doc__  # e.g. ProcessPoolExecutor, PrettyPrinter
     return doc if isinstance(doc, str) else None
 
 
@@ -140,8 +145,11 @@ def records_for(modname: str, seen: set[int]) -> list[dict[str, str]]:
         if inspect.ismodule(obj):
             continue
         qual = f"{modname}.{name}"
-        if not add(qual, obj, own_doc(obj)) or not inspect.isclass(obj):
+        first = id(obj) not in seen
+        add(qual, obj, own_doc(obj))
+        if not (first and inspect.isclass(obj)):
             continue
+        seen.add(id(obj))  # members once, under the first name, documented class or not
         for mname in sorted(obj.__dict__):
             if mname.startswith("_"):
                 continue
