@@ -8,7 +8,8 @@ described by its own ``__init__`` docstring, and its members are listed even
 when neither has one).
 
 Public names: the module's ``__all__`` where it has one; otherwise every name
-without a leading underscore whose object was defined in that module. Class
+without a leading underscore whose object was defined in that module, in one of
+its submodules, or in its C accelerator (``bisect`` -> ``_bisect``). Class
 members: the names in the class's own ``__dict__`` without a leading
 underscore. An object reachable under several names is kept once, under the
 first name met (modules in file order, names sorted).
@@ -101,11 +102,13 @@ def public_names(mod: object) -> list[str]:
     if declared is not None:
         return sorted({n for n in declared if not n.startswith("_") and hasattr(mod, n)})
     own = mod.__name__
+    accelerator = "_" + own.rsplit(".", 1)[-1]  # bisect -> _bisect, sqlite3 -> _sqlite3
     out = []
     for name, obj in vars(mod).items():
         if name.startswith("_") or not (inspect.isclass(obj) or callable(obj)):
             continue
-        if getattr(obj, "__module__", None) == own:
+        where = getattr(obj, "__module__", None) or ""
+        if where in (own, accelerator) or where.startswith(own + "."):
             out.append(name)
     return sorted(out)
 
