@@ -14,15 +14,15 @@ with ``lifespan="off"``: with lifespan on it would start and stop the app on eve
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from aws_lambda_powertools.metrics import MetricUnit
 from mangum import Mangum
 
-from search.serve import observability, runtime
+from search.serve import lambda_events, observability, runtime
 from search.serve.app import create_app
+from search.serve.errors import error_body
 from search.serve.observability import logger, metrics, tracer
 from search.settings import Settings
 from search.storage.s3 import deadline_for_lambda
@@ -34,7 +34,7 @@ def lambda_settings() -> Settings:
     """The environment's settings; searches run inline (no CPU executor) unless SEARCH_CPU_WORKERS
     says otherwise, since an execution environment serves one request at a time (its onnxruntime
     run gets every core, and nothing else needs the event loop meanwhile)."""
-    return Settings.resolve(**({} if os.environ.get("SEARCH_CPU_WORKERS") else {"cpu_workers": 0}))
+    return Settings.resolve(cpu_workers=None if os.environ.get("SEARCH_CPU_WORKERS") else 0)
 
 
 def _runtime() -> runtime.Runtime:
@@ -52,30 +52,10 @@ def _mangum(rt: runtime.Runtime) -> Mangum:
     return _adapter["mangum"]
 
 
-def is_warmup(event) -> bool:
-    if not isinstance(event, dict):
-        return False
-    if event.get("warmup") is True:
-        return True
-    return event.get("source") == "aws.events" and event.get("detail-type") == "Scheduled Event"
-
-
-def _unsupported(message: str) -> dict:
-    return {"error": {"code": "unsupported_event", "message": message}}
-
-
 def _bad_http_event(request_id: str | None) -> dict:
     """An HTTP-shaped event Mangum could not turn into a request: answer 400, not a crash."""
-    body = {
-        "error": {"code": "bad_event", "message": "the event looks like an HTTP request but is malformed"},
-        "request_id": request_id,
-    }
-    return {
-        "statusCode": 400,
-        "headers": {"content-type": "application/json"},
-        "body": json.dumps(body),
-        "isBase64Encoded": False,
-    }
+    body = error_body("bad_event", "the event looks like an HTTP request but is malformed", request_id)
+    return lambda_events.http_response(400, body)
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)  # log_event=False: events carry query text
@@ -85,7 +65,7 @@ def lambda_handler(event, context):
     rt = _runtime()
     rt.invocations += 1
     cold_start = rt.invocations == 1
-    if is_warmup(event):
+    if lambda_events.is_warmup(event):
         result = rt.warm(deadline=deadline_for_lambda(context))
         result["cold_start"] = cold_start
         metrics.add_metric(name="Warmup", unit=MetricUnit.Count, value=1)
@@ -102,11 +82,8 @@ def lambda_handler(event, context):
             "unsupported event",
             extra={"event_type": type(event).__name__, "keys": sorted(event)[:20] if isinstance(event, dict) else None},
         )
-        return _unsupported(
-            "this function answers HTTP events (API Gateway, Function URL, ALB) and warmups "
-            '({"warmup": true} or an EventBridge scheduled event)'
-        )
-    request_id = observability.request_id_from_event(event)
+        return lambda_events.unsupported()
+    request_id = lambda_events.request_id(event)
     if request_id:
         logger.set_correlation_id(request_id)
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from aws_lambda_powertools.metrics.provider import cold_start
 
 import handler
 from search.model.encoder import Encoder
-from search.serve import observability, runtime
+from search.serve import lambda_events, observability, runtime
 from search.serve.runtime import Runtime
 from search.settings import Settings
 from tests.conftest import ROOT
@@ -136,7 +136,7 @@ def test_event(name, env, context):
     status, query = rest
     assert response["statusCode"] == status
     assert header(response, "content-type") == "application/json"
-    wanted_id = observability.request_id_from_event(ev)
+    wanted_id = lambda_events.request_id(ev)
     assert header(response, "x-request-id") == wanted_id and wanted_id
     body = body_of(response)
     if status == 200:

@@ -19,28 +19,23 @@ from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from search import __version__
 from search.errors import SearchError
-from search.serve.routes import (
+from search.serve import lambda_events, web
+from search.serve.errors import (
     HTTP_CODES,
-    INTERNAL,
     ApiError,
-    build_router,
     error_response,
     search_error_status,
+    send_error,
     validation_details,
 )
-from search.serve.observability import REQUEST_ID_RE, logger, request_id_from_event
+from search.serve.observability import REQUEST_ID_RE, logger
+from search.serve.routes import build_router
 from search.serve.runtime import Runtime, get_runtime
 from search.settings import Settings
-
-try:  # the search page (GET /), when that module is present
-    from search.serve import web
-except ImportError:  # pragma: no cover - the API works without it
-    web = None
 
 QUIET_PATHS = frozenset({"/livez", "/readyz"})  # probes: access log at DEBUG only
 DESCRIPTION = """Meaning-based search over one catalogue: the query is embedded with a sentence-embedding
@@ -67,8 +62,7 @@ def create_app(
     app = FastAPI(title="Semantic search", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.runtime = runtime
     app.include_router(build_router(settings, runtime))
-    if web is not None:
-        app.include_router(web.router)
+    app.include_router(web.router)
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -127,8 +121,8 @@ class RequestContext:
         t0 = time.perf_counter()
         state = scope.setdefault("state", {})
         rid = state["request_id"] = _request_id(scope)
-        if "aws.event" in scope:
-            _apply_gateway_prefix(scope, self.base_path)
+        if lambda_events.scope_event(scope) is not None:
+            lambda_events.apply_gateway_prefix(scope, self.base_path)
         sent = {"status": 0}
 
         async def send_with_id(message):
@@ -150,13 +144,13 @@ class RequestContext:
 
         try:
             if _content_length(scope) > limit:
-                await _send_error(scope, receive, send_with_id, 413, f"request body larger than {limit} bytes")
+                await send_error(scope, receive, send_with_id, 413, f"request body larger than {limit} bytes")
             else:
                 await self.app(scope, receive_limited, send_with_id)
         except Exception:
             logger.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
             if not sent["status"]:
-                await _send_error(scope, receive, send_with_id, 500, "internal error; quote the request id")
+                await send_error(scope, receive, send_with_id, 500, "internal error; quote the request id")
             sent["status"] = sent["status"] or 500
         finally:
             self._finish(scope, state, sent["status"] or 500, t0)
@@ -183,14 +177,6 @@ class RequestContext:
                 logger.exception("request observer failed")
 
 
-async def _send_error(scope, receive, send, status: int, message: str) -> None:
-    body = {
-        "error": {"code": HTTP_CODES.get(status, INTERNAL), "message": message},
-        "request_id": scope.get("state", {}).get("request_id"),
-    }
-    await JSONResponse(body, status_code=status)(scope, receive, send)
-
-
 def _content_length(scope) -> int:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
@@ -202,11 +188,9 @@ def _content_length(scope) -> int:
 
 
 def _request_id(scope) -> str:
-    event = scope.get("aws.event")
-    if event is not None:
-        rid = request_id_from_event(event)
-        if rid:
-            return rid[:128]
+    rid = lambda_events.request_id(lambda_events.scope_event(scope))
+    if rid:
+        return rid[:128]
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             text = value.decode("latin-1")
@@ -219,36 +203,3 @@ def _route_path(scope) -> str:
     root = scope.get("root_path") or ""
     path = scope.get("path") or ""
     return path[len(root) :] if root and path.startswith(root) else path
-
-
-def _apply_gateway_prefix(scope, base_path: str) -> None:
-    """Set ``root_path`` to the prefix the client saw in front of the app, so generated URLs
-    (/docs -> openapi.json, the page's <base>) include it, and keep ``path`` = root_path + route.
-
-    REST API (v1): the gateway removed the stage (and any base path mapping) from ``path``;
-    ``requestContext.path`` still has it.  HTTP API and Function URLs: a named stage stays at the
-    front of the path.  SEARCH_BASE_PATH (stripped by Mangum) is taken as given."""
-    event = scope["aws.event"]
-    context = event.get("requestContext") if isinstance(event, dict) else None
-    if not isinstance(context, dict):
-        return
-    path = scope.get("path") or "/"
-    prefix = ""
-    if base_path:
-        prefix = base_path
-    elif "version" not in event and "resource" in event:  # REST API
-        full = context.get("path")
-        if isinstance(full, str) and len(full) > len(path) and full.endswith(path):
-            prefix = full[: len(full) - len(path)].rstrip("/")
-    else:  # HTTP API (payload 1.0 or 2.0), Function URL
-        stage = context.get("stage")
-        if (
-            isinstance(stage, str)
-            and stage not in ("", "$default")
-            and (path == f"/{stage}" or path.startswith(f"/{stage}/"))
-        ):
-            scope["root_path"] = f"/{stage}"
-            return
-    if prefix:
-        scope["root_path"] = prefix
-        scope["path"] = prefix + path

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,26 +80,6 @@ def trace_stages(started_at: float, timing_ms: Mapping[str, float]) -> None:
         recorder.end_subsegment(end_time=at)
 
 
-def request_id_from_event(event: Any) -> str | None:
-    """API Gateway (REST, HTTP) and Function URL request id; for an ALB, the X-Ray trace header."""
-    if not isinstance(event, dict):
-        return None
-    context = event.get("requestContext")
-    if isinstance(context, dict) and isinstance(context.get("requestId"), str):
-        return context["requestId"]
-    headers = event.get("headers")
-    if isinstance(headers, dict):
-        for key, value in headers.items():
-            if isinstance(key, str) and key.lower() == "x-amzn-trace-id" and isinstance(value, str):
-                return value
-    multi = event.get("multiValueHeaders")
-    if isinstance(multi, dict):
-        for key, values in multi.items():
-            if isinstance(key, str) and key.lower() == "x-amzn-trace-id" and values:
-                return str(values[0])
-    return None
-
-
 def record_request(record: Mapping[str, Any]) -> None:
     """App observer under Lambda: per-stage latency and result counts as EMF metrics.
 
@@ -128,7 +107,3 @@ def record_status(status: int) -> None:
     Needed because exceptions become 500 responses and never reach Lambda's own Errors metric."""
     metrics.add_metric(name="Http4xx", unit=MetricUnit.Count, value=1 if 400 <= status < 500 else 0)
     metrics.add_metric(name="Http5xx", unit=MetricUnit.Count, value=1 if status >= 500 else 0)
-
-
-def elapsed_ms(since: float) -> float:
-    return round((time.perf_counter() - since) * 1000, 3)

@@ -1,4 +1,4 @@
-"""The HTTP API: routes, request and response models, limits, and the one error shape.
+"""The HTTP API's routes (models and limits: schemas.py; the error shape: errors.py).
 
     GET  /search?q=...&k=10&offset=0&min_score=&mode=&<field>=<value>   (repeat a field: any of)
     POST /search  {"query": "...", "k", "offset", "min_score", "filter": {"section": ["games"]}, "mode"}
@@ -12,279 +12,51 @@ give location and type only, never the input; unexpected failures give no traceb
 CPU work (embedding, scoring) runs on the runtime's bounded executor; health routes never wait.
 """
 
-import inspect
 import platform
 import time
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
 
 from search import __version__
-from search import searcher as service
-from search.errors import EncodeError, IndexLoadError, ModelLoadError, QueryError, SearchError, StorageError
-from search.searcher import Searcher
+from search.errors import SearchError
+from search.searcher import DEFAULT_MODE, MODES
+from search.serve.errors import (
+    INVALID_QUERY,
+    INVALID_REQUEST,
+    NOT_FOUND,
+    NOT_READY,
+    OVERLOADED,
+    RETRY_AFTER_SECONDS,
+    ApiError,
+    error_response,
+    search_error_status,
+)
 from search.serve.observability import logger, trace_stages
 from search.serve.runtime import Overloaded, Runtime
+from search.serve.schemas import (
+    MAX_FIELD_NAME_CHARS,
+    MAX_FILTER_FIELDS,
+    MAX_FILTER_VALUE_CHARS,
+    MAX_FILTER_VALUES,
+    MAX_ITEM_ID_CHARS,
+    NOT_BLANK,
+    BatchResponse,
+    Item,
+    Live,
+    Mode,
+    Ready,
+    SearchResponse,
+    SimilarResponse,
+    error_responses,
+    search_request_model,
+)
 from search.settings import Settings
 
-MODES = getattr(service, "MODES", ("semantic", "keyword", "hybrid"))
-Mode = Literal["semantic", "keyword", "hybrid"]
 RESERVED_PARAMS = frozenset({"q", "k", "offset", "min_score", "mode"})  # GET /search: the rest are filters
-MAX_FILTER_FIELDS = 16
-MAX_FILTER_VALUES = 256  # values per field (any-of)
-MAX_FILTER_VALUE_CHARS = 512
-MAX_ITEM_ID_CHARS = 1024
-MAX_ERROR_DETAILS = 10
-MAX_LOC_PART_CHARS = 64
 INFO_FIELD_VALUES = 50  # most common values per field shown by /info (the page's filter menus)
-RETRY_AFTER_SECONDS = 1
-NOT_BLANK = r"\S"  # a query has at least one non-space character
-
-# error codes
-INVALID_REQUEST = "invalid_request"  # 422: failed validation (details: loc + type)
-INVALID_QUERY = "invalid_query"  # 400: the index cannot answer it (unknown filter field, blank)
-NOT_FOUND = "not_found"  # 404
-NOT_READY = "not_ready"  # 503: model or index not loaded (yet); /readyz says why
-OVERLOADED = "overloaded"  # 503: too many searches waiting; retry after a second
-INTERNAL = "internal_error"  # 500
-HTTP_CODES = {
-    400: "bad_request",
-    404: NOT_FOUND,
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-    422: INVALID_REQUEST,
-    429: "too_many_requests",
-    500: INTERNAL,
-    503: NOT_READY,
-}
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def request_id(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("request_id")
-
-
-def error_response(
-    request: Request,
-    status: int,
-    code: str,
-    message: str,
-    *,
-    details: list | None = None,
-    headers: dict[str, str] | None = None,
-    extra: dict | None = None,
-) -> JSONResponse:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        error["details"] = details
-    body = {"error": error, "request_id": request_id(request), **(extra or {})}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def validation_details(errors) -> tuple[str, list[dict]]:
-    """(one-line message, [{"loc", "type"}]) from pydantic errors, leaving out ``input`` and ``ctx``."""
-    details = []
-    for err in list(errors)[:MAX_ERROR_DETAILS]:
-        loc = [p if isinstance(p, int) else str(p)[:MAX_LOC_PART_CHARS] for p in err.get("loc", ())]
-        details.append({"loc": loc, "type": str(err.get("type", "invalid"))})
-    first = list(errors)[:1]
-    if first:
-        where = ".".join(str(p) for p in details[0]["loc"]) or "request"
-        # pydantic's messages are templates ("String should have at most 1000 characters"); they
-        # never contain the input, which is kept apart in the error's "input" key (dropped here).
-        message = f"invalid request: {where}: {str(first[0].get('msg', 'invalid'))[:200]}"
-    else:
-        message = "invalid request"
-    return message, details
-
-
-def search_error_status(exc: SearchError) -> tuple[int, str]:
-    if isinstance(exc, (QueryError, EncodeError)):
-        return 400, INVALID_QUERY
-    if isinstance(exc, (ModelLoadError, IndexLoadError, StorageError)) or type(exc) is SearchError:
-        return 503, NOT_READY  # (a bare SearchError is the runtime's "loading failed unexpectedly")
-    return 500, INTERNAL
-
-
-# -- request and response models ---------------------------------------------------------------
-
-
-def _valid_unicode(text: str) -> str:
-    """JSON may carry lone surrogates (\\ud800); they cannot be encoded, tokenised or stored."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PydanticCustomError("string_unicode", "String should be valid Unicode (no lone surrogates)") from None
-    return text
-
-
-FilterValue = Annotated[str, StringConstraints(max_length=MAX_FILTER_VALUE_CHARS), AfterValidator(_valid_unicode)]
-
-
-def _as_list(value):
-    return [value] if isinstance(value, str) else value
-
-
-# "games" or ["games", "x11"] (any of); always a list after validation
-_FilterList = Annotated[list[FilterValue], Field(max_length=MAX_FILTER_VALUES)]
-FilterValues = Annotated[_FilterList, BeforeValidator(_as_list, json_schema_input_type=FilterValue | _FilterList)]
-FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_valid_unicode)]
-
-
-class Hit(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str
-    score: float
-    title: str
-    fields: dict[str, Any]
-    signals: list[str] | None = Field(None, description="what found it: semantic, keyword, exact")
-
-
-class IndexRef(BaseModel):
-    version: str
-    count: int
-
-
-class SearchResponse(BaseModel):
-    query: str
-    results: list[Hit]
-    k: int
-    offset: int
-    mode: str | None = Field(None, description="the ranking that answered (hybrid may fall back to semantic)")
-    note: str | None = Field(None, description="why the mode fell back, when it did")
-    index: IndexRef
-    timing_ms: dict[str, float]
-
-
-class BatchResponse(BaseModel):
-    queries: list[str]
-    results: list[list[Hit]] = Field(description="one result list per query, in the order given")
-    k: int
-    offset: int
-    mode: str | None = None
-    note: str | None = None
-    index: IndexRef
-    timing_ms: dict[str, float]
-
-
-class SimilarResponse(BaseModel):
-    id: str
-    results: list[Hit]
-    k: int
-    offset: int
-    index: IndexRef
-    timing_ms: dict[str, float]
-
-
-class Item(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str
-    title: str
-    text: str
-    fields: dict[str, Any]
-
-
-class ErrorDetail(BaseModel):
-    loc: list[str | int]
-    type: str
-
-
-class ErrorInfo(BaseModel):
-    code: str
-    message: str
-    details: list[ErrorDetail] | None = None
-
-
-class ErrorResponse(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    error: ErrorInfo
-    request_id: str | None
-
-
-class Live(BaseModel):
-    status: Literal["ok"]
-
-
-class Ready(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    ready: bool
-    state: str
-
-
-def _errors(*statuses: int) -> dict:
-    return {s: {"model": ErrorResponse} for s in statuses}
-
-
-def search_request_model(settings: Settings) -> type[BaseModel]:
-    """The POST /search body, with this deployment's limits in the schema."""
-    QueryText = Annotated[
-        str,
-        StringConstraints(min_length=1, max_length=settings.max_query_chars, pattern=NOT_BLANK),
-        AfterValidator(_valid_unicode),
-    ]
-
-    class SearchRequest(BaseModel):
-        # python-re: the blank check means what str.isspace() means, as in the encoder
-        model_config = ConfigDict(
-            extra="forbid",
-            regex_engine="python-re",
-            json_schema_extra={
-                "oneOf": [{"required": ["query"]}, {"required": ["queries"]}],
-                "examples": [
-                    {"query": "space shooter with power-ups", "k": 5},
-                    {"queries": ["chess engine", "racing game"], "k": 3, "filter": {"section": ["games"]}},
-                ],
-            },
-        )
-        # Not nullable: give one of the two keys, not a null (the schema's oneOf says the same).
-        query: QueryText = Field(None, description="the text to search for (give this or `queries`)")
-        queries: Annotated[list[QueryText], Field(min_length=1, max_length=settings.max_batch)] = Field(
-            None, description=f"up to {settings.max_batch} texts; one result list each"
-        )
-        k: int = Field(10, ge=1, le=settings.max_k, description="results per query")
-        offset: int = Field(0, ge=0, le=settings.max_offset, description="skip this many results (paging)")
-        min_score: float | None = Field(
-            None, ge=-1.0, le=1.0, allow_inf_nan=False, description="drop results scoring below this"
-        )
-        filter: Annotated[dict[FieldName, FilterValues], Field(max_length=MAX_FILTER_FIELDS)] | None = Field(
-            None, description="field -> value or list of values (any of); fields combine with AND"
-        )
-        mode: Mode | None = Field(None, description="semantic, keyword or hybrid ranking (default: the server's)")
-
-        @field_validator("k", "offset", "min_score", mode="before")
-        @classmethod
-        def _not_boolean(cls, value):
-            # JSON true/false would pass as 1/0 in pydantic's lax mode; the schema says number
-            if isinstance(value, bool):
-                raise PydanticCustomError("number_type", "Input should be a number, not true or false")
-            return value
-
-        @model_validator(mode="after")
-        def _one_of(self):
-            if (self.query is None) == (self.queries is None):
-                raise PydanticCustomError("query_or_queries", "Give exactly one of `query` or `queries`")
-            return self
-
-    return SearchRequest
 
 
 # -- the router --------------------------------------------------------------------------------
@@ -293,19 +65,6 @@ def search_request_model(settings: Settings) -> type[BaseModel]:
 def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
     router = APIRouter()
     SearchRequest = search_request_model(settings)
-    search_params = inspect.signature(Searcher.search).parameters
-    supports_mode = "mode" in search_params
-    default_mode = search_params["mode"].default if supports_mode else "semantic"
-
-    def mode_kwargs(mode: str | None) -> dict:
-        if supports_mode:
-            return {"mode": mode} if mode is not None else {}
-        if mode not in (None, "semantic"):
-            raise ApiError(400, INVALID_QUERY, "this server offers semantic search only (mode=semantic)")
-        return {}
-
-    def effective_mode(mode: str | None) -> str | None:
-        return (mode or default_mode) if supports_mode else None
 
     async def run(fn, *args):
         try:
@@ -352,7 +111,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         batch: bool,
     ) -> JSONResponse:
         t0 = time.perf_counter()
-        extra = mode_kwargs(mode)
+        extra = {"mode": mode} if mode is not None else {}
         for i, text in enumerate(queries):
             if not text.strip():
                 where = f"queries[{i}]" if batch else "query"
@@ -377,11 +136,9 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
             else {"query": queries[0], "results": results[0].hits}
         )
         body.update(k=k, offset=offset)
-        if supports_mode:
-            body["mode"] = getattr(results[0], "mode", None) or effective_mode(mode)
-            note = getattr(results[0], "note", None)
-            if note:
-                body["note"] = note
+        body["mode"] = results[0].mode
+        if results[0].note:
+            body["note"] = results[0].note
         body.update(index={"version": index.version, "count": index.count}, timing_ms=timing)
         return JSONResponse(body, headers={"Server-Timing": server_timing(timing)})
 
@@ -390,7 +147,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         for name, value in request.query_params.multi_items():
             if name in RESERVED_PARAMS:
                 continue
-            if len(name) > 64 or len(value) > MAX_FILTER_VALUE_CHARS:
+            if len(name) > MAX_FIELD_NAME_CHARS or len(value) > MAX_FILTER_VALUE_CHARS:
                 raise ApiError(422, INVALID_REQUEST, "invalid request: a filter name or value is too long")
             filters.setdefault(name, []).append(value)
             if len(filters) > MAX_FILTER_FIELDS or len(filters[name]) > MAX_FILTER_VALUES:
@@ -417,7 +174,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
     @router.get(
         "/search",
         response_model=SearchResponse,
-        responses=_errors(400, 404, 422, 500, 503),
+        responses=error_responses(400, 404, 422, 500, 503),
         summary="Search by meaning",
         description=filter_note,
     )
@@ -429,14 +186,15 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
     @router.post(
         "/search",
         response_model=SearchResponse | BatchResponse,
-        responses=_errors(400, 413, 422, 500, 503),
+        responses=error_responses(400, 413, 422, 500, 503),
         summary="Search by meaning (one query or a batch)",
     )
     async def search_post(request: Request, body: SearchRequest):  # type: ignore[valid-type]
-        filters = dict(body.filter or {})
-        batch = body.queries is not None
-        queries = list(body.queries) if batch else [body.query]
-        return await do_search(request, queries, body.k, body.offset, body.min_score, filters, body.mode, batch)
+        req: Any = body  # a class made at run time: mypy cannot see its fields
+        filters = dict(req.filter or {})
+        batch = req.queries is not None
+        queries = list(req.queries) if batch else [req.query]
+        return await do_search(request, queries, req.k, req.offset, req.min_score, filters, req.mode, batch)
 
     ItemId = Annotated[str, Path(min_length=1, max_length=MAX_ITEM_ID_CHARS, description="the item's id")]
 
@@ -448,7 +206,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
     @router.get(
         "/items/{item_id:path}/similar",
         response_model=SimilarResponse,
-        responses=_errors(400, 404, 422, 503),
+        responses=error_responses(400, 404, 422, 503),
         summary="Items like this one",
         description=filter_note,
     )
@@ -490,7 +248,10 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         return JSONResponse(body, headers={"Server-Timing": server_timing(timing)})
 
     @router.get(
-        "/items/{item_id:path}", response_model=Item, responses=_errors(404, 422, 503), summary="The stored record"
+        "/items/{item_id:path}",
+        response_model=Item,
+        responses=error_responses(404, 422, 503),
+        summary="The stored record",
     )
     async def item(request: Request, item_id: ItemId):
         record = await run(item_job, item_id)
@@ -505,7 +266,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
     @router.get(
         "/readyz",
         response_model=Ready,
-        responses=_errors(503),
+        responses=error_responses(503),
         summary="200 when the model and index are loaded; otherwise 503 and why",
     )
     async def readyz(request: Request):
@@ -522,7 +283,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
             extra={"ready": False, "state": status["state"]},
         )
 
-    @router.get("/info", responses=_errors(503), summary="Model, index, limits and versions")
+    @router.get("/info", responses=error_responses(503), summary="Model, index, limits and versions")
     async def info(request: Request):
         if not runtime.ready:
             runtime.start_loading()
@@ -533,6 +294,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
                 "the model or index is not loaded (see /readyz)",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        assert runtime.live is not None  # runtime.ready
         index = runtime.live.current()
         body = {
             "model": model_info(runtime),
@@ -545,15 +307,15 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
                 "max_body_bytes": settings.max_body_bytes,
             },
             "versions": versions(),
+            "modes": {"available": list(MODES), "default": DEFAULT_MODE},
         }
-        if supports_mode:
-            body["modes"] = {"available": list(MODES), "default": default_mode}
         return JSONResponse(body)
 
     return router
 
 
 def model_info(runtime: Runtime) -> dict:
+    assert runtime.encoder is not None  # runtime.ready
     bundle = runtime.encoder.bundle
     return {
         "name": bundle.source_model,

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import os
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from search.errors import SearchError
@@ -87,6 +87,7 @@ class Runtime:
                 self._fail(error)
                 raise error from exc
             self.error, self.state = None, "ready"
+            assert self.live is not None  # set by _load
             logger.info("loaded", extra={"timings_ms": self.load_ms, "index_version": self.live.version})
             return self.searcher
 
@@ -97,9 +98,9 @@ class Runtime:
             # Threads per onnxruntime run: the CPUs shared out among the executor's workers, so
             # parallel searches do not oversubscribe the cores (SEARCH_THREADS overrides).
             threads = s.threads or max(1, available_cpus() // max(1, s.cpu_workers))
-            model_dir = s.model_dir
-            if is_s3_uri(model_dir):  # default is baked into the image; S3 is opt-in
-                model_dir = fetch_bundle(model_dir, s.cache_dir, deadline=deadline)
+            model_dir: str | Path = s.model_dir
+            if is_s3_uri(s.model_dir):  # default is baked into the image; S3 is opt-in
+                model_dir = fetch_bundle(s.model_dir, s.cache_dir, deadline=deadline)
             self.encoder = Encoder.load(model_dir, threads=threads)
         t1 = time.perf_counter()
         if self.live is None:
@@ -114,19 +115,14 @@ class Runtime:
                 page_in=s.page_in,
             )
         index = self.live.load(deadline=deadline)
-        time.perf_counter()
-        extra = {}
-        if "hybrid_candidates" in inspect.signature(Searcher).parameters and hasattr(s, "hybrid_candidates"):
-            extra["hybrid_candidates"] = s.hybrid_candidates
-        searcher = Searcher(self.encoder, index, cache_size=s.query_cache_size, **extra)
+        searcher = Searcher(self.encoder, index, cache_size=s.query_cache_size, hybrid_candidates=s.hybrid_candidates)
         self._check_keyword(searcher, index)
         self.load_ms = {"model": _ms(t1 - t0), "index": _ms(time.perf_counter() - t1)}
         return searcher
 
     def _check_keyword(self, searcher: Searcher, index) -> None:
         """Open the keyword side now (not in a request) and remember why it is missing, if it is."""
-        status = getattr(searcher, "keyword_status", None)
-        self.keyword_note = status(index) if status is not None else None
+        self.keyword_note = searcher.keyword_status(index)
 
     def _fail(self, error: SearchError) -> None:
         self.error, self.state, self._failed_at = error, "failed", time.monotonic()
@@ -168,9 +164,8 @@ class Runtime:
             out["index"] = {"version": index.version, "count": index.count}
             if self.keyword_note:
                 out["keyword"] = self.keyword_note  # still ready: hybrid answers semantically
-            refresh_error = getattr(live, "error", None)
-            if refresh_error is not None:
-                out["index_refresh_error"] = str(refresh_error)  # still serving the loaded version
+            if live.error is not None:
+                out["index_refresh_error"] = str(live.error)  # still serving the loaded version
         out["pending"] = self.pending
         return out
 
@@ -191,6 +186,7 @@ class Runtime:
                 "timings_ms": {"total": _ms(time.perf_counter() - t0)},
             }
         timings["load"] = _ms(time.perf_counter() - t0)
+        assert self.live is not None  # set by load()
         t = time.perf_counter()
         swapped = bool(self.live.maybe_refresh(force=True, deadline=deadline))  # one HEAD per warmup
         timings["refresh"] = _ms(time.perf_counter() - t)

@@ -15,6 +15,8 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
+from search.serve import lambda_events
+
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 # The only files served: name -> content type.  A fixed list, so no path ever reaches the file system.
 ASSETS = {
@@ -60,19 +62,7 @@ def public_prefix(request: Request) -> str | None:
     root = request.scope.get("root_path") or ""
     if root.strip("/"):
         return "/" + root.strip("/") + "/"
-    event = request.scope.get("aws.event")
-    context = event.get("requestContext") if isinstance(event, dict) else None
-    if isinstance(context, dict):
-        stage, path = context.get("stage"), context.get("path")
-        # REST API (v1): requestContext.path is what the client asked for, stage included.
-        if (
-            isinstance(stage, str)
-            and stage not in ("", "$default")
-            and isinstance(path, str)
-            and (path == f"/{stage}" or path.startswith(f"/{stage}/"))
-        ):
-            return f"/{stage}/"
-    return None
+    return lambda_events.rest_stage_prefix(lambda_events.scope_event(request.scope))
 
 
 @router.get("/")

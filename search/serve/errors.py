@@ -1,0 +1,104 @@
+"""The one HTTP error shape: ``{"error": {"code", "message"[, "details"]}, "request_id"}``.
+
+Routes raise ``ApiError``; the app's exception handlers, its middleware (413, the last-resort
+500) and the Lambda handler (a malformed HTTP event) all build the body with ``error_body``.
+Validation details give location and type only, never the input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+from search.errors import EncodeError, IndexLoadError, ModelLoadError, QueryError, SearchError, StorageError
+
+MAX_ERROR_DETAILS = 10
+MAX_LOC_PART_CHARS = 64
+RETRY_AFTER_SECONDS = 1
+
+# error codes
+INVALID_REQUEST = "invalid_request"  # 422: failed validation (details: loc + type)
+INVALID_QUERY = "invalid_query"  # 400: the index cannot answer it (unknown filter field, blank)
+NOT_FOUND = "not_found"  # 404
+NOT_READY = "not_ready"  # 503: model or index not loaded (yet); /readyz says why
+OVERLOADED = "overloaded"  # 503: too many searches waiting; retry after a second
+INTERNAL = "internal_error"  # 500
+HTTP_CODES = {
+    400: "bad_request",
+    404: NOT_FOUND,
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: INVALID_REQUEST,
+    429: "too_many_requests",
+    500: INTERNAL,
+    503: NOT_READY,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_body(code: str, message: str, request_id: str | None, *, details: list | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    return {"error": error, "request_id": request_id}
+
+
+def scope_request_id(scope) -> str | None:
+    return scope.get("state", {}).get("request_id")
+
+
+def request_id(request: Request) -> str | None:
+    return scope_request_id(request.scope)
+
+
+def error_response(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    *,
+    details: list | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict | None = None,
+) -> JSONResponse:
+    body = {**error_body(code, message, request_id(request), details=details), **(extra or {})}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def send_error(scope, receive, send, status: int, message: str) -> None:
+    """The error shape from the middleware, outside any route (413 before the body, the last 500)."""
+    body = error_body(HTTP_CODES.get(status, INTERNAL), message, scope_request_id(scope))
+    await JSONResponse(body, status_code=status)(scope, receive, send)
+
+
+def validation_details(errors) -> tuple[str, list[dict]]:
+    """(one-line message, [{"loc", "type"}]) from pydantic errors, leaving out ``input`` and ``ctx``."""
+    details = []
+    for err in list(errors)[:MAX_ERROR_DETAILS]:
+        loc = [p if isinstance(p, int) else str(p)[:MAX_LOC_PART_CHARS] for p in err.get("loc", ())]
+        details.append({"loc": loc, "type": str(err.get("type", "invalid"))})
+    first = list(errors)[:1]
+    if first:
+        where = ".".join(str(p) for p in details[0]["loc"]) or "request"
+        # pydantic's messages are templates ("String should have at most 1000 characters"); they
+        # never contain the input, which is kept apart in the error's "input" key (dropped here).
+        message = f"invalid request: {where}: {str(first[0].get('msg', 'invalid'))[:200]}"
+    else:
+        message = "invalid request"
+    return message, details
+
+
+def search_error_status(exc: SearchError) -> tuple[int, str]:
+    if isinstance(exc, (QueryError, EncodeError)):
+        return 400, INVALID_QUERY
+    if isinstance(exc, (ModelLoadError, IndexLoadError, StorageError)) or type(exc) is SearchError:
+        return 503, NOT_READY  # (a bare SearchError is the runtime's "loading failed unexpectedly")
+    return 500, INTERNAL
