@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from search.errors import SearchError
-from search.settings import DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
+from search.errors import ConfigError
+from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
 
 
 def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
@@ -148,9 +149,7 @@ def cmd_serve(args) -> int:
 
     from search.model.bundle import ModelBundle
 
-    settings = Settings.resolve(
-        model_dir=args.model, index_uri=args.index, threads=args.threads, cpu_workers=args.cpu_workers
-    )
+    settings = args.settings
     ModelBundle.load(settings.model_dir)  # fail here with one line, not later in a worker
     if not settings.index_uri.startswith("s3://") and not (Path(settings.index_uri) / "manifest.json").is_file():
         raise SearchError(f"{settings.index_uri}: no index here (build one with `python -m search build`)")
@@ -187,10 +186,10 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 def cmd_upload(args) -> int:
     from search.storage import s3 as storage
 
-    if args.model:
+    if args.model_bundle:
         from search.model.bundle import ModelBundle
 
-        folder, what = args.model, "model bundle"
+        folder, what = args.model_bundle, "model bundle"
         ModelBundle.load(folder)  # refuse to publish a broken bundle
     else:
         from search.index.reader import SearchIndex
@@ -209,6 +208,29 @@ def cmd_upload(args) -> int:
     return 0
 
 
+INDEX_HELP = f"index folder (default: SEARCH_INDEX_URI or {DEFAULT_INDEX_URI})"
+
+
+def resolve_settings(args, env=None) -> Settings:
+    """Argument > environment variable > default, once for every command: the options that are
+    settings (``ARG_SETTINGS``) get their resolved values, so each command reads ``args.model``,
+    ``args.index``, ``args.out``, ``args.threads`` ... and ``args.settings`` as they apply."""
+    settings = Settings.from_args(args, env)
+    for dest, name in ARG_SETTINGS.items():
+        if hasattr(args, dest):
+            setattr(args, dest, getattr(settings, name))
+    args.settings = settings
+    if args.func is not cmd_serve:  # only the server reads an index from S3
+        for dest in ("index", "out"):
+            uri = getattr(args, dest, None)
+            if isinstance(uri, str) and uri.startswith("s3://"):
+                raise ConfigError(
+                    f"--{dest} / SEARCH_INDEX_URI is {uri!r}: `{args.command}` works on a local index folder "
+                    f"(give one with --{dest})"
+                )
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m search", description="Semantic search: build an index, query it, serve it."
@@ -216,9 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, index=True):
-        p.add_argument("--model", default=DEFAULT_MODEL_DIR, help="model bundle folder (default: %(default)s)")
+        p.add_argument(
+            "--model", default=None, help=f"model bundle folder (default: SEARCH_MODEL_DIR or {DEFAULT_MODEL_DIR})"
+        )
         if index:
-            p.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
+            p.add_argument("--index", default=None, help=INDEX_HELP)
         p.add_argument(
             "--threads",
             type=int,
@@ -234,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--corpus", required=True, help="corpus file: .jsonl, .ndjson or .csv, optionally .gz")
     common(p, index=False)
-    p.add_argument("--out", default=DEFAULT_INDEX_URI, help="index folder to write (default: %(default)s)")
+    p.add_argument(
+        "--out", default=None, help=f"index folder to write (default: SEARCH_INDEX_URI or {DEFAULT_INDEX_URI})"
+    )
     p.add_argument("--id-field", default="id", help="record key holding the unique id (default: %(default)s)")
     p.add_argument("--text-field", default="text", help="record key holding the text (default: %(default)s)")
     p.add_argument(
@@ -303,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("info", help="describe an index", description="Print what an index manifest says.")
-    p.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
+    p.add_argument("--index", default=None, help=INDEX_HELP)
     p.add_argument("--verify", action="store_true", help="also check every file's sha256")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=cmd_info)
@@ -337,8 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("destination", help="s3://bucket/prefix/")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--index", default=DEFAULT_INDEX_URI, help="index folder (default: %(default)s)")
-    what.add_argument("--model", default=None, help="upload this model bundle folder instead of an index")
+    what.add_argument("--index", default=None, help=INDEX_HELP)
+    what.add_argument(
+        "--model", dest="model_bundle", default=None, help="upload this model bundle folder instead of an index"
+    )
     p.add_argument(
         "--endpoint-url",
         default=None,
@@ -356,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        resolve_settings(args)
         return args.func(args)
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)

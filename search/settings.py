@@ -2,6 +2,8 @@
 
 ``Settings.resolve(threads=2)`` reads the environment once and returns a frozen
 object; nothing else in the package reads ``os.environ`` for its own settings.
+``Settings.from_args(args)`` does the same for a parsed command line (``ARG_SETTINGS``
+maps its options to settings); the CLI calls it once, before any command runs.
 The README's settings table lists the same names.
 """
 
@@ -89,6 +91,17 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
 }
 
 
+# command-line option (argparse ``dest``) -> setting; every command resolves these through ``from_args``
+ARG_SETTINGS: dict[str, str] = {
+    "model": "model_dir",
+    "index": "index_uri",
+    "out": "index_uri",  # build writes where serve and query read
+    "cache_dir": "cache_dir",
+    "threads": "threads",
+    "cpu_workers": "cpu_workers",
+}
+
+
 @dataclass(frozen=True)
 class Settings:
     model_dir: str
@@ -130,6 +143,18 @@ class Settings:
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{source}={raw!r}: {exc}") from None
         return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: Any, env: Mapping[str, str] | None = None) -> Settings:
+        """The settings for a parsed command line: an option given (not None) beats its environment
+        variable, which beats the default.  Options the command does not have are left to the
+        environment.  Parsers must default these options to None, or the default would win."""
+        overrides: dict[str, Any] = {}
+        for dest, name in ARG_SETTINGS.items():
+            value = getattr(args, dest, None)
+            if value is not None:
+                overrides[name] = value
+        return cls.resolve(env, **overrides)
 
 
 assert {f.name for f in fields(Settings)} == set(SPEC), "Settings fields and SPEC disagree"
