@@ -1,4 +1,4 @@
-"""``python -m search``: build, query, info, serve, upload.
+"""``python -m search``: build, query, info, serve, upload, eval.
 
 Errors the user can fix print one line and exit 1; usage errors exit 2 (argparse).
 """
@@ -10,8 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from search.errors import SearchError
-from search.errors import ConfigError
+from search.errors import ConfigError, SearchError
 from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
 
 
@@ -208,6 +207,162 @@ def cmd_upload(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# `search eval`: search quality on the user's own queries (search/evaluation.py, docs/quality.md).
+# Kept in one block: the parser below only calls _add_eval_parser.
+
+
+def _eval_modes(value: str) -> list[str]:
+    from search.searcher import MODES
+
+    modes = list(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"--mode {value!r}: choose from {', '.join(MODES)} (comma-separated)")
+    return modes
+
+
+def _eval_k(value: str) -> int:
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"-k {value!r}: expected a whole number >= 1")
+    return k
+
+
+def _listing(unknown: dict[str, list[int]], limit: int = 10) -> str:
+    def lines(numbers: list[int]) -> str:
+        return ("line " if len(numbers) == 1 else "lines ") + ", ".join(map(str, numbers))
+
+    shown = [f"{i!r} ({lines(n)})" for i, n in sorted(unknown.items(), key=lambda kv: kv[1][0])[:limit]]
+    more = len(unknown) - limit
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def cmd_eval(args) -> int:
+    from search import evaluation as ev
+    from search.errors import EvalError
+    from search.searcher import Searcher
+
+    cases = ev.load_queries(args.queries)  # a bad file fails before the model loads
+    settings = getattr(args, "settings", None) or Settings.resolve(threads=args.threads)
+    searcher = Searcher.open(
+        args.model,
+        args.index,
+        threads=settings.threads,
+        cache_size=len(cases) + 1,  # semantic and hybrid embed each query once between them
+        hybrid_candidates=settings.hybrid_candidates,
+    )
+    try:
+        metadata = searcher.index.metadata
+        kept, unknown = ev.check_ids(cases, lambda item_id: metadata.row_of(item_id) is not None)
+        warnings = []
+        if unknown:
+            message = f"{len(unknown)} accepted id(s) not in the index: {_listing(unknown)}"
+            if args.strict:
+                raise EvalError(message, path=args.queries)
+            warnings.append(f"{args.queries}: {message}")
+        left_out = sorted({c.line for c in cases} - {c.line for c in kept})
+        if left_out:
+            warnings.append(
+                f"{args.queries}: {len(left_out)} queries left out, none of their accepted ids is in the index "
+                f"(line{'s' if len(left_out) > 1 else ''} {', '.join(map(str, left_out[:20]))}"
+                + (" ..." if len(left_out) > 20 else "")
+                + ")"
+            )
+        if not kept:
+            raise EvalError("no query has an accepted id in this index", path=args.queries)
+        rankings, notes = ev.rank_with(searcher, kept, args.mode, args.k)
+    finally:
+        searcher.index.close()
+    warnings += notes
+    evaluation = ev.evaluate(rankings, [c.accepted for c in kept], args.k, [c.kind for c in kept])
+    missed = ev.misses(evaluation, kept, rankings)
+    if args.details:
+        try:
+            Path(args.details).write_text(ev.misses_tsv(missed), encoding="utf-8")
+        except OSError as exc:
+            raise EvalError(f"cannot write the details file ({exc.strerror or exc})", path=args.details) from None
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        out = {
+            "index": str(args.index),
+            "queries_file": str(args.queries),
+            "queries": len(kept),
+            "modes": args.mode,
+            **evaluation.as_dict(),
+            "per_query": [
+                {
+                    "line": c.line,
+                    "kind": c.kind,
+                    "query": c.query,
+                    "rank": {m: evaluation.scores[m][q].rank for m in args.mode},
+                }
+                for q, c in enumerate(kept)
+            ],
+            "misses": [m.as_dict() for m in missed],
+            "warnings": warnings,
+        }
+        if args.details:
+            out["details_file"] = str(args.details)
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    kinds: dict[str, int] = {}
+    for c in kept:
+        if c.kind:
+            kinds[c.kind] = kinds.get(c.kind, 0) + 1
+    print(
+        f"{len(kept)} queries from {args.queries} on {args.index}, top {args.k}"
+        + (f"; kinds: {', '.join(f'{k} {n}' for k, n in kinds.items())}" if kinds else "")
+    )
+    print()
+    print("\n".join(ev.format_table(evaluation)))
+    if evaluation.paired:
+        print()
+        print(f"paired, query by query on reciprocal rank@{args.k} (ties dropped; exact two-sided sign test):")
+        print("\n".join(ev.format_paired(evaluation)))
+    print()
+    runs = len(kept) * len(args.mode)
+    head = f"misses (no accepted id in the top {args.k}): {len(missed)} of {runs} query runs"
+    if args.details:
+        print(f"{head}, listed in {args.details}")
+    else:
+        print(head + (":" if missed else ""))
+        for m in missed:
+            print("  " + ev.format_miss(m))
+    return 0
+
+
+def _add_eval_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="measure search quality on your own queries",
+        description="Run each query of a query file in each mode and report hit@1, hit@k, MRR@k and nDCG@k "
+        "per mode and per kind, paired wins and losses between modes with a sign-test p-value, and the misses. "
+        "Query file: one `query<TAB>accepted ids, comma-separated[<TAB>kind]` a line; # starts a comment. "
+        "See docs/quality.md.",
+    )
+    common(p)
+    p.add_argument("--queries", required=True, help="query file (TSV, see above)")
+    p.add_argument(
+        "--mode",
+        type=_eval_modes,
+        default=["hybrid", "semantic", "keyword"],
+        help="comma-separated modes to compare (default: hybrid,semantic,keyword)",
+    )
+    p.add_argument("-k", type=_eval_k, default=10, help="cut-off for hit@k, MRR@k and nDCG@k (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--details", default=None, metavar="FILE", help="write the misses here (TSV) instead of stdout")
+    p.add_argument("--strict", action="store_true", help="an accepted id missing from the index is an error")
+    p.set_defaults(func=cmd_eval)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
 INDEX_HELP = f"index folder (default: SEARCH_INDEX_URI or {DEFAULT_INDEX_URI})"
 
 
@@ -377,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_upload)
+    _add_eval_parser(sub, common)  # search eval, see its block above
     return parser
 
 

@@ -9,7 +9,8 @@
     │   └── IndexMismatchError       index built with another model / dimension
     ├── IndexBuildError              the build could not complete (nothing is published)
     ├── StorageError                 fetching or publishing an index failed; carries ``uri``
-    └── QueryError                   a query the index cannot answer (bad filter field, ...)
+    ├── QueryError                   a query the index cannot answer (bad filter field, ...)
+    └── EvalError                    a bad evaluation query file (``search eval``); carries ``path`` and ``line``
 
 Callers catch ``SearchError`` at the edges (CLI, HTTP, Lambda) and show the
 message; nothing below the edges prints or exits.
@@ -63,3 +64,10 @@ class StorageError(SearchError):
 
 class QueryError(SearchError):
     pass
+
+
+class EvalError(SearchError):
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None):
+        self.path, self.line, self.reason = path, line, message
+        where = f"{path}:{line}: " if path and line else (f"{path}: " if path else "")
+        super().__init__(f"{where}{message}")
