@@ -175,7 +175,7 @@ def test_corrupt_metadata_store(fresh_index):
 
 def test_manifest_missing_key(fresh_index):
     edit_manifest(fresh_index, lambda m: m.pop("files"))
-    with pytest.raises(IndexLoadError, match="manifest lacks or mangles key 'files'"):
+    with pytest.raises(IndexLoadError, match="manifest key files: missing"):
         SearchIndex.open(fresh_index)
 
 
@@ -201,3 +201,73 @@ def test_opening_reads_little_of_the_metadata(demo_index):
     opened = read_chars() - before
     assert opened < size / 10, f"open read {opened} bytes of a {size}-byte metadata store"
     assert index.metadata.rows([5])[5]["id"]
+
+
+# -- issue 16 item 4: every malformed artefact is an IndexLoadError naming the file and the key ---
+
+
+def replace_file(folder, name, data: bytes):
+    """Put ``data`` in place of ``name`` and make the manifest agree (size and sha256), as a buggy
+    builder would: only the content itself can then be wrong."""
+    import hashlib
+
+    (folder / name).write_bytes(data)
+    edit_manifest(
+        folder,
+        lambda m: m["files"][name].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest()),
+    )
+
+
+def test_npz_renamed_to_npy_is_a_load_error(fresh_index, tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=np.zeros((50, 8), dtype=np.float32))
+    replace_file(fresh_index, "embeddings.npy", buf.getvalue())
+    with pytest.raises(IndexLoadError, match=r"embeddings.npy: not a .npy file \(an .npz archive\?\)"):
+        SearchIndex.open(fresh_index)
+
+
+def test_object_array_npy_is_a_load_error(fresh_index):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}] * 50, dtype=object), allow_pickle=True)
+    replace_file(fresh_index, "field-section.npy", buf.getvalue())
+    with pytest.raises(IndexLoadError, match="field-section.npy: not a readable .npy"):
+        SearchIndex.open(fresh_index)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda m: m["lexical"].update(weights="10,4,1"), "lexical.weights"),
+        (lambda m: m["lexical"].update(weights=[float("nan"), 4, 1]), "lexical.weights"),
+        (lambda m: m["lexical"].update(weights=[1, 2]), "lexical.weights"),
+        (lambda m: m["lexical"].update(weights=[True, 4, 1]), "lexical.weights"),
+        (lambda m: m["lexical"].update(common_docs="many"), "lexical.common_docs"),
+        (lambda m: m["lexical"].update(avg_tokens=float("inf")), "lexical.avg_tokens"),
+        (lambda m: m["lexical"].update(table="items; DROP TABLE items"), "lexical.table"),
+        (lambda m: m.update(lexical=[1, 2]), "lexical"),
+        (lambda m: m.update(count="fifty"), "count"),
+        (lambda m: m.update(count=-1), "count"),
+        (lambda m: m.update(count=True), "count"),
+        (lambda m: m.update(dimension=8.5), "dimension"),
+        (lambda m: m.update(fields="section"), "fields"),
+        (lambda m: m.update(fields=["../../etc/x"]), "fields"),
+        (lambda m: m["files"]["embeddings.npy"].update(bytes="many"), "files.embeddings.npy.bytes"),
+        (lambda m: m["files"]["embeddings.npy"].update(sha256=7), "files.embeddings.npy.sha256"),
+        (lambda m: m["files"].update({"../outside": {"bytes": 1, "sha256": "0" * 64}}), "files"),
+        (lambda m: m.update(files={"embeddings.npy": "x"}), "files.embeddings.npy"),
+        (lambda m: m.update(model="x"), "model"),
+        (lambda m: m.update(version=["v"]), "version"),
+    ],
+)
+def test_malformed_manifest_values_name_the_key(fresh_index, change, key):
+    edit_manifest(fresh_index, change)
+    with pytest.raises(IndexLoadError) as caught:
+        SearchIndex.open(fresh_index)
+    message = str(caught.value)
+    assert message.startswith(str(fresh_index / "manifest.json") + ": "), message
+    assert f"key {key}" in message or f"key {key!r}" in message, message
+    assert "\n" not in message
