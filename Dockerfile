@@ -21,7 +21,8 @@ COPY requirements.txt requirements-export.txt ./
 # The CPU build of torch: PyPI's default Linux wheel drags in several GB of CUDA libraries.
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements-export.txt -r requirements.txt
 COPY verification/ verification/
-COPY export_onnx.py export_graph.py ./
+COPY export_onnx.py ./
+COPY export/ export/
 # Only the modules export_onnx.py imports, so a code change does not re-run the export
 # (tests/test_template.py checks this list against the imports).
 COPY search/__init__.py search/errors.py search/fileutil.py search/

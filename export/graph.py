@@ -1,4 +1,4 @@
-"""Shape-free rewrites of an exported transformer graph, for ``export_onnx.py``.
+"""Shape-free rewrites of an exported transformer graph, for the export (``export.cli``).
 
 The legacy exporter traces every ``view``/``reshape`` with dynamic axes as Shape -> Gather ->
 Unsqueeze -> Concat -> Reshape, and transformers' mask helpers as a Range/And/Expand/Where chain
@@ -36,8 +36,8 @@ def _feeds(input_names: list[str], batch: int, length: int, seed: int) -> dict:
     ids = rng.integers(1000, 20000, size=(batch, length), dtype=np.int64)
     mask = np.ones_like(ids)
     for row in range(1, batch):  # rows after the first are padded by different amounts
-        mask[row, length - 2 * row:] = 0
-        ids[row, length - 2 * row:] = 0
+        mask[row, length - 2 * row :] = 0
+        ids[row, length - 2 * row :] = 0
     values = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
     return {name: values[name] for name in input_names}
 
@@ -83,7 +83,9 @@ def constant_reshapes(model, input_names: list[str]) -> int:
 
     typed = onnx.shape_inference.infer_shapes(model)
     types = {v.name: v.type.tensor_type.elem_type for v in typed.graph.value_info}
-    reshapes = [n for n in model.graph.node if n.op_type == "Reshape" and types.get(n.input[0]) == onnx.TensorProto.FLOAT]
+    reshapes = [
+        n for n in model.graph.node if n.op_type == "Reshape" and types.get(n.input[0]) == onnx.TensorProto.FLOAT
+    ]
     if not reshapes:
         return 0
     probe = onnx.ModelProto()
@@ -123,8 +125,9 @@ def plain_mask(model) -> bool:
         return False
     producer = {o: n for n in graph.node for o in n.output}
     # The mask is the one input shared by the Adds that feed every Softmax.
-    adds = [producer.get(n.input[0]) for n in graph.node if n.op_type == "Softmax"]
-    if not adds or any(a is None or a.op_type != "Add" for a in adds):
+    feeding = [producer.get(n.input[0]) for n in graph.node if n.op_type == "Softmax"]
+    adds = [a for a in feeding if a is not None and a.op_type == "Add"]
+    if not adds or len(adds) != len(feeding):
         return False
     shared = set(adds[0].input).intersection(*(set(a.input) for a in adds[1:]))
     if len(shared) != 1:  # (a one-layer model shares both inputs: left as traced)
@@ -136,18 +139,26 @@ def plain_mask(model) -> bool:
     at = list(graph.node).index(old)
     graph.node.remove(old)
     minimum = np.finfo(np.float32).min
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "plain_mask/axes"),
-        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "plain_mask/keep"),
-        numpy_helper.from_array(np.array(minimum, dtype=np.float32), "plain_mask/drop"),
-    ])
-    for offset, node in enumerate([
-        helper.make_node("Cast", ["attention_mask"], ["plain_mask/bool"], to=TensorProto.BOOL, name="plain_mask/Cast"),
-        helper.make_node("Unsqueeze", ["plain_mask/bool", "plain_mask/axes"], ["plain_mask/4d"],
-                         name="plain_mask/Unsqueeze"),
-        helper.make_node("Where", ["plain_mask/4d", "plain_mask/keep", "plain_mask/drop"], [mask],
-                         name="plain_mask/Where"),
-    ]):
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([1, 2], dtype=np.int64), "plain_mask/axes"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "plain_mask/keep"),
+            numpy_helper.from_array(np.array(minimum, dtype=np.float32), "plain_mask/drop"),
+        ]
+    )
+    for offset, node in enumerate(
+        [
+            helper.make_node(
+                "Cast", ["attention_mask"], ["plain_mask/bool"], to=TensorProto.BOOL, name="plain_mask/Cast"
+            ),
+            helper.make_node(
+                "Unsqueeze", ["plain_mask/bool", "plain_mask/axes"], ["plain_mask/4d"], name="plain_mask/Unsqueeze"
+            ),
+            helper.make_node(
+                "Where", ["plain_mask/4d", "plain_mask/keep", "plain_mask/drop"], [mask], name="plain_mask/Where"
+            ),
+        ]
+    ):
         graph.node.insert(at + offset, node)
     _prune(graph)
     return True
@@ -189,29 +200,37 @@ def merged_projections(model) -> int:
             continue
         p = f"{members[0][0].name or x}/merged"
         width = members[0][1].shape[1]
-        graph.initializer.extend([
-            numpy_helper.from_array(np.concatenate([m[1] for m in members], axis=1), f"{p}/weight"),
-            numpy_helper.from_array(np.concatenate([m[2] for m in members]), f"{p}/bias"),
-            numpy_helper.from_array(np.full(len(members), width, dtype=np.int64), f"{p}/split"),
-        ])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.concatenate([m[1] for m in members], axis=1), f"{p}/weight"),
+                numpy_helper.from_array(np.concatenate([m[2] for m in members]), f"{p}/bias"),
+                numpy_helper.from_array(np.full(len(members), width, dtype=np.int64), f"{p}/split"),
+            ]
+        )
         at = list(graph.node).index(members[0][0])
         for matmul, _, _, add in members:
             graph.node.remove(matmul)
             graph.node.remove(add)
-        for offset, node in enumerate([
-            helper.make_node("MatMul", [x, f"{p}/weight"], [f"{p}/product"], name=f"{p}/MatMul"),
-            helper.make_node("Add", [f"{p}/product", f"{p}/bias"], [f"{p}/sum"], name=f"{p}/Add"),
-            helper.make_node("Split", [f"{p}/sum", f"{p}/split"], [m[3].output[0] for m in members], axis=-1,
-                             name=f"{p}/Split"),
-        ]):
+        for offset, node in enumerate(
+            [
+                helper.make_node("MatMul", [x, f"{p}/weight"], [f"{p}/product"], name=f"{p}/MatMul"),
+                helper.make_node("Add", [f"{p}/product", f"{p}/bias"], [f"{p}/sum"], name=f"{p}/Add"),
+                helper.make_node(
+                    "Split", [f"{p}/sum", f"{p}/split"], [m[3].output[0] for m in members], axis=-1, name=f"{p}/Split"
+                ),
+            ]
+        ):
             graph.node.insert(at + offset, node)
         merged += 1
     _prune(graph)
     return merged
 
 
-REWRITES = {"constant_reshapes": constant_reshapes, "plain_mask": lambda model, names: plain_mask(model),
-            "merged_projections": lambda model, names: merged_projections(model)}
+REWRITES = {
+    "constant_reshapes": constant_reshapes,
+    "plain_mask": lambda model, names: plain_mask(model),
+    "merged_projections": lambda model, names: merged_projections(model),
+}
 
 
 def simplify(path: Path, input_names: list[str], log=print) -> list[str]:

@@ -19,7 +19,7 @@ from search.fileutil import sha256_file
 from search.model.bundle import BUNDLE_FORMAT, ModelBundle, compute_fingerprint, encoding_settings
 from search.model.encoder import Encoder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "export_onnx.py"
 GOLDEN = [
     "cozy farming game with co-op",
@@ -31,9 +31,23 @@ GOLDEN = [
     " ".join(["The station simulates oxygen, heat, water and electricity through pipes you reroute by hand."] * 20),
 ]
 MANIFEST_KEYS = {
-    "format", "source_model", "model_file", "tokenizer_file", "dimension", "pooling", "normalize",
-    "max_seq_length", "query_prefix", "document_prefix", "quantization", "versions", "files",
-    "fingerprint", "created_at", "verification", "graph_rewrites",
+    "format",
+    "source_model",
+    "model_file",
+    "tokenizer_file",
+    "dimension",
+    "pooling",
+    "normalize",
+    "max_seq_length",
+    "query_prefix",
+    "document_prefix",
+    "quantization",
+    "versions",
+    "files",
+    "fingerprint",
+    "created_at",
+    "verification",
+    "graph_rewrites",
 }
 
 
@@ -64,8 +78,15 @@ def int8_bundle(tmp_path_factory) -> Path:
 def fp32_bundle(tmp_path_factory) -> Path:
     extra = tmp_path_factory.mktemp("extra") / "mine.txt"
     extra.write_text("my own verification text\n\nanother one about farming games\n", encoding="utf-8")
-    return export_ok(tmp_path_factory.mktemp("fp32") / "model", "--quantize", "none", "--verify-limit", "40",
-                     "--verify-file", str(extra))
+    return export_ok(
+        tmp_path_factory.mktemp("fp32") / "model",
+        "--quantize",
+        "none",
+        "--verify-limit",
+        "40",
+        "--verify-file",
+        str(extra),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,8 +101,19 @@ def cls_prefix_bundle(tmp_path_factory, source_dir) -> Path:
     pooling.update(pooling_mode_cls_token=True, pooling_mode_mean_tokens=False)
     (src / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
     out = tmp_path_factory.mktemp("cls") / "model"
-    return export_ok(out, "--model", str(src), "--quantize", "none", "--query-prefix", "query: ",
-                     "--max-seq-length", "128", "--verify-limit", "20")
+    return export_ok(
+        out,
+        "--model",
+        str(src),
+        "--quantize",
+        "none",
+        "--query-prefix",
+        "query: ",
+        "--max-seq-length",
+        "128",
+        "--verify-limit",
+        "20",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -207,8 +239,9 @@ def test_cls_pooling_and_query_prefix_are_expressible(cls_prefix_bundle, source_
 
 def test_gate_failure_publishes_nothing(tmp_path):
     out = tmp_path / "model"
-    proc = run_export("--out", str(out), "--verify-limit", "20",
-                      "--min-mean-cosine", "0.99999", "--min-min-cosine", "0.99999")
+    proc = run_export(
+        "--out", str(out), "--verify-limit", "20", "--min-mean-cosine", "0.99999", "--min-min-cosine", "0.99999"
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert "mean cosine" in last and "0.99999" in last and "Traceback" not in proc.stderr
@@ -243,7 +276,11 @@ def test_existing_out_needs_force(tmp_path):
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path):
-    for args in ([], ["--out", str(tmp_path / "m"), "--quantize", "int4"], ["--out", str(tmp_path / "m"), "--max-seq-length", "4096"]):
+    for args in (
+        [],
+        ["--out", str(tmp_path / "m"), "--quantize", "int4"],
+        ["--out", str(tmp_path / "m"), "--max-seq-length", "4096"],
+    ):
         proc = run_export(*args, timeout=120)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
@@ -252,8 +289,19 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
 def test_help_explains_every_flag():
     proc = run_export("--help", timeout=120)
     assert proc.returncode == 0
-    for flag in ("--out", "--model", "--quantize", "--max-seq-length", "--query-prefix", "--document-prefix",
-                 "--verify-file", "--min-mean-cosine", "--min-min-cosine", "--threads", "--force"):
+    for flag in (
+        "--out",
+        "--model",
+        "--quantize",
+        "--max-seq-length",
+        "--query-prefix",
+        "--document-prefix",
+        "--verify-file",
+        "--min-mean-cosine",
+        "--min-min-cosine",
+        "--threads",
+        "--force",
+    ):
         assert flag in proc.stdout
 
 

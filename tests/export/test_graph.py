@@ -1,8 +1,8 @@
-"""export_graph.py on small hand-built graphs shaped like the exporter's: two attention layers whose
+"""export/graph.py on small hand-built graphs shaped like the exporter's: two attention layers whose
 head split/merge reshapes take their target shape from Shape/Gather/Concat, and an additive mask
 built from attention_mask by a Range/Expand/Where chain; and a block of query/key/value-like
 projections that share their input.  (The real MiniLM export is covered in
-test_export.py: its manifest lists both rewrites and its vectors still pass the gate.)"""
+tests/export/test_export.py: its manifest lists both rewrites and its vectors still pass the gate.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-import export_graph
+from export import graph as export_graph
+from export import quantize
 
 VOCAB, HIDDEN, HEADS = 20001, 8, 2
 NAMES = ["input_ids", "attention_mask"]
@@ -66,11 +67,15 @@ def _graph(masked_value: float = float(np.finfo(np.float32).min)) -> onnx.ModelP
         x = p + "out"
     nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
     graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])],
+        nodes,
+        "tiny",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"]),
+        ],
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", HIDDEN])],
-        inits)
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -86,7 +91,7 @@ def _inputs(batch: int, length: int):
     rng = np.random.default_rng(batch * 100 + length)
     ids = rng.integers(1, VOCAB, (batch, length)).astype(np.int64)
     mask = np.ones_like(ids)
-    mask[-1, length // 2:] = 0
+    mask[-1, length // 2 :] = 0
     return ids, mask
 
 
@@ -105,8 +110,11 @@ def test_both_rewrites_keep_the_outputs_and_drop_the_bookkeeping(tmp_path):
         assert gone not in ops, (gone, ops)
     for shape, expected in before.items():  # also sizes the probes never saw
         np.testing.assert_array_equal(_run(path, *_inputs(*shape)), expected)
-    reshape_targets = [numpy_helper.to_array(t).tolist() for t in onnx.load(str(path)).graph.initializer
-                       if t.name.endswith("/constant_shape")]
+    reshape_targets = [
+        numpy_helper.to_array(t).tolist()
+        for t in onnx.load(str(path)).graph.initializer
+        if t.name.endswith("/constant_shape")
+    ]
     assert sorted(reshape_targets) == sorted([[0, 0, HEADS, HIDDEN // HEADS], [0, 0, HIDDEN]] * 2)
     assert any("outputs unchanged" in m for m in messages)
 
@@ -126,10 +134,15 @@ def test_a_mask_with_another_value_is_left_as_traced(tmp_path):
 def test_a_graph_without_attention_is_left_alone(tmp_path):
     table = numpy_helper.from_array(np.ones((VOCAB, HIDDEN), np.float32), "table")
     graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])], "plain",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", HIDDEN])], [table])
+        [helper.make_node("Gather", ["table", "input_ids"], ["last_hidden_state"])],
+        "plain",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"]),
+        ],
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", HIDDEN])],
+        [table],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     path = tmp_path / "model.onnx"
@@ -138,9 +151,11 @@ def test_a_graph_without_attention_is_left_alone(tmp_path):
     messages = []
     assert export_graph.simplify(path, NAMES, log=messages.append) == []
     assert path.read_bytes() == data  # not rewritten at all
-    assert messages == ["  graph rewrite constant_reshapes: nothing to rewrite",
-                        "  graph rewrite plain_mask: nothing to rewrite",
-                        "  graph rewrite merged_projections: nothing to rewrite"]
+    assert messages == [
+        "  graph rewrite constant_reshapes: nothing to rewrite",
+        "  graph rewrite plain_mask: nothing to rewrite",
+        "  graph rewrite merged_projections: nothing to rewrite",
+    ]
 
 
 def test_unrecognised_mask_path_is_skipped_not_fatal(tmp_path):
@@ -160,18 +175,27 @@ def _projections(widths=(HIDDEN, HIDDEN, HIDDEN)) -> onnx.ModelProto:
     rng = np.random.default_rng(3)
     inits, nodes, outs = [], [], []
     for i, width in enumerate(widths):
-        inits += [numpy_helper.from_array(rng.standard_normal((HIDDEN, width)).astype(np.float32), f"w{i}"),
-                  numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"b{i}")]
-        nodes += [helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"], name=f"proj{i}"),
-                  helper.make_node("Add", [f"p{i}", f"b{i}"], [f"y{i}"], name=f"bias{i}")]
+        inits += [
+            numpy_helper.from_array(rng.standard_normal((HIDDEN, width)).astype(np.float32), f"w{i}"),
+            numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), f"b{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", ["x", f"w{i}"], [f"p{i}"], name=f"proj{i}"),
+            helper.make_node("Add", [f"p{i}", f"b{i}"], [f"y{i}"], name=f"bias{i}"),
+        ]
         outs.append(f"y{i}")
     inits.append(numpy_helper.from_array(rng.standard_normal((sum(widths), HIDDEN)).astype(np.float32), "w_other"))
-    nodes += [helper.make_node("Concat", outs, ["joined"], axis=-1),
-              helper.make_node("MatMul", ["joined", "w_other"], ["last_hidden_state"], name="other")]
+    nodes += [
+        helper.make_node("Concat", outs, ["joined"], axis=-1),
+        helper.make_node("MatMul", ["joined", "w_other"], ["last_hidden_state"], name="other"),
+    ]
     graph = helper.make_graph(
-        nodes, "projections",
+        nodes,
+        "projections",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", HIDDEN])],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", HIDDEN])], inits)
+        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["b", "s", HIDDEN])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -202,24 +226,27 @@ def test_projections_of_different_widths_are_left_alone():
 
 
 def test_blockwise_quantisation_rewrites_only_the_named_products(tmp_path):
-    """export_onnx.quantize_blockwise: the named MatMul becomes MatMulNBits; a second MatMul with
+    """export.quantize.quantize_blockwise: the named MatMul becomes MatMulNBits; a second MatMul with
     constant weights stays fp32 (the quantizer would take every MatMul without the exclusion)."""
-    import export_onnx
-
     rng = np.random.default_rng(3)
     w1 = numpy_helper.from_array(rng.normal(size=(64, 96)).astype(np.float32), "w1")
     w2 = numpy_helper.from_array(rng.normal(size=(96, 32)).astype(np.float32), "w2")
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
-         helper.make_node("MatMul", ["h", "w2"], ["y"], name="second")],
-        "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])], [w1, w2])
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
+            helper.make_node("MatMul", ["h", "w2"], ["y"], name="second"),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [w1, w2],
+    )
     path = tmp_path / "two.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     x = rng.normal(size=(5, 64)).astype(np.float32)
     before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
 
-    export_onnx.quantize_blockwise(path, ["first"], export_onnx.INT8_SETTINGS["excluded_as"])
+    quantize.quantize_blockwise(path, ["first"], quantize.INT8_SETTINGS["excluded_as"])
 
     nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
     assert nodes["second"] == "MatMul" and "first" not in nodes
