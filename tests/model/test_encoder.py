@@ -62,3 +62,30 @@ def test_missing_or_broken_bundle(tmp_path, model_dir):
     (broken / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelLoadError, match="size differs"):
         Encoder.load(broken)
+
+
+LONG_TEXTS = {
+    "words": "hello world " * 5000,
+    "whitespace first": " " * 20000 + "word " * 3000,  # the prefix alone has no tokens: read further
+    "words over 100 chars": ("x" * 150 + " ") * 400,  # one [UNK] per 151 characters
+    "no whitespace": "a" * 50000,
+    "cjk": "漢字" * 10000,
+    "combining accents": ("e\u0301" * 5000 + " ") * 3,
+    "no-break spaces": "word\u00a0" * 5000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LONG_TEXTS))
+def test_a_long_text_gets_the_tokens_of_the_whole_text(encoder, name):
+    """The tokenizer is handed a prefix (issue 16: a 100 MB record drove a build past 6 GB); the
+    tokens are still those of the whole text, also where the prefix alone would differ."""
+    text = LONG_TEXTS[name]
+    assert len(text) > encoder._max_chars
+    assert encoder._encode(text).ids == encoder._tokenizer.encode(text).ids
+
+
+def test_a_huge_text_embeds_as_its_first_tokens(encoder):
+    huge = "a strategy game of ancient warfare. " * 300_000  # 10.8 MB
+    head = huge[: encoder._max_chars]
+    assert np.array_equal(encoder.embed([huge]), encoder.embed([head]))
+    assert np.array_equal(encoder.embed([huge, "tmux"], batch_size=2)[0], encoder.embed([head])[0])
