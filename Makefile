@@ -14,7 +14,7 @@ TASK_PY311 := build/task-py311
 ZIP_PARTS := build/lambda-zip
 SAM_VENV := .venv-sam
 
-.PHONY: serve test bench deps model index native clean help browser task-root layers package-zip sam lint-template
+.PHONY: serve test test-fast lint bench deps model index native clean help browser task-root layers package-zip sam lint-template
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -60,6 +60,10 @@ browser:  ## install Debian's chromium for the browser test (needs root and apt-
 
 test: $(INDEX)/manifest.json $(NATIVE_LIB) browser $(SAM_VENV)/.installed  ## run the whole test suite
 	$(PY) -m pytest -q
+
+# The unit tier: no exported model, nothing marked slow (tests/conftest.py marks what needs the model).
+test-fast: $(NATIVE_LIB) | $(VENV)/.installed  ## run the fast unit tier (no exported model, under a minute)
+	$(PY) -m pytest -q -m "not slow and not model"
 
 # The load figure drives the local server with Debian's wrk; without it that figure is skipped.
 bench: $(INDEX)/manifest.json $(NATIVE_LIB)  ## run the benchmarks, results in bench/results/ (BENCH_ARGS="--only scale --quick")

@@ -1,5 +1,10 @@
 """Shared fixtures.  `make test` exports the model and builds the demo index before pytest runs,
-so these paths exist; running pytest by hand without them fails with the command to run."""
+so these paths exist; running pytest by hand without them fails with the command to run.
+
+Test tiers: a test that uses the exported model (the `model_dir`, `demo_index` or `encoder` fixture)
+is marked `model`; `make test-fast` runs everything that is neither `model` nor `slow`.  Tests whose
+behaviour does not depend on the real model use `tiny_model_dir` / `tiny_index` / `tiny_encoder`
+(tests/tiny_model.py: a real bundle the real Encoder loads, built in milliseconds)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 DEMO_CORPUS = ROOT / "data" / "demo-games.jsonl"
 SHARED_CORPUS = ROOT.parent / "shared" / "data" / "debian-bookworm-packages.jsonl.gz"
+
+
+DEMO_FIELDS = ("section", "version", "homepage")  # as `make index` builds the demo index
+# Fixtures that need the exported model, or run the export itself (tests/export/test_export.py).
+MODEL_FIXTURES = frozenset(
+    {"model_dir", "demo_index", "encoder", "source_dir", "int8_bundle", "fp32_bundle", "cls_prefix_bundle", "st_model"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 def _need(path: Path, what: str) -> Path:
@@ -35,6 +53,31 @@ def encoder(model_dir):
     from search.model.encoder import Encoder
 
     return Encoder.load(model_dir, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tests.tiny_model import demo_texts, write_tiny_bundle
+
+    return write_tiny_bundle(tmp_path_factory.mktemp("tiny-model"), demo_texts(DEMO_CORPUS))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir):
+    from search.model.encoder import Encoder
+
+    return Encoder.load(tiny_model_dir, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_encoder, tmp_path_factory) -> Path:
+    """The demo corpus built with the tiny model, with the demo index's fields."""
+    from search.index.builder import BuildOptions, build_index
+    from search.index.corpus import CorpusSpec
+
+    out = tmp_path_factory.mktemp("tiny-index") / "index"
+    build_index(DEMO_CORPUS, tiny_encoder, out, CorpusSpec(fields=DEMO_FIELDS), BuildOptions(show_progress=False))
+    return out
 
 
 @pytest.fixture(scope="session")

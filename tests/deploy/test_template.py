@@ -95,6 +95,7 @@ def test_cfn_lint_passes():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow  # the SAM CLI takes several seconds to start
 def test_sam_validate_lint_passes_offline():
     """`sam validate --lint` needs no AWS account: run it with no AWS settings at all."""
     if not SAM.exists():

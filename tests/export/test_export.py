@@ -237,6 +237,7 @@ def test_cls_pooling_and_query_prefix_are_expressible(cls_prefix_bundle, source_
 # ---------------------------------------------------------------- failures and CLI
 
 
+@pytest.mark.slow  # runs a whole export
 def test_gate_failure_publishes_nothing(tmp_path):
     out = tmp_path / "model"
     proc = run_export(
