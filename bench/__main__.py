@@ -11,6 +11,8 @@ Figures (``--only`` takes a comma list; default: all):
   quality  known-item recall@10 / MRR@10: PyTorch fp32, ONNX fp32, ONNX int8, each storage dtype
   profile  py-spy profile of the warm request path, all threads (top lines go into the README)
   hybrid   semantic vs keyword vs hybrid figures (bench/hybrid_quality.py)
+  heldout  the judged query sets under eval/: PyTorch, int8 semantic, keyword, bm25s, hybrid
+           (bench/heldout.py; BENCH_HELDOUT_SETS=a,b selects sets)
 
 Needs build/model (`make model`); builds and caches build/bench/debian-64k (and -text), the fp32
 export build/bench/model-fp32 and synthetic vectors under build/bench/ on first use.
@@ -29,7 +31,7 @@ from datetime import UTC, datetime
 
 from bench.common import RESULTS, ROOT, log
 
-ORDER = ("embed", "request", "cold", "scale", "build", "load", "pagein", "quality", "profile", "hybrid")
+ORDER = ("embed", "request", "cold", "scale", "build", "load", "pagein", "quality", "profile", "hybrid", "heldout")
 
 
 def _figures() -> dict:
@@ -44,6 +46,11 @@ def _figures() -> dict:
         sizes = {"name_sample": 200, "known_item_sample": 300, "latency_queries": 60} if quick else {}
         return hybrid_quality.run(INDEX_64K, MODEL, TEXT_INDEX_64K, progress=log, **sizes)
 
+    def heldout(quick: bool) -> dict:
+        from bench import heldout as sets
+
+        return sets.measure(quick)
+
     return {
         "embed": embed.measure,
         "request": request.measure_warm,
@@ -55,6 +62,7 @@ def _figures() -> dict:
         "quality": quality.measure,
         "profile": request.measure_profile,
         "hybrid": hybrid,
+        "heldout": heldout,
     }
 
 
@@ -111,6 +119,10 @@ def main(argv=None) -> int:
         prefix = {"request": ("request.", "memory.peak", "memory.rss"), "scale": ("scale.", "memory.anon")}.get(
             name, (f"{name}.",)
         )
+        if name == "heldout":  # only the sets this run measured (BENCH_HELDOUT_SETS)
+            from bench.heldout import result_prefixes
+
+            prefix = result_prefixes()
         data["results"] = {k: v for k, v in data["results"].items() if not k.startswith(prefix)}
         data["results"].update(result)
         data["runs"][name] = {

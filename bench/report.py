@@ -201,6 +201,10 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
                     None,
                     "python export_onnx.py --out build/model",
                 )
+    from bench import heldout  # the judged query sets under eval/ (bench/heldout.py)
+
+    for figure, measured, target, ok in heldout.target_rows(r):
+        add(figure, measured, target, ok, heldout.COMMAND)
     return out
 
 
@@ -316,6 +320,9 @@ def write_readme(data: dict) -> Path:
         ]
         lines += [f"| {k} | {v} |" for k, v in sorted(hybrid.items())]
         lines.append("")
+    from bench import heldout
+
+    lines += heldout.report_lines(r)
     profile = RESULTS / PROFILE
     if profile.is_file():
         text = profile.read_text().splitlines()

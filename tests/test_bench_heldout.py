@@ -1,0 +1,155 @@
+"""bench/heldout.py on tiny sets: set discovery, the bm25s and PyTorch baselines, the target
+checks and the report, and one whole run on a 60-record corpus (not the real eval/ corpora)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import heldout
+from search.evaluation import evaluate
+from tests.conftest import write_jsonl
+
+TUNE_HEAD = "# toy corpus, TUNING set: written by hand\n"
+HELD_HEAD = "# toy corpus, HELD-OUT set: run once\n"
+
+
+@pytest.fixture
+def eval_dir(tmp_path):
+    d = tmp_path / "eval"
+    d.mkdir()
+    (d / "toy-tune.tsv").write_text(TUNE_HEAD + "a cat\tcat\tdescriptive\n", encoding="utf-8")
+    (d / "toy.tsv").write_text(HELD_HEAD + "a dog\tdog\tdescriptive\n", encoding="utf-8")
+    return d
+
+
+def test_discover_roles_corpora_and_selection(eval_dir, tmp_path, monkeypatch):
+    corpora = {"toy": tmp_path / "toy.jsonl"}
+    sets = heldout.discover(eval_dir, corpora=corpora)
+    assert [(s.name, s.role, s.corpus, s.corpus_path) for s in sets] == [
+        ("toy-tune", "tuning", "toy", corpora["toy"]),
+        ("toy", "held-out", "toy", corpora["toy"]),
+    ]  # in file name order
+    assert [s.name for s in heldout.discover(eval_dir, ["toy-tune"], corpora)] == ["toy-tune"]
+    with pytest.raises(RuntimeError, match="no query set nope"):
+        heldout.discover(eval_dir, ["nope"], corpora)
+    with pytest.raises(RuntimeError, match="no corpus for 'toy'"):
+        heldout.discover(eval_dir, None, {"npm": tmp_path})
+    monkeypatch.setenv(heldout.ENV_SETS, "toy-tune")
+    monkeypatch.setattr(heldout, "EVAL_DIR", eval_dir)
+    monkeypatch.setattr(heldout, "CORPORA", corpora)
+    assert heldout.result_prefixes() == ("heldout.toy-tune.",)
+
+
+def test_role_falls_back_to_the_name(tmp_path):
+    (tmp_path / "x-tune.tsv").write_text("q\ta\n", encoding="utf-8")
+    (tmp_path / "x.tsv").write_text("q\ta\n", encoding="utf-8")
+    assert heldout.role_of(tmp_path / "x-tune.tsv") == "tuning"
+    assert heldout.role_of(tmp_path / "x.tsv") == "held-out"
+
+
+ROWS = [
+    ("cat", "cat\nthe cat sat on the mat"),
+    ("dog", "dog\na dog chases a cat"),
+    ("fox", "fox\nthe quick brown fox"),
+    ("web", "web\npython web framework"),
+]
+
+
+def test_bm25s_ranks_plain_bm25_and_drops_non_matches():
+    ranked = heldout.bm25s_rankings(ROWS, ["quick fox", "cat", "zebra", "a"], k=10)
+    assert ranked[0] == ["fox"]  # only fox holds "quick" or "fox"
+    assert set(ranked[1]) == {"cat", "dog"} and ranked[1][0] == "cat"  # cat: "cat" twice in a shorter text
+    assert ranked[2] == []  # no word in the vocabulary
+    assert ranked[3] == []  # one-letter words are not tokens
+    assert heldout.bm25_tokens("Hash-Passwords, a B2 test") == ["hash", "passwords", "b2", "test"]
+
+
+def test_pytorch_rankings_exact_cosine_and_cache(tmp_path):
+    calls = []
+
+    def encode(texts):  # a stand-in model: one axis per corpus id named in the text
+        calls.append(len(texts))
+        out = np.zeros((len(texts), 4), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for j, (item_id, _) in enumerate(ROWS):
+                if item_id in t:
+                    out[i, j] += 1 + j / 10
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.where(norms > 0, norms, 1)
+
+    first = heldout.pytorch_rankings(ROWS, ["fox", "web fox"], k=2, cache=tmp_path, name="toy", encode=encode)
+    assert first[0][0] == "fox" and first[1] == ["web", "fox"]
+    assert calls == [4, 2] and len(list(tmp_path.glob("pytorch-toy-*.npy"))) == 1
+    again = heldout.pytorch_rankings(ROWS, ["fox", "web fox"], k=2, cache=tmp_path, name="toy", encode=encode)
+    assert again == first and calls == [4, 2, 2]  # documents came from the cache
+
+
+def _evaluation(hybrid_name_rank1: bool = True):
+    accepted = [{"a"}, {"b"}, {"c"}]
+    kinds = ["name", "keyword", "descriptive"]
+    r = {
+        "pytorch": [["a"], ["b"], ["c"]],
+        "semantic": [["a"], ["x", "b"], ["c"]],
+        "keyword": [["a"], ["b"], ["x", "c"]],
+        "bm25s": [["a"], ["x", "b"], ["x"]],
+        "hybrid": [["a"] if hybrid_name_rank1 else ["x", "a"], ["b"], ["c"]],
+    }
+    return evaluate(r, accepted, 10, kinds, heldout.PAIRS)
+
+
+def test_targets_met_and_missed():
+    t = heldout.targets("toy", _evaluation())
+    p = "heldout.toy.target."
+    assert all(t[p + f"hybrid_vs_best_single.{k}"]["met"] for k in ("all", "name", "keyword", "descriptive"))
+    assert t[p + "int8_vs_pytorch"]["value"] == pytest.approx((1 + 0.5 + 1) / 3, abs=1e-4)
+    assert t[p + "int8_vs_pytorch"]["met"] is False
+    assert t[p + "keyword_vs_bm25s"] == {"value": 1.0, "target": 0.5, "margin": 0.5, "met": True}
+    assert t[p + "names_hit1"]["met"] is True
+
+    t = heldout.targets("toy", _evaluation(hybrid_name_rank1=False))
+    assert t[p + "names_hit1"] == {"value": 0.0, "target": 0.99, "met": False}
+    assert t[p + "hybrid_vs_best_single.name"]["met"] is False
+    assert t[p + "hybrid_vs_best_single.name"]["margin"] == pytest.approx(0.5 - 0.99)
+
+
+def test_figures_report_and_target_rows():
+    r = heldout.figures("toy", _evaluation(), "tuning", 4, {"corpus": "toy"})
+    assert r["heldout.toy.hybrid.all.mrr10"] == 1.0 and r["heldout.toy.semantic.keyword.hit1"] == 0.0
+    assert r["heldout.toy.paired.keyword_vs_bm25s.keyword.wins"] == 1
+    assert r["heldout.toy.kinds"] == ["name", "keyword", "descriptive"]
+    json.dumps(r)  # latest.json must be able to hold it
+    rows = heldout.target_rows(r)
+    assert [ok for *_, ok in rows] == [True, False, True, True]
+    assert "toy (tuning, 3 queries, 4 documents)" in rows[0][0]
+    lines = heldout.report_lines(r)
+    assert "### toy (TUNING): 3 queries, 4 documents (toy)" in lines
+    assert any(line.startswith("| hybrid vs semantic | name |") for line in lines)
+    assert any(line.startswith("| keyword vs bm25s | keyword |") for line in lines)
+    assert heldout.report_lines({}) == []
+
+
+def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path):
+    records = demo_records[:60]
+    corpus = write_jsonl(tmp_path / "toy.jsonl", records)
+    queries = tmp_path / "toy-tune.tsv"
+    lines = [TUNE_HEAD.rstrip("\n")]
+    lines += [f"{r['id']}\t{r['id']}\tname" for r in records[:6]]
+    lines += [f"{r['title']}\t{r['id']}\tdescriptive" for r in records[10:16]]
+    lines += [f"{r['title'].split()[0]}\t{r['id']},no-such-id\tkeyword" for r in records[20:24]]
+    queries.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    qs = heldout.QuerySet("toy-tune", queries, "toy", corpus, "tuning")
+    r = heldout.run_set(qs, model_dir, tmp_path / "cache")
+    p = "heldout.toy-tune."
+    assert r[p + "documents"] == 60 and r[p + "queries"] == 16 and r[p + "unknown_ids"] == 1
+    for s in heldout.SYSTEMS:
+        assert 0 <= r[p + f"{s}.all.hit1"] <= r[p + f"{s}.all.mrr10"] <= r[p + f"{s}.all.hit10"] <= 1
+    assert r[p + "hybrid.name.hit1"] == 1.0 and r[p + "keyword.name.hit1"] == 1.0
+    # the shipped int8 model and PyTorch fp32 agree on titles of these packages
+    assert r[p + "pytorch.descriptive.hit10"] == 1.0 and r[p + "semantic.descriptive.hit10"] == 1.0
+    details = (tmp_path / "cache" / "toy-tune.details.tsv").read_text(encoding="utf-8").splitlines()
+    assert details[0].split("\t")[4:9] == [f"rank.{s}" for s in heldout.SYSTEMS] and len(details) == 17
+    assert list((tmp_path / "cache").glob("pytorch-toy-*.npy"))
+    assert len(list((tmp_path / "cache").glob("toy-*/manifest.json"))) == 1
