@@ -107,10 +107,14 @@ def test_dockerfile_runtime_stage():
     # Layers from least to most often changed: requirements, model, index, code.
     order = [
         next(i for i, line in enumerate(final) if marker in line)
-        for marker in ("taskroot.py deps", "--from=model", "--from=index", "--from=code")
+        for marker in ("--from=deps", "--from=model", "--from=index", "--from=code")
     ]
     assert order == sorted(order), order
+    assert "taskroot.py deps" in "\n".join(stages["deps"]) and stages["deps"][0] == "FROM ${LAMBDA_BASE} AS deps"
     assert "taskroot.py code" in "\n".join(stages["code"])
+    # No step depends on a base image's package manager (the stand-in base is Debian, AWS's is dnf).
+    runs = [line for stage in stages.values() for line in stage if line.startswith("RUN ")]
+    assert not [r for r in runs if re.search(r"\b(dnf|yum|microdnf|apt-get|apt|apk)\b", r)], runs
     assert "export_onnx.py" in "\n".join(stages["model"])
     env = text[text.index("ENV ") :]
     assert "SEARCH_MODEL_DIR=/var/task/model" in env and "SEARCH_INDEX_URI=/var/task/index" in env
