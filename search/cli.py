@@ -1,14 +1,17 @@
 """``python -m search``: build, query, info, serve, upload, eval.
 
-Errors the user can fix print one line and exit 1; usage errors exit 2 (argparse).
+Errors the user can fix print one line and exit 1; usage errors print one line and exit 2; a
+closed stdout (``search query ... | head``) ends the command quietly with 141, like SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from search.errors import ConfigError, SearchError
 from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
@@ -182,7 +185,36 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _endpoint_url(raw: str) -> str:
+    """An S3 endpoint must be an http(s) URL with a host (boto3 raises a bare ValueError otherwise)."""
+    try:
+        parts = urlsplit(raw)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != -1
+    except ValueError:  # a port that is not a number, a bad IPv6 literal
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError("expected an http:// or https:// URL, such as http://localhost:9000")
+    return raw
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("expected a port number from 0 to 65535")
+    return port
+
+
 def cmd_upload(args) -> int:
+    if args.endpoint_url is None:  # boto3 reads these itself: check them the same way
+        for var in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+            if os.environ.get(var):
+                try:
+                    _endpoint_url(os.environ[var])
+                except argparse.ArgumentTypeError as exc:
+                    raise ConfigError(f"{var}: {exc}") from None
     from search.storage import s3 as storage
 
     if args.model_bundle:
@@ -386,10 +418,15 @@ def resolve_settings(args, env=None) -> Settings:
     return settings
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line (argparse prints the whole usage first); subcommands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m search", description="Semantic search: build an index, query it, serve it."
-    )
+    parser = OneLineParser(prog="python -m search", description="Semantic search: build an index, query it, serve it.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p, index=True):
@@ -496,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default: %(default)s)")
     p.add_argument(
         "--workers", type=int, default=1, help="processes, each with its own model copy (default: %(default)s)"
     )
@@ -524,6 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--endpoint-url",
+        type=_endpoint_url,
         default=None,
         help="S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL when set)",
     )
@@ -536,12 +574,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _not_utf8(argv: list[str]) -> int | None:
+    """Position of the first argument that is not valid UTF-8 (Python keeps such bytes as lone
+    surrogates, which fail later wherever the text is encoded), or None."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return position
+    return None
+
+
+def _silence_stdout() -> None:
+    """After a closed pipe: send what is still buffered to /dev/null, so the exit is quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bad = _not_utf8(argv)
+    if bad is not None:
+        print(f"error: command-line argument {bad} is not valid UTF-8", file=sys.stderr)
+        return 2
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         resolve_settings(args)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -102,3 +102,86 @@ def test_build_without_scan_copy(tmp_path, model_dir):
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((tmp_path / "i" / "manifest.json").read_text())
     assert manifest["scan"] is None and not any(n.startswith("scan-") for n in manifest["files"])
+
+
+def run_bytes(*args, timeout=120):
+    """Like run, with arguments as bytes (an argument need not be valid UTF-8)."""
+    return subprocess.run(
+        [sys.executable.encode(), b"-m", b"search", *args], cwd=ROOT, capture_output=True, timeout=timeout
+    )
+
+
+def one_line(proc, code, *needles):
+    err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == code, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_serve_port_out_of_range_is_one_line(port):
+    one_line(run("serve", "--port", port), 2, "argument --port: expected a port number from 0 to 65535")
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://host", "http://", "http://host:port"])
+def test_upload_endpoint_url_that_is_not_a_url_is_one_line(url):
+    proc = run("upload", "s3://bucket/prefix/", "--index", "build/index", "--endpoint-url", url, "--quiet")
+    one_line(proc, 2, "argument --endpoint-url: expected an http:// or https:// URL")
+
+
+def test_upload_endpoint_from_the_environment_is_checked_too():
+    proc = subprocess.run(
+        [sys.executable, "-m", "search", "upload", "s3://bucket/prefix/", "--index", "build/index", "--quiet"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "AWS_ENDPOINT_URL_S3": "not a url"},
+    )
+    one_line(proc, 1, "AWS_ENDPOINT_URL_S3: expected an http:// or https:// URL")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [b"query", b"caf\xe9"],  # Latin-1, not UTF-8
+        [b"info", b"--index", b"build/\xff\xfe"],
+        [b"build", b"--corpus", b"\xc3(.jsonl"],
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_one_line(args):
+    position = next(i for i, a in enumerate(args, start=1) if not _utf8(a))
+    one_line(run_bytes(*args), 2, f"command-line argument {position} is not valid UTF-8")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_usage_errors_are_one_line():
+    one_line(run("query"), 2, "the following arguments are required: text")
+    one_line(run("frobnicate"), 2, "invalid choice")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["query", "--index", "build/index", "-k", "50", "strategy game"],
+        ["query", "--index", "build/index", "--json", "-k", "50", "strategy game"],
+        ["info", "--index", "build/index"],
+    ],
+)
+def test_a_closed_stdout_ends_quietly(args, demo_index):
+    """``search query ... | head``: the reader goes away before the output is written."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "search", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as proc:
+        proc.stdout.close()  # before the process can write: its first write meets a closed pipe
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=120)
+    assert code in (0, 141) and err == "", err
