@@ -351,3 +351,11 @@ def test_cli_eval_bad_files_are_one_line_errors(capsys, model_dir, demo_index, t
     with pytest.raises(SystemExit):
         cli.main(["eval", "--queries", str(bad), "-k", "0"])
     assert "expected a whole number >= 1" in capsys.readouterr().err
+
+
+def test_cli_eval_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["eval", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--queries" in out and "--details" in out and "--strict" in out
