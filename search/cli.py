@@ -29,7 +29,7 @@ def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
 
 
 def cmd_build(args) -> int:
-    from search.index.builder import BuildOptions, build_index
+    from search.index.builder import BuildOptions
     from search.index.corpus import CorpusSpec
     from search.model.encoder import Encoder
 
@@ -46,10 +46,14 @@ def cmd_build(args) -> int:
     # One text per run, several runs in flight, one onnxruntime thread each: keeps both cores
     # busy without batching (batches would change int8 vectors, see encoder.py).
     encoder = Encoder.load(args.model, threads=1)
-    manifest = build_index(
+    from search.index import pipeline
+    from search.index.records import parse_shard
+
+    shard = parse_shard(args.shard) if args.shard else None
+    outcome = pipeline.build(
         args.corpus,
-        encoder,
         args.out,
+        encoder,
         spec,
         BuildOptions(
             dtype=args.dtype,
@@ -60,14 +64,25 @@ def cmd_build(args) -> int:
             prefilter=not args.no_prefilter,
             force=args.force,
         ),
+        shard=shard,
+        reuse=None if args.no_reuse else (args.reuse or pipeline.DEFAULT),
     )
-    skipped = manifest["corpus"]["skipped"]
-    print(
-        f"built {args.out}: {manifest['count']} items, {manifest['dimension']}-d {manifest['dtype']}, "
-        f"version {manifest['version']}"
-        + (f", {skipped} bad records skipped" if skipped else "")
-        + f" in {manifest['build_seconds']}s"
+    print(pipeline.summary(outcome, "built shard" if shard else "built"))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from search.index import pipeline
+    from search.index.builder import BuildOptions
+
+    options = BuildOptions(
+        show_progress=not args.quiet,
+        scan_copy=not args.no_scan_copy,
+        prefilter=not args.no_prefilter,
+        force=args.force,
     )
+    outcome = pipeline.merge(args.shards, args.out, options)
+    print(pipeline.summary(outcome, "merged"))
     return 0
 
 
@@ -410,6 +425,8 @@ def resolve_settings(args, env=None) -> Settings:
     if args.func is not cmd_serve:  # only the server reads an index from S3
         for dest in ("index", "out"):
             uri = getattr(args, dest, None)
+            if dest == "out" and args.command in ("build", "merge"):
+                continue  # builds and merges write to S3 too (search/index/pipeline.py)
             if isinstance(uri, str) and uri.startswith("s3://"):
                 raise ConfigError(
                     f"--{dest} / SEARCH_INDEX_URI is {uri!r}: `{args.command}` works on a local index folder "
@@ -448,7 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a JSON Lines or CSV corpus (optionally .gz), embed every record and "
         "write an index folder atomically.",
     )
-    p.add_argument("--corpus", required=True, help="corpus file: .jsonl, .ndjson or .csv, optionally .gz")
+    p.add_argument(
+        "--corpus", required=True, help="corpus file or s3://bucket/key: .jsonl, .ndjson or .csv, optionally .gz"
+    )
     common(p, index=False)
     p.add_argument(
         "--out", default=None, help=f"index folder to write (default: SEARCH_INDEX_URI or {DEFAULT_INDEX_URI})"
@@ -486,7 +505,35 @@ def build_parser() -> argparse.ArgumentParser:
         "(an intact index is replaced anyway; anything that is not an index never is)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--reuse",
+        default=None,
+        metavar="DIR|s3://bucket/prefix/",
+        help="take the vectors of unchanged texts from this index or shard folder (default: the one at --out)",
+    )
+    p.add_argument("--no-reuse", action="store_true", help="embed every text, reusing nothing")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="build only shard I of N (records by a stable hash of the id) into the folder --out; "
+        "`search merge` assembles the index",
+    )
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser(
+        "merge",
+        help="assemble an index from shard folders",
+        description="Merge the N shard folders of `search build --shard I/N` into one index, "
+        "byte-identical to a single build of the corpus. Folders may be s3:// prefixes.",
+    )
+    p.add_argument("shards", nargs="+", metavar="SHARD", help="shard folders or s3:// prefixes, all N of them")
+    p.add_argument("--out", required=True, help="index folder or s3://bucket/prefix/ to write")
+    p.add_argument("--no-scan-copy", action="store_true", help="leave out the int8 scan copy (as in build)")
+    p.add_argument("--no-prefilter", action="store_true", help="leave out the int4 prefilter copy (as in build)")
+    p.add_argument("--force", action="store_true", help="also replace a damaged index at --out (as in build)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser(
         "query",

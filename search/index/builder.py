@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import CorpusError, IndexBuildError
-from search.fileutil import describe_files, sha256_file, write_json_atomic
+from search.fileutil import describe_files, write_json_atomic
 from search.index import publish
-from search.index.corpus import CorpusSpec, ReadStats, read_corpus
+from search.index.corpus import CorpusSpec, ReadStats, is_s3, read_corpus
 from search.index.keyword import write_lexical_index
 from search.index.metadata import METADATA_NAME, MetadataWriter
 from search.index.reader import (
@@ -36,6 +36,8 @@ from search.index.reader import (
     SCAN_SCALES_NAME,
     field_file,
 )
+from search.index.records import HASHES_NAME, HashColumn, text_hash
+from search.index.reuse import write_vectors
 from search.model.encoder import Encoder
 from search.progress import Progress
 from search.scoring.prefilter import (
@@ -57,6 +59,7 @@ class BuildOptions:
     show_progress: bool = True
     scan_copy: bool = True  # float32/float16: also write the int8 scan copy (see index.py)
     prefilter: bool = True  # any dtype: also write the int4 prefilter copy (see prefilter.py)
+    reuse: object = None  # a reuse.Reuse (vectors of an earlier compatible build), or None
     force: bool = False  # may replace a damaged index or one of another format (never anything else)
 
 
@@ -73,7 +76,7 @@ def build_index(
     publish.check_target(out, corpus=corpus, force=options.force)  # refuse before any work (see publish.py)
     tmp = publish.make_temp(out)
     try:
-        manifest = _build_into(Path(corpus), encoder, tmp, spec, options)
+        manifest = _build_into(corpus if is_s3(corpus) else Path(corpus), encoder, tmp, spec, options)
         publish.publish(tmp, out, corpus=corpus, force=options.force)
         return manifest
     except BaseException:
@@ -81,16 +84,43 @@ def build_index(
         raise
 
 
-def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:
+def _build_into(corpus: Path | str, encoder: Encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:
     started = time.monotonic()
     stats = ReadStats()
+    digest = hashlib.sha256()
     writer = MetadataWriter(tmp / METADATA_NAME)
+    hashes = ingest(
+        read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats, digest=digest),
+        writer,
+        encoder,
+        spec,
+        options,
+        key=lambda row, record: row,
+    )
+    count = len(hashes)
+    if count == 0:
+        raise CorpusError("no usable records", path=str(corpus))
+    build = write_vectors(tmp, encoder, writer, spec, hashes, options)
+    model = model_info(encoder)
+    corpus_info = {
+        "file": corpus_name(corpus),
+        "sha256": digest.hexdigest(),
+        "records": count,
+        "skipped": stats.skipped,
+        "first_errors": stats.first_errors,
+    }
+    return finish_index(tmp, writer, count, encoder.dimension, model, spec, options, corpus_info, build, started)
+
+
+def ingest(records, writer: MetadataWriter, encoder: Encoder, spec: CorpusSpec, options: BuildOptions, key):
+    """Records -> metadata rows (``key(n, record)`` is the stored row number) and their text hashes."""
     progress = Progress("reading", unit="records", enabled=options.show_progress)
+    prefix = getattr(encoder.bundle, "document_prefix", "")  # what Encoder.embed puts before a document
+    hashes = HashColumn()
     batch: list = []
-    row = 0
-    for record in read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats):
-        batch.append((row, record.id, record.title, record.text, record.fields))
-        row += 1
+    for n, record in enumerate(records):
+        batch.append((key(n, record), record.id, record.title, record.text, record.fields))
+        hashes.add(text_hash(prefix + spec.document_text(record.title, record.text)))
         if len(batch) >= INSERT_BATCH:
             writer.add_items(batch)
             progress.update(len(batch))
@@ -98,16 +128,40 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
     writer.add_items(batch)
     progress.update(len(batch))
     progress.close()
-    count = row
-    if count == 0:
-        raise CorpusError("no usable records", path=str(corpus))
+    return hashes
 
-    texts = (spec.document_text(title, text) for title, text in writer.iter_texts())
-    _write_embeddings(tmp, encoder, texts, count, options)
+
+def model_info(encoder: Encoder) -> dict:
+    return {
+        "fingerprint": encoder.fingerprint,
+        "source_model": encoder.bundle.source_model,
+        "quantization": encoder.bundle.quantization,
+        "session": getattr(encoder, "session_settings", None),
+    }
+
+
+def corpus_name(corpus: Path | str) -> str:
+    return str(corpus).rstrip("/").rsplit("/", 1)[-1]
+
+
+def finish_index(
+    tmp: Path,
+    writer: MetadataWriter,
+    count: int,
+    dimension: int,
+    model: dict,
+    spec: CorpusSpec,
+    options: BuildOptions,
+    corpus_info: dict,
+    build: dict,
+    started: float,
+) -> dict:
+    """Everything after the vectors, shared by a build and a merge (so both give the same bytes):
+    scan and prefilter copies, field codes, keyword index, manifest."""
     scan = options.scan_copy and options.dtype != "int8"
     if scan:
         _write_scan_copy(tmp, count)
-    prefilter = options.prefilter and encoder.dimension % 2 == 0
+    prefilter = options.prefilter and dimension % 2 == 0
     if prefilter:
         _write_prefilter(tmp, count, options.dtype)
     for name in spec.fields:
@@ -122,55 +176,23 @@ def _build_into(corpus: Path, encoder: Encoder, tmp: Path, spec: CorpusSpec, opt
         "format": INDEX_FORMAT,
         "version": version,
         "count": count,
-        "dimension": encoder.dimension,
+        "dimension": dimension,
         "dtype": options.dtype,
-        "model": {
-            "fingerprint": encoder.fingerprint,
-            "source_model": encoder.bundle.source_model,
-            "quantization": encoder.bundle.quantization,
-            "session": getattr(encoder, "session_settings", None),
-        },
+        "model": model,
         "fields": list(spec.fields),
         "lexical": lexical,
         "scan": {"dtype": "int8", "files": list(SCAN_FILES)} if scan else None,
         "prefilter": {"dtype": "int4", "files": list(PREFILTER_FILES)} if prefilter else None,
-        "corpus": {
-            "file": corpus.name,
-            "sha256": sha256_file(corpus),
-            "records": count,
-            "skipped": stats.skipped,
-            "first_errors": stats.first_errors,
-        },
+        "text_hashes": HASHES_NAME,
+        "corpus": corpus_info,
         "spec": asdict(spec),
         "files": files,
+        "build": build,
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.monotonic() - started, 1),
     }
     write_json_atomic(tmp / MANIFEST_NAME, manifest)
     return manifest
-
-
-def _write_embeddings(tmp: Path, encoder: Encoder, texts, count: int, options: BuildOptions) -> None:
-    dim = encoder.dimension
-    target = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=options.dtype, shape=(count, dim))
-    scales = (
-        np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
-        if options.dtype == "int8"
-        else None
-    )
-    progress = Progress("embedding", count, unit="docs", enabled=options.show_progress)
-    for row, vector in enumerate(encoder.embed_stream(texts, workers=options.workers)):
-        if scales is not None:
-            target[row], scales[row] = quantize_int8(vector)
-        else:
-            target[row] = vector
-        progress.update()
-    progress.close()
-    target.flush()
-    del target
-    if scales is not None:
-        scales.flush()
-        del scales
 
 
 SCAN_BLOCK_ROWS = 65536

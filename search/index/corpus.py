@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from search.errors import CorpusError
+from search.index.records import shard_of
 
 FORMATS = ("jsonl", "csv")
 
@@ -49,8 +50,8 @@ class ReadStats:
     first_errors: list[str] = field(default_factory=list)
 
 
-def detect_format(path: Path) -> str:
-    name = path.name.lower().removesuffix(".gz")
+def detect_format(path: Path | str) -> str:
+    name = _name(path).lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
     if name.endswith(".csv"):
@@ -58,15 +59,60 @@ def detect_format(path: Path) -> str:
     raise CorpusError("unknown corpus format (expected .jsonl, .ndjson, .csv, optionally .gz)", path=str(path))
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+class _Digesting(io.RawIOBase):
+    """Passes a binary stream through, feeding every byte read to ``digest`` (the corpus sha256
+    is taken while reading, so an S3 corpus is read once)."""
+
+    def __init__(self, raw, digest):
+        super().__init__()
+        self.raw, self.digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.raw.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n or 0
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
-def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | None, str | None]]:
+def _open_raw(path: Path | str):
+    """A binary stream of the corpus: a local file, or an S3 object streamed (storage/objects.py)."""
+    if is_s3(path):
+        from search.storage.objects import ObjectReader
+
+        return ObjectReader(str(path))
+    return open(path, "rb")
+
+
+def _open_text(path: Path | str, digest=None) -> io.TextIOBase:
+    raw = _open_raw(path)
+    if digest is not None:
+        raw = _Digesting(raw, digest)
+    buffered = io.BufferedReader(raw, buffer_size=1 << 20)
+    if _name(path).lower().endswith(".gz"):
+        unzipped = gzip.GzipFile(fileobj=buffered, mode="rb")
+        unzipped.myfileobj = buffered  # closed with it (as gzip.open does for a file name)
+        return io.TextIOWrapper(unzipped, encoding="utf-8", newline="")
+    return io.TextIOWrapper(buffered, encoding="utf-8", newline="")
+
+
+def is_s3(path) -> bool:
+    return str(path).startswith("s3://")
+
+
+def _name(path: Path | str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1] if is_s3(path) else Path(path).name
+
+
+def _raw_rows(path: Path | str, fmt: str, digest=None) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, row or None, problem or None); line numbers are 1-based physical lines."""
-    with _open_text(path) as fh:
+    with _open_text(path, digest) as fh:
         if fmt == "jsonl":
             for number, line in enumerate(fh, start=1):
                 if not line.strip():
@@ -95,18 +141,32 @@ def _as_text(value) -> str:
 
 
 def read_corpus(
-    path: str | Path, spec: CorpusSpec, *, skip_bad: bool = False, stats: ReadStats | None = None
+    path: str | Path,
+    spec: CorpusSpec,
+    *,
+    skip_bad: bool = False,
+    stats: ReadStats | None = None,
+    shard: tuple[int, int] | None = None,
+    digest=None,
 ) -> Iterator[Record]:
-    """Yield valid records in file order; raise CorpusError at the first bad one unless ``skip_bad``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CorpusError("corpus file not found", path=str(path))
+    """Yield valid records in file order; raise CorpusError at the first bad one unless ``skip_bad``.
+
+    ``path`` may be ``s3://bucket/key``.  ``shard=(I, N)`` keeps the records whose id falls in
+    shard I (records.shard_of); a bad record without an id is counted by shard ``line % N``.
+    ``digest`` (a hashlib object) is fed the file's bytes as they are read."""
+    if not is_s3(path):
+        path = Path(path)
+        if not path.is_file():
+            raise CorpusError("corpus file not found", path=str(path))
     stats = stats if stats is not None else ReadStats()
     seen: set[str] = set()
+    index, count = shard if shard is not None else (0, 1)
     try:
-        for number, row, problem in _raw_rows(path, detect_format(path)):
+        for number, row, problem in _raw_rows(path, detect_format(path), digest):
             if problem is None:
                 record_id = _as_text(row.get(spec.id_field)).strip()
+                if count > 1 and record_id and shard_of(record_id, count) != index:
+                    continue  # another shard's record: that shard checks it
                 title = _as_text(row.get(spec.title_field)).strip() if spec.title_field else ""
                 text = _as_text(row.get(spec.text_field)).strip()
                 if not record_id:
@@ -118,6 +178,8 @@ def read_corpus(
             if problem is not None:
                 if not skip_bad:
                     raise CorpusError(problem, path=str(path), line=number)
+                if count > 1 and number % count != index and not (row and _as_text(row.get(spec.id_field)).strip()):
+                    continue  # an id-less bad record is counted once, by shard line % N
                 stats.skipped += 1
                 if len(stats.first_errors) < 5:
                     stats.first_errors.append(f"line {number}: {problem}")

@@ -1,7 +1,9 @@
-"""Upload of index and bundle folders (data first, manifest last)."""
+"""Upload of index and bundle folders (data first, manifest last); chosen files of a folder;
+a streamed object (a corpus) that resumes where a broken body stopped."""
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -154,3 +156,139 @@ def _prune(client, loc: S3Location, keep: set) -> int:
     except _EXPECTED as exc:
         raise storage_error(exc, loc, "data/") from None
     return len(doomed)
+
+
+# -- manifests and chosen files (build inputs: a previous index or shard, shard folders) ---------
+def read_manifest(uri: str, *, client=None, options: TransferOptions = TransferOptions()) -> dict | None:
+    """The manifest at ``uri`` (an index or shard prefix), or None when there is none yet."""
+    from botocore import exceptions as bx
+
+    loc = S3Location.parse(uri)
+    client = client or s3_client(options=options)
+    try:
+        body = client.get_object(Bucket=loc.bucket, Key=loc.key(MANIFEST_NAME))["Body"].read()
+    except bx.ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+            return None
+        raise storage_error(exc, loc, MANIFEST_NAME) from None
+    except _EXPECTED as exc:
+        raise storage_error(exc, loc, MANIFEST_NAME) from None
+    return parse_manifest(body, loc.uri(MANIFEST_NAME))
+
+
+def download_files(
+    uri: str,
+    dest: str | Path,
+    *,
+    names: list[str] | None = None,
+    manifest: dict | None = None,
+    client=None,
+    options: TransferOptions = TransferOptions(),
+    show_progress: bool = False,
+) -> dict:
+    """Download the listed files of the folder at ``uri`` (all when ``names`` is None) into ``dest``,
+    sha256-checked like a cache download, plus its manifest; returns the manifest."""
+    from search.storage.cache import _download_files, _verify
+
+    loc = S3Location.parse(uri)
+    client = client or s3_client(options=options)
+    manifest = manifest if manifest is not None else read_manifest(uri, client=client, options=options)
+    if manifest is None:
+        raise StorageError("not found (404 NoSuchKey)", uri=loc.uri(MANIFEST_NAME))
+    files = manifest["files"] if names is None else {n: manifest["files"][n] for n in names if n in manifest["files"]}
+    subset = dict(manifest, files=files)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_files(client, loc, subset, dest, options, show_progress)
+        _verify(dest, loc, subset)
+        (dest / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise storage_error(exc, loc, MANIFEST_NAME) from None
+    return manifest
+
+
+# -- streamed reads (a corpus) --------------------------------------------------------------------
+class ObjectReader(io.RawIOBase):
+    """A readable stream of one S3 object: one GET, and when the body breaks off (truncated,
+    timed out, connection reset) a ranged GET from where it stopped, pinned to the first ETag,
+    up to ``max_attempts`` times in a row.  The client's own retries and timeouts apply to each GET."""
+
+    def __init__(self, uri: str, *, client=None, options: TransferOptions = TransferOptions()):
+        super().__init__()
+        self.uri = uri
+        self.loc = S3Location.parse(uri)
+        if not self.loc.prefix:
+            raise StorageError("names a bucket, not an object", uri=uri)
+        self.key = self.loc.prefix.rstrip("/")
+        self.name = uri
+        self.options = options
+        self.client = client or s3_client(options=options)
+        self.offset = 0
+        self.etag: str | None = None
+        self.size: int | None = None
+        self._body = None
+        self._open()
+
+    def _open(self) -> None:
+        args = {"Bucket": self.loc.bucket, "Key": self.key}
+        if self.offset:
+            args["Range"] = f"bytes={self.offset}-"
+            args["IfMatch"] = self.etag
+        try:
+            resp = self.client.get_object(**args)
+        except _EXPECTED as exc:
+            raise storage_error(exc, S3Location(self.loc.bucket, ""), self.key) from None
+        if self.etag is None:
+            self.etag = str(resp.get("ETag", ""))
+            self.size = int(resp.get("ContentLength") or 0)
+        self._body = resp["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        from botocore import exceptions as bx
+        from urllib3 import exceptions as ux
+
+        failures = 0
+        while True:
+            try:
+                data = self._body.read(len(buffer))
+            except (
+                bx.IncompleteReadError,
+                bx.ReadTimeoutError,
+                bx.ResponseStreamingError,
+                ux.HTTPError,
+                OSError,
+            ) as exc:
+                failures += 1
+                if failures >= self.options.max_attempts:
+                    raise StorageError(
+                        f"body broke off at byte {self.offset} on {failures} attempts in a row "
+                        f"({type(exc).__name__}: {exc})",
+                        uri=self.uri,
+                    ) from None
+                self._body.close()
+                self._open()
+                continue
+            if not data and self.size is not None and self.offset < self.size:
+                failures += 1  # a body that ends early without an error (a lying proxy)
+                if failures >= self.options.max_attempts:
+                    raise StorageError(
+                        f"body ended at byte {self.offset} of {self.size} on {failures} attempts in a row",
+                        uri=self.uri,
+                    )
+                self._body.close()
+                self._open()
+                continue
+            n = len(data)
+            buffer[:n] = data
+            self.offset += n
+            return n
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        super().close()

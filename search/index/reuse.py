@@ -1,0 +1,163 @@
+"""Vectors of an earlier build, taken over row by row when the embedded text is the same.
+
+A source is an index or a shard folder (local, or ``s3://`` — then only its text hashes and
+stored vectors are downloaded) built with the same model fingerprint, session settings, dtype
+and dimension.  Anything else is not reused, and ``reason`` says why in one line.  A reused row
+gets the source's stored bytes (and int8 scale), which are what embedding its text again would
+store, so an incremental build is byte-identical to a full one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from search.errors import SearchError
+from search.fileutil import read_json
+from search.index.metadata import MetadataWriter
+from search.index.reader import EMBEDDINGS_NAME, MANIFEST_NAME, SCALES_NAME
+from search.index.records import HASHES_NAME, HashColumn, match_rows
+from search.progress import Progress
+
+COPY_BLOCK_ROWS = 65536
+FORMATS = ("search-index/", "search-shard/")
+
+
+@dataclass
+class Reuse:
+    source: str
+    hashes: np.ndarray | None = None  # (n, 32) uint8
+    embeddings: np.ndarray | None = None
+    scales: np.ndarray | None = None
+    reason: str | None = None  # why nothing is reused (None = usable, or nothing there)
+    cleanup: list[Path] = field(default_factory=list)
+
+    @property
+    def usable(self) -> bool:
+        return self.hashes is not None
+
+    def close(self) -> None:
+        self.hashes = self.embeddings = self.scales = None
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def incompatibility(manifest: dict, *, model: dict, dtype: str, dimension: int) -> str | None:
+    """Why vectors of the build described by ``manifest`` cannot be reused, or None."""
+    fmt = str(manifest.get("format", ""))
+    if not fmt.startswith(FORMATS):
+        return f"it is not an index or shard folder (format {fmt!r})"
+    if HASHES_NAME not in manifest.get("files", {}):
+        return f"it has no {HASHES_NAME} (built before incremental builds)"
+    old = manifest.get("model") or {}
+    if old.get("fingerprint") != model["fingerprint"]:
+        return "it was built with another model (fingerprint differs)"
+    if old.get("session") != model.get("session"):
+        return f"it was built with other session settings ({old.get('session')} vs {model.get('session')})"
+    if manifest.get("dtype") != dtype:
+        return f"it stores {manifest.get('dtype')} vectors, this build {dtype}"
+    if int(manifest.get("dimension", -1)) != dimension:
+        return f"its vectors have {manifest.get('dimension')} dimensions, the model {dimension}"
+    return None
+
+
+def open_reuse(location: str | Path, *, model: dict, dtype: str, dimension: int, work_dir: Path) -> Reuse:
+    """The reusable vectors at ``location``; ``Reuse.usable`` is False when there are none
+    (``reason`` None: nothing there yet; else why not).  ``work_dir`` holds an S3 download."""
+    source = str(location)
+    try:
+        if source.startswith("s3://"):
+            from search.storage.objects import download_files, read_manifest
+
+            manifest = read_manifest(source)
+            if manifest is None:
+                return Reuse(source)
+            reason = incompatibility(manifest, model=model, dtype=dtype, dimension=dimension)
+            if reason:
+                return Reuse(source, reason=reason)
+            folder = Path(work_dir)
+            shutil.rmtree(folder, ignore_errors=True)
+            names = [HASHES_NAME, EMBEDDINGS_NAME] + ([SCALES_NAME] if dtype == "int8" else [])
+            download_files(source, folder, names=names, manifest=manifest)
+            reuse = _open_local(folder, manifest, source, dtype)
+            reuse.cleanup.append(folder)
+            return reuse
+        folder = Path(source)
+        if not (folder / MANIFEST_NAME).is_file():
+            return Reuse(source, reason=None if not folder.exists() else "it holds no manifest.json")
+        manifest = read_json(folder / MANIFEST_NAME)
+        reason = incompatibility(manifest, model=model, dtype=dtype, dimension=dimension)
+        if reason:
+            return Reuse(source, reason=reason)
+        return _open_local(folder, manifest, source, dtype)
+    except (SearchError, OSError, ValueError, KeyError) as exc:
+        return Reuse(source, reason=f"it cannot be read ({exc})")
+
+
+def _open_local(folder: Path, manifest: dict, source: str, dtype: str) -> Reuse:
+    count = int(manifest["count"])
+    hashes = np.load(folder / HASHES_NAME, mmap_mode="r")
+    embeddings = np.load(folder / EMBEDDINGS_NAME, mmap_mode="r")
+    scales = np.load(folder / SCALES_NAME, mmap_mode="r") if dtype == "int8" else None
+    if hashes.shape != (count, 32) or embeddings.shape[0] != count or (scales is not None and len(scales) != count):
+        return Reuse(source, reason="its files do not match its manifest's count")
+    return Reuse(source, hashes=hashes, embeddings=embeddings, scales=scales)
+
+
+def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: HashColumn, options) -> dict:
+    """``embeddings.npy`` (+ ``scales.npy``) and ``text-hashes.npy`` for the rows in ``writer``:
+    rows whose text hash the reuse source knows are copied, the rest embedded.  Returns the
+    manifest's build record: how many rows were reused and how many embedded."""
+    from search.index.builder import quantize_int8
+
+    column = hashes.array()
+    count = len(column)
+    dim = encoder.dimension
+    np.save(tmp / HASHES_NAME, column)
+    target = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=options.dtype, shape=(count, dim))
+    scales = (
+        np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+        if options.dtype == "int8"
+        else None
+    )
+    reuse: Reuse | None = options.reuse if options.reuse is not None and options.reuse.usable else None
+    old = match_rows(np.asarray(reuse.hashes), column) if reuse is not None else np.full(count, -1, np.int64)
+    have = old >= 0
+    reused_rows = np.flatnonzero(have)
+    for start in range(0, len(reused_rows), COPY_BLOCK_ROWS):
+        rows = reused_rows[start : start + COPY_BLOCK_ROWS]
+        src = old[rows]
+        order = np.argsort(src, kind="stable")  # read the source in file order
+        target[rows[order]] = reuse.embeddings[src[order]]
+        if scales is not None:
+            scales[rows[order]] = reuse.scales[src[order]]
+    need = count - len(reused_rows)
+    if options.show_progress and reuse is not None:
+        print(
+            f"reusing {len(reused_rows)} vectors from {reuse.source}; embedding {need} new or changed texts",
+            file=sys.stderr,
+        )
+    progress = Progress("embedding", need, unit="docs", enabled=options.show_progress and need > 0)
+    texts = (spec.document_text(title, text) for row, (title, text) in enumerate(writer.iter_texts()) if not have[row])
+    rows = iter(np.flatnonzero(~have))
+    for row, vector in zip(rows, encoder.embed_stream(texts, workers=options.workers), strict=False):
+        if scales is not None:
+            target[row], scales[row] = quantize_int8(vector)
+        else:
+            target[row] = vector
+        progress.update()
+    progress.close()
+    target.flush()
+    del target
+    if scales is not None:
+        scales.flush()
+        del scales
+    return {
+        "reused": int(len(reused_rows)),
+        "embedded": int(need),
+        "reuse_source": reuse.source if reuse is not None else None,
+    }
