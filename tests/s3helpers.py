@@ -43,8 +43,8 @@ class Fault:
 
     kind: "status" (answer ``status`` with an S3 XML error ``code``), "truncate" (announce the full
     length, send half, drop the connection), "short" (send half with a matching length: a lying
-    cache), "flip" (invert one byte), "slow" (send in 16 KiB pieces, ``delay`` s apart).
-    ``times`` None = every time."""
+    cache), "flip" (invert one byte), "slow" (send in 16 KiB pieces, ``delay`` s apart), "hold" (answer
+    only once ``gate`` is set: the test decides when a transfer may finish).  ``times`` None = every time."""
 
     match: str
     kind: str = "status"
@@ -53,6 +53,7 @@ class Fault:
     times: int | None = None
     method: str = "GET"
     delay: float = 0.0
+    gate: threading.Event | None = None
 
 
 class S3Proxy:
@@ -146,6 +147,8 @@ class _Handler(BaseHTTPRequestHandler):
         conn.close()
         announced = len(data) if self.command != "HEAD" else int(resp.getheader("Content-Length") or 0)
         kind = fault.kind if fault is not None and resp.status < 300 and data else None
+        if kind == "hold" and fault.gate is not None and not fault.gate.wait(60):
+            raise RuntimeError("a held S3 answer was never released")  # the test forgot to set the gate
         if kind == "flip":
             data = bytearray(data)
             data[len(data) // 2] ^= 0xFF

@@ -22,13 +22,15 @@ QUERIES = ["chess", "space shooter", "puzzle with falling blocks", "card game", 
 
 
 @pytest.fixture(scope="session")
-def two_versions(tmp_path_factory, encoder, demo_records):
+def two_versions(tmp_path_factory, tiny_encoder, demo_records):
     """Two small indexes whose ids do not overlap: every answer tells which version gave it."""
     root = tmp_path_factory.mktemp("versions")
     out = {}
     for name, records in (("a", demo_records[:40]), ("b", demo_records[40:80])):
         corpus = write_jsonl(root / f"{name}.jsonl", [dict(r, id=f"{name}-{r['id']}") for r in records])
-        build_index(corpus, encoder, root / name, CorpusSpec(fields=("section",)), BuildOptions(show_progress=False))
+        build_index(
+            corpus, tiny_encoder, root / name, CorpusSpec(fields=("section",)), BuildOptions(show_progress=False)
+        )
         out[name] = root / name
     return out
 
@@ -42,7 +44,8 @@ def mapped_paths() -> str:
         return fh.read()
 
 
-def test_hot_swap_under_concurrent_queries(two_versions, bucket, moto_url, proxy, encoder, tmp_path):
+def test_hot_swap_under_concurrent_queries(two_versions, bucket, moto_url, proxy, tiny_encoder, tmp_path):
+    encoder = tiny_encoder
     uri = f"s3://{bucket}/live/"
     storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
     live = LiveIndex(
@@ -173,7 +176,8 @@ def test_bad_new_version_keeps_the_old_one_serving(two_versions, bucket, moto_ur
     assert live.maybe_refresh(force=True) is True and live.status()["error"] is None
 
 
-def test_local_folder_in_place_with_page_in_and_rebuild_swap(two_versions, encoder, tmp_path, demo_records):
+def test_local_folder_in_place_with_page_in_and_rebuild_swap(two_versions, tiny_encoder, tmp_path, demo_records):
+    encoder = tiny_encoder
     folder = tmp_path / "index"
     build_index(
         write_jsonl(tmp_path / "a.jsonl", [dict(r, id=f"a-{r['id']}") for r in demo_records[:20]]),
@@ -206,10 +210,18 @@ def test_background_refresh_does_not_block_the_caller(two_versions, bucket, moto
     live = LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url))
     live.load()
     storage.upload_folder(two_versions["b"], uri, endpoint_url=moto_url, show_progress=False)
-    proxy.add(Fault("embeddings.npy", kind="slow", delay=0.2))
-    started = time.monotonic()
-    assert live.maybe_refresh(force=True, wait=False) is False
-    assert time.monotonic() - started < 0.2 and live.version == version_of(two_versions["a"])
+    proxy.reset()
+    release = threading.Event()
+    proxy.add(Fault("embeddings.npy", kind="hold", gate=release))  # the new version cannot finish downloading
+    try:
+        assert live.maybe_refresh(force=True, wait=False) is False  # returned while the download is held
+        until = time.monotonic() + 30
+        while not proxy.calls("GET", "embeddings.npy") and time.monotonic() < until:
+            time.sleep(0.01)
+        assert proxy.calls("GET", "embeddings.npy"), "the background refresh never started its download"
+        assert live.version == version_of(two_versions["a"]) and live.current().version == live.version
+    finally:
+        release.set()
     until = time.monotonic() + 30
     while live.version != version_of(two_versions["b"]) and time.monotonic() < until:
         time.sleep(0.05)
