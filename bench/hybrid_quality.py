@@ -103,8 +103,8 @@ def name_task(searcher: Searcher, sample: int = NAME_SAMPLE, seed: int = SEED, p
                 if mode == "hybrid" and "exact" in hits[0]["signals"]:
                     exact_first += 1
         # the fused ranking alone, without the exact-name rule
-        candidates = _candidates(searcher, query)
-        fused = weighted_fuse(*candidates)
+        semantic, keyword, cosine, ideal = _candidates(searcher, query)
+        fused = weighted_fuse(semantic, keyword, cosine, ideal=ideal)
         if fused and ids[fused[0].row] == item_id:
             fused_first += 1
         if progress and n % 100 == 0:
@@ -258,12 +258,12 @@ def _candidates(searcher: Searcher, query: str):
     index = searcher.index
     vec = searcher.embed_query(query)
     semantic = index.search(vec, k=searcher.hybrid_candidates)
-    keyword = lexical_for(index).search(query, limit=searcher.hybrid_candidates)
+    keyword, ideal = lexical_for(index).ranked(query, limit=searcher.hybrid_candidates)
     cosine = {h.row: h.score for h in semantic}
     for h in keyword:
         if h.row not in cosine:
             cosine[h.row] = float(index.vector(h.row) @ vec)
-    return [h.row for h in semantic], [(h.row, h.score) for h in keyword], cosine
+    return [h.row for h in semantic], [(h.row, h.score) for h in keyword], cosine, ideal
 
 
 def rrf(lists: list[list[int]], k: int) -> list[int]:
@@ -275,21 +275,20 @@ def rrf(lists: list[list[int]], k: int) -> list[int]:
     return sorted(score, key=lambda r: (-score[r], r))
 
 
-def compare_fusion(
-    searcher: Searcher, queries: list[tuple[str, set[str]]], weights=(0.3, 0.4, 0.5, 0.6, 0.7, 0.85)
-) -> dict:
+def compare_fusion(searcher: Searcher, queries: list[tuple[str, set[str]]], weights=(0.25, 0.5, 0.75, 1.0)) -> dict:
     """MRR@10 of each side alone, RRF (k = 5, 20, 60) and the weighted sum for several semantic
-    weights, all from the same candidate lists and without the exact-name rule (so the fusion
+    keyword weights (coverage fusion, see search/hybrid.py), all from the same candidate lists and without the exact-name rule (so the fusion
     itself is compared)."""
     ids = _all_ids(searcher.index)
     rr = defaultdict(list)
     for query, good in queries:
-        semantic, keyword, cosine = _candidates(searcher, query)
+        semantic, keyword, cosine, ideal = _candidates(searcher, query)
         variants = {"semantic": semantic, "keyword": [r for r, _ in keyword]}
         for k in (5, 20, 60):
             variants[f"rrf_k{k}"] = rrf([semantic, [r for r, _ in keyword]], k)
         for w in weights:
-            variants[f"weighted_{w}"] = [f.row for f in weighted_fuse(semantic, keyword, cosine, semantic_weight=w)]
+            fused = weighted_fuse(semantic, keyword, cosine, ideal=ideal, keyword_weight=w)
+            variants[f"coverage_{w}"] = [f.row for f in fused]
         for name, rows in variants.items():
             rank = next((i for i, r in enumerate(rows[:TOP], 1) if ids[r] in good), None)
             rr[name].append(1.0 / rank if rank else 0.0)

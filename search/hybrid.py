@@ -2,24 +2,25 @@
 
 Each side proposes its own top N (SEARCH_HYBRID_CANDIDATES); every candidate gets
 
-    score = SEMANTIC_WEIGHT * cosine + (1 - SEMANTIC_WEIGHT) * bm25 / best_bm25
+    score = (cosine + KEYWORD_WEIGHT * coverage) / (1 + KEYWORD_WEIGHT)
 
 where cosine is the item's exact cosine with the query (computed for keyword-only candidates
-too) and bm25 / best_bm25 is its BM25 relative to this query's best keyword match (0 when the
-keyword side did not propose it).  Dividing by the best match calibrates BM25, whose scale
-moves with query length and word rarity, to (0, 1], the range cosine lives in for relevant
-items; a weak keyword match still ranks as the query's best match, but then semantic ranks
-decide among items it does not name.
+too) and coverage = min(1, bm25 / ideal): the item's BM25 over the query's ideal BM25 (an item
+of average length holding every scored query word once in each column, see
+keyword.LexicalIndex.ideal_score), 0 when the keyword side did not propose it.  Coverage says
+how much of the query, weighted by word rarity, an item holds, on the same scale for every
+query: one rare word out of a six-word sentence is a weak match even when it is the query's
+best, so meaning decides descriptive queries, while an item holding every word of a short
+keyword query gets the whole keyword weight.
 
-Chosen by measurement on the 64k Debian corpus (bench/hybrid_quality.py --compare-fusion):
-against reciprocal rank fusion (k = 5, 20, 60) and weights 0.3 to 0.85, this weighted sum
-with SEMANTIC_WEIGHT 0.6 was within 0.001 of the best on the known-item task (MRR@10 0.679 vs
-0.651 for RRF k=60, 0.664 for RRF k=5 and 0.563 for semantic alone) and close to the best on
-the name task without the exact-name rule (MRR@10 0.915 vs 0.761 for RRF k=60): RRF only sees
-ranks, so it cannot tell a keyword match on the item's name from one word in a paragraph.
+Chosen on the tuning sets only (eval/debian-tune.tsv, eval/npm-tune.tsv), against the weighted
+sum of BM25 relative to the best match (0.6/0.4, the previous default), min-max and z-score
+normalisation, reciprocal rank fusion and keyword evidence as a re-ranking signal; the table
+is in docs/decisions/2026-12-01-hybrid-coverage-fusion.md and the held-out figures in
+bench/results/README.md.
 
 An exact name match (the query is an item's id or title, ignoring case and punctuation, see
-lexical.name_key) comes before everything else with score 1.0; several exact matches keep
+keyword.name_key) comes before everything else with score 1.0; several exact matches keep
 their fused order among themselves, an id typed as it is before an id or a title as a name.
 """
 
@@ -28,20 +29,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-SEMANTIC_WEIGHT = 0.6  # the keyword side gets the rest (0.4)
-# A sentence ("a game where you grow crops with friends") is about meaning: there the best keyword
-# match is often one rare word in a paragraph, and relative BM25 would still hand it the full 0.4.
-# Queries of LONG_QUERY_WORDS words or more lean on meaning; names and keywords stay at 0.6.
-LONG_QUERY_WORDS = 4
-SEMANTIC_WEIGHT_LONG = 0.75
+KEYWORD_WEIGHT = 0.5  # a full keyword match is worth half a cosine of 1
 SEMANTIC = "semantic"
 KEYWORD = "keyword"
 EXACT = "exact"
-EXACT_SCORE = 1.0  # the highest a fused score can be (cosine 1 and the best keyword match)
+EXACT_SCORE = 1.0  # the highest a fused score can be (cosine 1 and full coverage)
 
 
-def semantic_weight_for(query: str) -> float:
-    return SEMANTIC_WEIGHT_LONG if len(query.split()) >= LONG_QUERY_WORDS else SEMANTIC_WEIGHT
+def coverage(bm25: float, ideal: float) -> float:
+    """How much of the query an item covers, 0..1 (see the module docstring)."""
+    return min(1.0, bm25 / ideal) if ideal > 0 else 0.0
 
 
 @dataclass
@@ -57,21 +54,21 @@ def weighted_fuse(
     cosine: Mapping[int, float],
     exact: Sequence[list[int]] = (),
     *,
-    semantic_weight: float = SEMANTIC_WEIGHT,
+    ideal: float,
+    keyword_weight: float = KEYWORD_WEIGHT,
 ) -> list[Fused]:
-    """Every candidate, best first (ties by lower row).  ``keyword`` is (row, bm25) best first;
-    ``cosine`` holds the cosine of every candidate of both sides; ``exact`` is
-    lexical.exact_matches' tiers of rows named by the query."""
-    best = keyword[0][1] if keyword else 1.0
-    relative = {row: bm25 / best for row, bm25 in keyword}
+    """Every candidate, best first (ties by lower row).  ``keyword`` is (row, bm25) best first and
+    ``ideal`` the query's ideal BM25; ``cosine`` holds the cosine of every candidate of both
+    sides; ``exact`` is keyword.exact_matches' tiers of rows named by the query."""
+    covered = {row: coverage(bm25, ideal) for row, bm25 in keyword}
     signals: dict[int, list[str]] = {}
     for row in semantic_rows:
         signals[row] = [SEMANTIC]
     for row, _ in keyword:
         signals.setdefault(row, []).append(KEYWORD)
+    scale = 1.0 + keyword_weight
     fused = [
-        Fused(row, semantic_weight * cosine[row] + (1 - semantic_weight) * relative.get(row, 0.0), sig)
-        for row, sig in signals.items()
+        Fused(row, (cosine[row] + keyword_weight * covered.get(row, 0.0)) / scale, sig) for row, sig in signals.items()
     ]
     fused.sort(key=lambda f: (-f.score, f.row))
     return promote_exact(fused, exact)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from search.errors import QueryError
-from search.hybrid import KEYWORD, SEMANTIC, Fused, promote_exact, semantic_weight_for, weighted_fuse
+from search.hybrid import KEYWORD, SEMANTIC, Fused, coverage, promote_exact, weighted_fuse
 from search.index.keyword import LexicalUnavailable, lexical_for
 from search.index.reader import Hit, SearchIndex
 from search.model.encoder import Encoder
@@ -122,8 +122,9 @@ class Searcher:
         """The ``k`` results after ``offset``, best first, each with the ``signals`` that found it.
 
         ``min_score`` drops results scoring below it, and what a score is depends on the mode:
-        semantic: cosine similarity (-1..1); keyword: BM25 relative to this query's best keyword
-        match (0..1]; hybrid: 0.6 x cosine + 0.4 x that relative BM25 (-0.6..1), see hybrid.py.
+        semantic: cosine similarity (-1..1); keyword: coverage, the item's BM25 over the query's
+        ideal BM25, capped at 1 (0..1]; hybrid: (cosine + 0.5 x coverage) / 1.5 (-0.67..1), see
+        hybrid.py.
         In keyword and hybrid mode an exact name match comes first with score 1.0."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}")
@@ -166,9 +167,8 @@ class Searcher:
         mask = index.filter_mask(filters)
         exact = _allowed(lexical.exact_matches(query), mask)
         need = offset + k
-        hits = lexical.search(query, limit=need + sum(map(len, exact)), mask=mask)
-        best = hits[0].score if hits else 1.0
-        fused = promote_exact([Fused(h.row, h.score / best, [KEYWORD]) for h in hits], exact)
+        hits, ideal = lexical.ranked(query, limit=need + sum(map(len, exact)), mask=mask)
+        fused = promote_exact([Fused(h.row, coverage(h.score, ideal), [KEYWORD]) for h in hits], exact)
         t1 = time.perf_counter()
         results = self._page(fused, offset, need, min_score, index)
         t2 = time.perf_counter()
@@ -187,7 +187,7 @@ class Searcher:
         t1 = time.perf_counter()
         semantic = index.search(vec, k=n, filters=filters)
         t2 = time.perf_counter()
-        exact, keyword, keyword_ms = keyword_side.result()
+        exact, keyword, ideal, keyword_ms = keyword_side.result()
         t3 = time.perf_counter()
         cosine = {h.row: h.score for h in semantic}
         missing = [h.row for h in keyword if h.row not in cosine]
@@ -198,7 +198,7 @@ class Searcher:
             [(h.row, h.score) for h in keyword],
             cosine,
             exact,
-            semantic_weight=semantic_weight_for(query),
+            ideal=ideal,
         )
         results = self._page(fused, offset, need, min_score, index)
         t4 = time.perf_counter()
@@ -288,8 +288,8 @@ def _keyword_side(lexical, index: SearchIndex, query: str, n: int, filters):
     t0 = time.perf_counter()
     mask = index.filter_mask(filters)
     exact = _allowed(lexical.exact_matches(query), mask)
-    keyword = lexical.search(query, limit=n, mask=mask)
-    return exact, keyword, _ms(time.perf_counter() - t0)
+    keyword, ideal = lexical.ranked(query, limit=n, mask=mask)
+    return exact, keyword, ideal, _ms(time.perf_counter() - t0)
 
 
 def _cosines(index: SearchIndex, rows: list[int], vec: np.ndarray) -> np.ndarray:

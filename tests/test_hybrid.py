@@ -13,10 +13,18 @@ from hypothesis import strategies as st
 from search.cli import main as cli_main
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
-from search.hybrid import weighted_fuse
+from search.hybrid import coverage, weighted_fuse
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
-from search.index.keyword import FTS_TABLE, lexical_for, match_expression, name_key, query_tokens, write_lexical_index
+from search.index.keyword import (
+    FTS_TABLE,
+    lexical_for,
+    match_expression,
+    name_key,
+    query_tokens,
+    stems,
+    write_lexical_index,
+)
 from search.index.reader import SearchIndex
 from search.searcher import Searcher
 from tests.conftest import DEMO_CORPUS, write_jsonl
@@ -55,7 +63,7 @@ FTS_SYNTAX = [
 @pytest.fixture(scope="module")
 def given_index(tmp_path_factory):
     """A small index from the demo records with random vectors: keyword side only needs the text."""
-    records = [json.loads(line) for line in open(DEMO_CORPUS, encoding="utf-8")][:300]
+    records = [json.loads(line) for line in DEMO_CORPUS.read_text(encoding="utf-8").splitlines()][:300]
     folder = tmp_path_factory.mktemp("given")
     corpus = write_jsonl(folder / "c.jsonl", records)
     vectors = np.random.default_rng(3).standard_normal((len(records), 8)).astype(np.float32)
@@ -114,14 +122,18 @@ def test_build_writes_the_keyword_index_and_the_manifest_lists_it(given_index):
     lexical = index.manifest["lexical"]
     assert lexical["engine"] == "sqlite-fts5" and lexical["file"] == "metadata.sqlite"
     assert lexical["columns"] == ["id", "title", "text"]
-    assert lexical["weights"][0] > lexical["weights"][2] and lexical["weights"][1] > lexical["weights"][2]
+    assert lexical["format"] == 2 and lexical["tokenizer"].startswith("porter ")
+    assert len(lexical["weights"]) == 3 and all(w > 0 for w in lexical["weights"])
+    assert lexical["avg_tokens"] > 1 and lexical["common_docs"] >= 1000
     metadata_file = index.path / "metadata.sqlite"
     assert index.manifest["files"]["metadata.sqlite"]["sha256"] == sha256_file(metadata_file)
     conn = sqlite3.connect(metadata_file)
     indexed = conn.execute(f"SELECT count(*) FROM {lexical['table']}").fetchone()[0]
     matched = conn.execute(f"SELECT rowid FROM {lexical['table']} WHERE {lexical['table']} MATCH '\"0ad\"'").fetchall()
+    (chess_docs,) = conn.execute(f"SELECT docs FROM {lexical['terms_table']} WHERE term = 'chess'").fetchone()
     conn.close()
     assert indexed == len(records)
+    assert chess_docs == sum("chess" in name_key(f"{r['id']} {r['title']} {r['text']}").split() for r in records)
     assert {records[r]["id"] for (r,) in matched} >= {"0ad", "0ad-data", "0ad-data-common"}
 
 
@@ -149,10 +161,10 @@ def test_fts_syntax_characters_are_plain_text(given_index, text):
     index, records = given_index
     lexical = lexical_for(index)
     hits = lexical.search(text, limit=10)
-    words = set(query_tokens(text))
-    for hit in hits:  # every hit holds one of the words as a word
+    words = set(stems(query_tokens(text)))
+    for hit in hits:  # every hit holds one of the words as a word (or another form of it)
         rec = records[hit.row]
-        assert words & set(name_key(f"{rec['id']} {rec['title']} {rec['text']}").split())
+        assert words & set(stems(name_key(f"{rec['id']} {rec['title']} {rec['text']}").split()))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -193,7 +205,10 @@ def test_common_words_only_add_to_items_that_hold_a_rare_word(tmp_path):
     index = SearchIndex.open(tmp_path / "index")
     try:
         lexical = lexical_for(index)
-        assert lexical.match_for("common every") is None and lexical.search("common every", limit=5) == []
+        # only common words: the least common decides within the budget, "every" (all items) does not
+        assert lexical.match_for("common every") == '"common"'
+        assert len(lexical.search("common every", limit=2000)) == 1100
+        assert lexical.match_for("every") is None and lexical.search("every", limit=5) == []
         assert lexical.match_for("Rare every common") == '("rare") AND ("common" OR "rare")'
         assert [h.row for h in lexical.search("rare common", limit=10)] == [5000, 0, 400]
         lexical.anchor_common = False
@@ -223,14 +238,56 @@ def test_an_id_typed_as_it_is_beats_a_name_that_only_reads_the_same(demo):
     assert demo.search("xgalaga", k=2).hits[0]["id"] == "xgalaga"
 
 
-def test_fusion_weighs_cosine_and_relative_bm25_and_promotes_exact_matches():
+def test_stemming_matches_other_forms_of_a_word(tmp_path):
+    records = [
+        {"id": "a", "title": "A", "text": "password hashing for web apps"},
+        {"id": "b", "title": "B", "text": "a colour picker"},
+    ]
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    vectors = np.eye(2, 4, dtype=np.float32)
+    build_index(corpus, GivenVectors(vectors), tmp_path / "index", CorpusSpec(), BuildOptions(show_progress=False))
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        assert stems(["hashing", "passwords", "Colours"]) == ["hash", "password", "colour"]
+        assert [h.row for h in lexical_for(index).search("hash passwords", limit=5)] == [0]
+    finally:
+        index.close()
+
+
+def test_coverage_is_the_share_of_the_ideal_score(tmp_path):
+    # 40 items of the same length; "alpha" and "beta" each in 4 of them, both in item 0 (in the text)
+    records = [
+        {
+            "id": f"i{i}",
+            "title": f"T{i}",
+            "text": " ".join(["alpha" if i in (0, 1, 2, 3) else "x", "beta" if i in (0, 4, 5, 6) else "y", "z"]),
+        }
+        for i in range(40)
+    ]
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    vectors = np.random.default_rng(2).standard_normal((40, 4)).astype(np.float32)
+    build_index(corpus, GivenVectors(vectors), tmp_path / "index", CorpusSpec(), BuildOptions(show_progress=False))
+    index = SearchIndex.open(tmp_path / "index")
+    try:
+        lexical = lexical_for(index)
+        hits, ideal = lexical.ranked("alpha beta", limit=10)
+        share = {h.row: coverage(h.score, ideal) for h in hits}
+        assert hits[0].row == 0 and len(hits) == 7
+        # item 0 holds both words once in one column of weight 2 (the ideal: once in every column)
+        assert 0.5 < share[0] < 1.0 and share[1] == pytest.approx(share[0] / 2)
+        assert all(share[r] == pytest.approx(share[1]) for r in (2, 3, 4, 5, 6))
+    finally:
+        index.close()
+
+
+def test_fusion_weighs_cosine_and_coverage_and_promotes_exact_matches():
     cosine = {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.2}
-    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine)
-    assert [f.row for f in fused] == [3, 1, 2, 4]  # 0.6*.6+.4*1 = .76 > .54 > .30 > .12+.1
+    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ideal=8.0, keyword_weight=0.5)
+    assert [f.row for f in fused] == [3, 1, 2, 4]  # (.6+.5)/1.5 = .733 > .6 > .333 > (.2+.125)/1.5
     assert fused[0].signals == ["semantic", "keyword"] and fused[3].signals == ["keyword"]
-    assert fused[0].score == pytest.approx(0.76) and fused[3].score == pytest.approx(0.22)
-    assert [f.row for f in weighted_fuse([1, 2, 3], [], cosine)] == [1, 3, 2]  # no keywords: cosine order
-    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ([], [9], [2, 4]))
+    assert fused[0].score == pytest.approx(1.1 / 1.5) and fused[3].score == pytest.approx(0.325 / 1.5)
+    assert [f.row for f in weighted_fuse([1, 2, 3], [], cosine, ideal=1.0)] == [1, 3, 2]  # cosine order
+    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ([], [9], [2, 4]), ideal=8.0)
     assert [f.row for f in fused] == [9, 2, 4, 3, 1] and fused[0].signals == ["exact"]
     assert fused[1].signals == ["exact", "semantic"] and {f.score for f in fused[:3]} == {1.0}
 

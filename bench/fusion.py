@@ -1,0 +1,195 @@
+"""Compare fusion functions on a judged query set, offline: each side's candidates are fetched
+once per query, then every fusion ranks the same candidates.  This is how the hybrid fusion was
+chosen (docs/decisions/2026-12-01-hybrid-coverage-fusion.md); run it on TUNING sets only.
+
+    python -m bench.fusion --index build/tune/npm --queries eval/npm-tune.tsv [--weights 1,1,2]
+
+Prints MRR@10 per kind for every fusion.  ``--weights`` overrides the keyword column weights at
+query time (FTS5 takes them per query), so field weights can be compared without a rebuild.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from search.hybrid import coverage, promote_exact, weighted_fuse
+from search.index.keyword import lexical_for
+from search.index.reader import SearchIndex
+from search.model.encoder import Encoder
+from search.searcher import _cosines
+
+CANDIDATES = 100
+
+
+@dataclass
+class Candidates:
+    kind: str
+    accepted: set[str]
+    semantic: list[tuple[int, float]]  # (row, cosine) best first
+    keyword: list[tuple[int, float]]  # (row, bm25) best first
+    ideal: float
+    cosine: dict[int, float]
+    exact: tuple[list[int], list[int], list[int]]
+    words: int
+
+
+def read_queries(path: Path) -> list[tuple[str, set[str], str]]:
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        out.append(
+            (parts[0], {a.strip() for a in parts[1].split(",") if a.strip()}, parts[2] if len(parts) > 2 else "")
+        )
+    return out
+
+
+def gather(index: SearchIndex, encoder: Encoder, queries, weights: tuple[float, ...] | None) -> list[Candidates]:
+    lexical = lexical_for(index)
+    if weights:
+        marks = ", ".join(repr(w) for w in weights)
+        t = lexical.table
+        lexical._sql = (
+            f"SELECT rowid, -bm25({t}, {marks}) FROM {t} WHERE {t} MATCH ? ORDER BY bm25({t}, {marks}), rowid"
+        )
+        lexical._sql_top = lexical._sql + " LIMIT ?"
+        lexical.weights = weights
+        freq = sum(weights)
+        lexical._ideal_tf = freq * 2.2 / (freq + 1.2)
+    out = []
+    for text, accepted, kind in queries:
+        vec = encoder.embed_query(text)
+        semantic = [(h.row, h.score) for h in index.search(vec, k=CANDIDATES)]
+        hits, ideal = lexical.ranked(text, limit=CANDIDATES)
+        keyword = [(h.row, h.score) for h in hits]
+        cosine = dict(semantic)
+        missing = [r for r, _ in keyword if r not in cosine]
+        if missing:
+            cosine.update(zip(missing, _cosines(index, missing, vec).tolist(), strict=True))
+        accepted_rows = {index.metadata.row_of(a) for a in accepted} - {None}
+        out.append(
+            Candidates(
+                kind, accepted_rows, semantic, keyword, ideal, cosine, lexical.exact_matches(text), len(text.split())
+            )
+        )
+    return out
+
+
+def _ranked(scores: dict[int, float], c: Candidates) -> list[int]:
+    from search.hybrid import Fused
+
+    fused = sorted((Fused(r, s, []) for r, s in scores.items()), key=lambda f: (-f.score, f.row))
+    return [f.row for f in promote_exact(fused, c.exact)]
+
+
+def _norm(values: dict[int, float], how: str) -> dict[int, float]:
+    if not values:
+        return {}
+    v = list(values.values())
+    if how == "minmax":
+        lo, hi = min(v), max(v)
+        return {r: (x - lo) / (hi - lo) if hi > lo else 1.0 for r, x in values.items()}
+    mu, sd = statistics.fmean(v), statistics.pstdev(v) or 1.0
+    return {r: (x - mu) / sd for r, x in values.items()}
+
+
+def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
+    f: dict[str, Callable[[Candidates], list[int]]] = {
+        "semantic": lambda c: [r for r, _ in c.semantic],
+        "keyword": lambda c: _ranked({r: s for r, s in c.keyword}, c),
+    }
+
+    def old(c: Candidates) -> list[int]:  # the previous default: 0.6 cos + 0.4 bm25/best (0.75 for 4+ words)
+        best = c.keyword[0][1] if c.keyword else 1.0
+        rel = {r: s / best for r, s in c.keyword}
+        w = 0.6
+        rows = {r for r, _ in c.semantic} | set(rel)
+        return _ranked({r: w * c.cosine[r] + (1 - w) * rel.get(r, 0.0) for r in rows}, c)
+
+    f["old relative 0.6/0.4"] = old
+    for w in (0.25, 0.35, 0.5, 0.75, 1.0):
+        f[f"coverage w={w}"] = lambda c, w=w: [
+            x.row
+            for x in weighted_fuse(
+                [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=w
+            )
+        ]
+    for how in ("minmax", "zscore"):
+        for alpha in (0.3, 0.5):
+
+            def norm(c: Candidates, how=how, alpha=alpha) -> list[int]:
+                sem = _norm(dict(c.semantic), how)
+                kw = _norm(dict(c.keyword), how)
+                floor_s = min(sem.values(), default=0.0)
+                floor_k = min(kw.values(), default=0.0)
+                rows = set(sem) | set(kw)
+                return _ranked({r: (1 - alpha) * sem.get(r, floor_s) + alpha * kw.get(r, floor_k) for r in rows}, c)
+
+            f[f"{how} alpha={alpha}"] = norm
+
+    def rrf(c: Candidates, k: int = 60) -> list[int]:
+        scores: dict[int, float] = defaultdict(float)
+        for lst in (c.semantic, c.keyword):
+            for i, (r, _) in enumerate(lst):
+                scores[r] += 1 / (k + i + 1)
+        return _ranked(dict(scores), c)
+
+    f["rrf k=60"] = rrf
+    for short_w, long_w in ((0.5, 0.25), (0.75, 0.35), (1.0, 0.35), (1.0, 0.5)):
+        f[f"coverage w={short_w}/{long_w} (4+ words)"] = lambda c, a=short_w, b=long_w: [
+            x.row
+            for x in weighted_fuse(
+                [r for r, _ in c.semantic],
+                c.keyword,
+                c.cosine,
+                c.exact,
+                ideal=c.ideal,
+                keyword_weight=a if c.words < 4 else b,
+            )
+        ]
+
+    def rerank(c: Candidates, w: float = 0.5) -> list[int]:  # keyword evidence only inside semantic candidates
+        cov = {r: coverage(s, c.ideal) for r, s in c.keyword}
+        return _ranked({r: cos + w * cov.get(r, 0.0) for r, cos in c.semantic}, c)
+
+    f["rerank-only w=0.5"] = rerank
+    return f
+
+
+def mrr(ranked: list[int], accepted: set[int], k: int = 10) -> float:
+    for i, r in enumerate(ranked[:k]):
+        if r in accepted:
+            return 1.0 / (i + 1)
+    return 0.0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fusion", description=__doc__.split("\n\n")[0])
+    p.add_argument("--index", type=Path, required=True)
+    p.add_argument("--queries", type=Path, action="append", required=True)
+    p.add_argument("--model", type=Path, default=Path("build/model"))
+    p.add_argument("--weights", help="keyword column weights id,title,text (query time)")
+    args = p.parse_args()
+    encoder = Encoder.load(args.model, threads=1)
+    index = SearchIndex.open(args.index)
+    weights = tuple(float(w) for w in args.weights.split(",")) if args.weights else None
+    cands = [c for q in args.queries for c in gather(index, encoder, read_queries(q), weights)]
+    kinds = sorted({c.kind for c in cands})
+    print(f"{'fusion':24s} {'all':>6s} " + " ".join(f"{k[:11]:>11s}" for k in kinds))
+    for name, fn in fusions().items():
+        per: dict[str, list[float]] = defaultdict(list)
+        for c in cands:
+            per[c.kind].append(mrr(fn(c), c.accepted))
+        overall = statistics.fmean(x for v in per.values() for x in v)
+        print(f"{name:24s} {overall:6.3f} " + " ".join(f"{statistics.fmean(per[k]):11.3f}" for k in kinds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
