@@ -1,0 +1,119 @@
+"""One shard of a build: the records of shard I of N (records.shard_of) and their vectors.
+
+    shard folder/
+      manifest.json      format search-shard/1, shard I of N, corpus sha256, spec, model, dtype, files
+      records.sqlite     the shard's records (the metadata schema; ``row`` is the corpus line)
+      text-hashes.npy    (count, 32) uint8, sha256 of each embedded text, in line order
+      embeddings.npy     (count, dimension) stored vectors, in line order (+ scales.npy for int8)
+
+``search merge`` puts shards back in corpus order (by line) and finishes the index exactly as a
+single build does (builder.finish_index), so the result is byte-identical to one.  Every shard
+reads the whole corpus (to find its records and the file's sha256); only its own records are
+embedded.  A shard folder is also a reuse source for the next build of the same shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from search.errors import CorpusError, IndexBuildError
+from search.fileutil import describe_files, read_json, write_json_atomic
+from search.index.builder import BuildOptions, corpus_name, ingest, model_info
+from search.index.corpus import CorpusSpec, ReadStats, read_corpus
+from search.index.metadata import MetadataWriter
+from search.index.reader import DTYPES, MANIFEST_NAME
+from search.index.reuse import write_vectors
+
+SHARD_FORMAT = "search-shard/1"
+RECORDS_NAME = "records.sqlite"
+
+
+def build_shard(
+    corpus: str | Path, encoder, out: str | Path, spec: CorpusSpec, options: BuildOptions, shard: tuple[int, int]
+) -> dict:
+    """Write shard ``shard = (I, N)`` of ``corpus`` to the folder ``out``; returns its manifest."""
+    if options.dtype not in DTYPES:
+        raise IndexBuildError(f"dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
+    out = Path(out)
+    check_shard_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
+    tmp.mkdir()
+    try:
+        manifest = _build_shard_into(corpus, encoder, tmp, spec, options, shard)
+        check_shard_target(out)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_shard_target(out: Path) -> None:
+    """A shard may replace nothing, an empty folder or an earlier shard folder; anything else is refused."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise IndexBuildError(f"--out {out} is not a folder; give the shard its own folder")
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            fmt = str(read_json(out / MANIFEST_NAME).get("format", ""))
+        except (OSError, ValueError):
+            fmt = ""
+        if not fmt.startswith("search-shard/"):
+            raise IndexBuildError(f"--out {out} holds something other than a shard; give the shard its own folder")
+
+
+def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions, shard) -> dict:
+    started = time.monotonic()
+    index, count_of = shard
+    stats = ReadStats()
+    digest = hashlib.sha256()
+    writer = MetadataWriter(tmp / RECORDS_NAME)
+    records = read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats, shard=shard, digest=digest)
+    hashes = ingest(records, writer, encoder, spec, options, key=lambda n, record: record.line)
+    try:
+        build = write_vectors(tmp, encoder, writer, spec, hashes, options)
+    finally:
+        writer.close()
+    names = sorted(p.name for p in tmp.iterdir())
+    files = describe_files(tmp, names)
+    version = hashlib.sha256("".join(files[n]["sha256"] for n in names).encode()).hexdigest()[:16]
+    manifest = {
+        "format": SHARD_FORMAT,
+        "version": version,
+        "shard": {"index": index, "count": count_of},
+        "count": len(hashes),
+        "dimension": encoder.dimension,
+        "dtype": options.dtype,
+        "model": model_info(encoder),
+        "spec": asdict(spec),
+        "corpus": {
+            "file": corpus_name(corpus),
+            "sha256": digest.hexdigest(),
+            "skipped": stats.skipped,
+            "first_errors": stats.first_errors,
+        },
+        "files": files,
+        "build": dict(build, skip_bad=options.skip_bad),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    write_json_atomic(tmp / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def check_no_records(manifests: list[dict], where: str) -> None:
+    if sum(int(m["count"]) for m in manifests) == 0:
+        raise CorpusError("no usable records", path=where)
