@@ -13,6 +13,7 @@ Figures (``--only`` takes a comma list; default: all):
   hybrid   semantic vs keyword vs hybrid figures (bench/hybrid_quality.py)
   heldout  the judged query sets under eval/: PyTorch, int8 semantic, keyword, bm25s, hybrid
            (bench/heldout.py; BENCH_HELDOUT_SETS=a,b selects sets)
+  package  the zip variant's parts, unzipped and zipped, as `sam build` / `sam package` make them
 
 Needs build/model (`make model`); builds and caches build/bench/debian-64k (and -text), the fp32
 export build/bench/model-fp32 and synthetic vectors under build/bench/ on first use.
@@ -31,11 +32,24 @@ from datetime import UTC, datetime
 
 from bench.common import RESULTS, ROOT, log
 
-ORDER = ("embed", "request", "cold", "scale", "build", "load", "pagein", "quality", "profile", "hybrid", "heldout")
+ORDER = (
+    "embed",
+    "request",
+    "cold",
+    "scale",
+    "build",
+    "load",
+    "pagein",
+    "quality",
+    "profile",
+    "hybrid",
+    "heldout",
+    "package",
+)
 
 
 def _figures() -> dict:
-    from bench import embed, quality, request, scale, system
+    from bench import embed, package, quality, request, scale, system
 
     def hybrid(quick: bool) -> dict:
         from bench import hybrid_quality
@@ -63,6 +77,7 @@ def _figures() -> dict:
         "profile": request.measure_profile,
         "hybrid": hybrid,
         "heldout": heldout,
+        "package": package.measure,
     }
 
 

@@ -152,6 +152,18 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             None,
             "python -m bench --only load",
         )
+    if "package.total_unzipped_mib" in r:
+        parts = ", ".join(
+            f"{name.replace('_', ' ')} {g(f'package.{name}.unzipped_mib')} MiB ({g(f'package.{name}.zipped_mib')} zipped)"
+            for name in ("function", "runtime_layer", "model_layer")
+        )
+        add(
+            "zip variant package (sam build + sam package): function and layers unzipped together",
+            f"**{g('package.total_unzipped_mib')} MiB** of {g('package.limit_unzipped_mib')} MiB: {parts}",
+            "≤ Lambda's 250 MB unzipped",
+            g("package.total_unzipped_mib") <= g("package.limit_unzipped_mib"),
+            "python -m bench --only package",
+        )
     if "pagein.ms" in r:
         add(
             "page-in: SearchIndex.page_in() on the 64k index, files dropped from the page cache",

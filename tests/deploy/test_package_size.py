@@ -3,8 +3,8 @@
 `sam build --config-env zip` runs the recipes (layers/*/Makefile, deploy/zip/Makefile) the way a
 user's build does; `sam package` then zips and uploads the parts to S3 -- here moto's S3 server
 on 127.0.0.1, so no AWS account is involved.  Lambda counts the function and all its layers
-unzipped together (at most 262,144,000 bytes); each part's size is printed and written to
-build/sam-zip/sizes.json for the README.
+unzipped together (at most 262,144,000 bytes).  These are the limits; the sizes themselves are
+a benchmark figure: `python -m bench --only package` (bench/package.py).
 """
 
 from __future__ import annotations
@@ -61,29 +61,15 @@ def tree_size(folder: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in files), len(files)
 
 
-def test_zip_variant_fits_lambdas_unzipped_limit(built, capsys):
-    tr = taskroot()
-    sizes = {}
-    for name, logical_id in PARTS.items():
-        size, count = tree_size(built / logical_id)
-        sizes[name] = {"unzipped_bytes": size, "files": count}
+def test_zip_variant_fits_lambdas_unzipped_limit(built):
     # Each part holds what its mount point expects: /var/task, /opt/python, /opt/model.
-    assert (built / "SearchZipFunction" / "handler.py").is_file() and not (
-        built / "SearchZipFunction" / "numpy"
-    ).exists()
+    assert (built / "SearchZipFunction" / "handler.py").is_file()
+    assert not (built / "SearchZipFunction" / "numpy").exists()
     assert {p.name for p in (built / "RuntimeLayer").iterdir()} == {"python"}
     assert {p.name for p in (built / "ModelLayer").iterdir()} == {"model"}
-    total = sum(s["unzipped_bytes"] for s in sizes.values())
-    sizes["total_unzipped_bytes"], sizes["limit_unzipped_bytes"] = total, tr.LAMBDA_UNZIPPED_LIMIT
-    (built / "sizes.json").write_text(json.dumps(sizes, indent=2) + "\n")
-    with capsys.disabled():
-        print()
-        for name in PARTS:
-            print(
-                f"  {name:14s} {sizes[name]['unzipped_bytes'] / 2**20:7.1f} MiB unzipped, {sizes[name]['files']:5d} files"
-            )
-        print(f"  {'total':14s} {total / 2**20:7.1f} MiB of Lambda's {tr.LAMBDA_UNZIPPED_LIMIT / 2**20:.0f} MiB")
-    assert total <= tr.LAMBDA_UNZIPPED_LIMIT, f"{total / 2**20:.1f} MiB unzipped is over Lambda's limit"
+    total = sum(tree_size(built / logical_id)[0] for logical_id in PARTS.values())
+    limit = taskroot().LAMBDA_UNZIPPED_LIMIT
+    assert total <= limit, f"{total / 2**20:.1f} MiB unzipped is over Lambda's {limit / 2**20:.0f} MiB"
 
 
 def test_runtime_layer_is_pruned_and_compiled(built):
@@ -103,7 +89,7 @@ def test_runtime_layer_is_pruned_and_compiled(built):
         assert stamp["versions"][tr.normalize(name)] == version, line
 
 
-def test_sam_package_uploads_the_three_parts(built, sam_env, tmp_path, capsys):
+def test_sam_package_uploads_the_three_parts(built, sam_env, tmp_path):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -144,10 +130,3 @@ def test_sam_package_uploads_the_three_parts(built, sam_env, tmp_path, capsys):
     keys = {name: uri.removeprefix("s3://artifacts/") for name, uri in uris.items()}
     assert set(keys.values()) <= set(objects), (keys, objects)
     assert packaged["SearchImageFunction"]["Properties"]["ImageUri"] == {"Ref": "PrebuiltImageUri"}
-    with capsys.disabled():
-        print()
-        for name, key in keys.items():
-            print(f"  {name:14s} {objects[key] / 2**20:7.1f} MiB zipped (as uploaded by sam package)")
-    sizes = json.loads((built / "sizes.json").read_text()) if (built / "sizes.json").exists() else {}
-    sizes["zipped_bytes"] = {name: objects[key] for name, key in keys.items()}
-    (built / "sizes.json").write_text(json.dumps(sizes, indent=2) + "\n")
