@@ -1,6 +1,9 @@
 """Read a corpus (JSON Lines or CSV, optionally gzipped) into validated records.
 
-Every problem names the file and the line, so a user can open the file and fix it.
+Every problem names the file and the line, so a user can open the file and fix it.  Lines are
+read as bytes with a size limit and decoded one by one (lines.py): a record over
+``max_record_bytes``, a line that is not UTF-8 and a ``"\ud800"`` escape are problems of their
+line, skipped under ``skip_bad``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search.errors import CorpusError
+from search.errors import CorpusError, StorageError
+from search.index.lines import MAX_RECORD_BYTES, LineError, csv_rows, jsonl_rows, unpaired_surrogate
 from search.index.records import shard_of
 
 FORMATS = ("jsonl", "csv")
@@ -90,7 +94,7 @@ def _open_raw(path: Path | str):
     return open(path, "rb")
 
 
-def _open_text(path: Path | str, digest=None) -> io.TextIOBase:
+def _open_binary(path: Path | str, digest=None):
     raw = _open_raw(path)
     if digest is not None:
         raw = _Digesting(raw, digest)
@@ -98,8 +102,12 @@ def _open_text(path: Path | str, digest=None) -> io.TextIOBase:
     if _name(path).lower().endswith(".gz"):
         unzipped = gzip.GzipFile(fileobj=buffered, mode="rb")
         unzipped.myfileobj = buffered  # closed with it (as gzip.open does for a file name)
-        return io.TextIOWrapper(unzipped, encoding="utf-8", newline="")
-    return io.TextIOWrapper(buffered, encoding="utf-8", newline="")
+        return unzipped
+    return buffered
+
+
+def _open_text(path: Path | str, digest=None) -> io.TextIOBase:
+    return io.TextIOWrapper(_open_binary(path, digest), encoding="utf-8", newline="")
 
 
 def is_s3(path) -> bool:
@@ -110,26 +118,12 @@ def _name(path: Path | str) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1] if is_s3(path) else Path(path).name
 
 
-def _raw_rows(path: Path | str, fmt: str, digest=None) -> Iterator[tuple[int, dict | None, str | None]]:
+def _raw_rows(
+    path: Path | str, fmt: str, digest=None, max_record_bytes: int = MAX_RECORD_BYTES
+) -> Iterator[tuple[int, dict | None, str | None]]:
     """(line number, row or None, problem or None); line numbers are 1-based physical lines."""
-    with _open_text(path, digest) as fh:
-        if fmt == "jsonl":
-            for number, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield number, None, f"broken JSON ({exc.msg} at column {exc.colno})"
-                    continue
-                if not isinstance(row, dict):
-                    yield number, None, "line is not a JSON object"
-                    continue
-                yield number, row, None
-        else:
-            reader = csv.DictReader(fh)
-            for row in reader:
-                yield reader.line_num, row, None
+    with _open_binary(path, digest) as fh:
+        yield from (jsonl_rows if fmt == "jsonl" else csv_rows)(fh, max_record_bytes)
 
 
 def _as_text(value) -> str:
@@ -146,6 +140,7 @@ def read_corpus(
     *,
     skip_bad: bool = False,
     stats: ReadStats | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
     shard: tuple[int, int] | None = None,
     digest=None,
 ) -> Iterator[Record]:
@@ -154,6 +149,8 @@ def read_corpus(
     ``path`` may be ``s3://bucket/key``.  ``shard=(I, N)`` keeps the records whose id falls in
     shard I (records.shard_of); a bad record without an id is counted by shard ``line % N``.
     ``digest`` (a hashlib object) is fed the file's bytes as they are read."""
+    if is_s3(path) and not str(path)[len("s3://") :].partition("/")[2].strip("/"):
+        raise StorageError("names a bucket, not an object", uri=str(path))
     if not is_s3(path):
         path = Path(path)
         if not path.is_file():
@@ -162,7 +159,7 @@ def read_corpus(
     seen: set[str] = set()
     index, count = shard if shard is not None else (0, 1)
     try:
-        for number, row, problem in _raw_rows(path, detect_format(path), digest):
+        for number, row, problem in _raw_rows(path, detect_format(path), digest, max_record_bytes):
             if problem is None:
                 record_id = _as_text(row.get(spec.id_field)).strip()
                 if count > 1 and record_id and shard_of(record_id, count) != index:
@@ -175,6 +172,15 @@ def read_corpus(
                     problem = f"duplicate id {record_id!r}"
                 elif not (text or (spec.embed_title and title)):
                     problem = f"empty text field {spec.text_field!r}"
+            if problem is None:
+                problem = unpaired_surrogate(
+                    {
+                        spec.id_field: record_id,
+                        spec.title_field or "title": title,
+                        spec.text_field: text,
+                        **{name: _as_text(row.get(name)) for name in spec.fields},
+                    }
+                )
             if problem is not None:
                 if not skip_bad:
                     raise CorpusError(problem, path=str(path), line=number)
@@ -193,8 +199,8 @@ def read_corpus(
                 text=text,
                 fields={name: _as_text(row.get(name)) for name in spec.fields},
             )
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"not UTF-8 text ({exc.reason})", path=str(path)) from None
+    except LineError as exc:
+        raise CorpusError(exc.problem, path=str(path), line=exc.number) from None
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise CorpusError(f"cannot read ({exc})", path=str(path)) from None
     except csv.Error as exc:
