@@ -57,9 +57,7 @@ def build(args, tmp: Path) -> dict:
     quantization = None
     if args.quantize == "int8":
         step(
-            3,
-            "quantising weights to int8 (per channel, 7-bit range; FFN down-projections "
-            "of the first half of the layers 8-bit per block of 32)",
+            3, "quantising weights to int8 (every MatMul 8-bit per block of 32 with int8 products; token table per row)"
         )
         quantization = quantize_int8(fp32_path, tmp / MODEL_FILE, INT8_SETTINGS)
         fp32_path.unlink()
@@ -125,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quantize",
         choices=("int8", "none"),
         default="int8",
-        help="int8: dynamic int8 weights, smaller and faster (default); none: fp32 weights",
+        help="int8: 8-bit block-quantised weights, int8 products, smaller and faster (default); none: fp32 weights",
     )
     p.add_argument(
         "--max-seq-length",

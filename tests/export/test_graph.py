@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from export import graph as export_graph
@@ -225,31 +226,59 @@ def test_projections_of_different_widths_are_left_alone():
     assert [n.op_type for n in model.graph.node].count("MatMul") == 4
 
 
-def test_blockwise_quantisation_rewrites_only_the_named_products(tmp_path):
-    """export.quantize.quantize_blockwise: the named MatMul becomes MatMulNBits; a second MatMul with
-    constant weights stays fp32 (the quantizer would take every MatMul without the exclusion)."""
+def _attrs(node) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_int8_makes_every_constant_matmul_blockwise_and_keeps_the_outputs_close(tmp_path):
+    """export.quantize.quantize_int8 on a token table and three products: the two with constant
+    weights become MatMulNBits (8 bits, blocks of 32, int8 products), the product of two activations
+    stays fp32, the token table is stored int8 per row, and the output stays close to the fp32 graph's."""
     rng = np.random.default_rng(3)
-    w1 = numpy_helper.from_array(rng.normal(size=(64, 96)).astype(np.float32), "w1")
-    w2 = numpy_helper.from_array(rng.normal(size=(96, 32)).astype(np.float32), "w2")
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(500, 64)).astype(np.float32), "table"),
+        numpy_helper.from_array(rng.normal(size=(64, 96)).astype(np.float32) / 8, "w1"),
+        numpy_helper.from_array(rng.normal(size=(96, 32)).astype(np.float32) / 10, "w2"),
+    ]
     graph = helper.make_graph(
         [
+            helper.make_node("Gather", ["table", "input_ids"], ["x"], name="embed"),
             helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"),
             helper.make_node("MatMul", ["h", "w2"], ["y"], name="second"),
+            helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1], name="transpose"),
+            helper.make_node("MatMul", ["y", "yt"], ["scores"], name="activations"),
         ],
-        "two",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
-        [w1, w2],
+        "products",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, [None, None, None])],
+        inits,
     )
-    path = tmp_path / "two.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
-    x = rng.normal(size=(5, 64)).astype(np.float32)
-    before = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    ids = rng.integers(0, 500, size=(2, 7), dtype=np.int64)
+    before = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
 
-    quantize.quantize_blockwise(path, ["first"], quantize.INT8_SETTINGS["excluded_as"])
+    record = quantize.quantize_int8(src, dst)
 
-    nodes = {n.name: n.op_type for n in onnx.load(str(path)).graph.node}
-    assert nodes["second"] == "MatMul" and "first" not in nodes
-    assert list(nodes.values()).count("MatMulNBits") == 1
-    after = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    model = onnx.load(str(dst))
+    assert quantize.constant_matmuls(model) == []  # no fp32 MatMul with constant weights left
+    blockwise = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(blockwise) == 2 == record["matmuls_quantized"]
+    for node in blockwise:
+        attrs = _attrs(node)
+        assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, 32, 4), attrs
+    assert [n.name for n in model.graph.node if n.op_type == "MatMul"] == ["activations"]
+    consts = {t.name: t for t in model.graph.initializer}
+    assert "table" not in consts and record["token_embedding_tables"] == ["table"]
+    assert any(t.data_type == TensorProto.INT8 and list(t.dims) == [500, 64] for t in consts.values())
+    assert {k: record[k] for k in quantize.INT8_SETTINGS} == dict(quantize.INT8_SETTINGS)
+    after = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    assert after.shape == before.shape
     assert np.abs(after - before).max() < 0.02 * np.abs(before).max()  # 8-bit blocks: close, not equal
+    assert not np.array_equal(after, before)
+
+
+def test_int8_settings_are_frozen():
+    with pytest.raises(TypeError):
+        quantize.INT8_SETTINGS["bits"] = 4  # type: ignore[index]
+    assert quantize.INT8_SETTINGS["bits"] == 8
