@@ -44,19 +44,21 @@ def test_index_vectors_equal_single_text_embeddings(tmp_path, sample_corpus, enc
     assert np.array_equal(index.vector(3), alone)
 
 
-def test_manifest_lists_every_file_with_sha256(demo_index):
+def test_manifest_lists_every_file_with_sha256(tiny_index, tiny_encoder):
     from search.fileutil import sha256_file
 
-    m = json.loads((demo_index / "manifest.json").read_text())
-    on_disk = sorted(p.name for p in demo_index.iterdir() if p.name != "manifest.json")
+    m = json.loads((tiny_index / "manifest.json").read_text())
+    on_disk = sorted(p.name for p in tiny_index.iterdir() if p.name != "manifest.json")
     assert sorted(m["files"]) == on_disk
     for name, info in m["files"].items():
-        assert sha256_file(demo_index / name) == info["sha256"]
+        assert sha256_file(tiny_index / name) == info["sha256"]
     assert m["count"] == 1108 and m["fields"] == ["section", "version", "homepage"]
-    assert m["dtype"] == "float32" and m["dimension"] == 384
+    assert m["dtype"] == "float32" and m["dimension"] == tiny_encoder.dimension
+    assert m["model"]["fingerprint"] == tiny_encoder.fingerprint
 
 
-def test_failed_build_leaves_nothing_and_keeps_the_old_index(tmp_path, encoder, demo_records):
+def test_failed_build_leaves_nothing_and_keeps_the_old_index(tmp_path, tiny_encoder, demo_records):
+    encoder = tiny_encoder
     good = write_jsonl(tmp_path / "good.jsonl", demo_records[:5])
     out = tmp_path / "index"
     build(good, encoder, out)
@@ -68,7 +70,8 @@ def test_failed_build_leaves_nothing_and_keeps_the_old_index(tmp_path, encoder, 
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl", "good.jsonl", "index"]  # no temp folder left
 
 
-def test_empty_corpus_and_bad_field_name(tmp_path, encoder):
+def test_empty_corpus_and_bad_field_name(tmp_path, tiny_encoder):
+    encoder = tiny_encoder
     empty = write_jsonl(tmp_path / "empty.jsonl", [])
     with pytest.raises(CorpusError, match="no usable records"):
         build(empty, encoder, tmp_path / "i")
