@@ -58,8 +58,8 @@ def test_query_table_with_filter_and_offset(model_dir, demo_index):
     assert lines[0].lstrip().startswith("3 ") and len(lines) == 4  # ranks 3..5 and a timing line
 
 
-def test_info_describes_the_index(demo_index):
-    proc = run("info", "--index", demo_index, "--verify")
+def test_info_describes_the_index(tiny_index):
+    proc = run("info", "--index", tiny_index, "--verify")
     assert proc.returncode == 0, proc.stderr
     assert "1108 items" in proc.stdout and "field section: games (1108)" in proc.stdout
     assert "all sha256 checksums verified" in proc.stdout
@@ -67,7 +67,8 @@ def test_info_describes_the_index(demo_index):
     assert "int4 prefilter copy: prefilter-int4.npy" in proc.stdout
 
 
-def test_bad_corpus_exits_1_with_one_line(tmp_path, model_dir):
+def test_bad_corpus_exits_1_with_one_line(tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
     proc = run("build", "--corpus", corpus, "--model", model_dir, "--out", tmp_path / "i", "--quiet")
     assert proc.returncode == 1
@@ -75,19 +76,21 @@ def test_bad_corpus_exits_1_with_one_line(tmp_path, model_dir):
     assert not (tmp_path / "i").exists()
 
 
-def test_skip_bad_builds_and_counts(tmp_path, model_dir):
+def test_skip_bad_builds_and_counts(tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "x"}, "{broken", {"id": "b", "text": "y"}])
     proc = run("build", "--corpus", corpus, "--model", model_dir, "--out", tmp_path / "i", "--skip-bad", "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "2 items" in proc.stdout and "1 bad records skipped" in proc.stdout
 
 
-def test_missing_index_and_bad_filter(model_dir, tmp_path):
+def test_missing_index_and_bad_filter(tiny_model_dir, tiny_index, tmp_path):
+    model_dir = tiny_model_dir
     proc = run("query", "--model", model_dir, "--index", tmp_path / "none", "x")
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "index folder not found" in proc.stderr
     proc = run("query", "--model", model_dir, "--index", tmp_path / "none", "x", "--filter", "nonsense")
     assert proc.returncode == 2 and "expected FIELD=VALUE" in proc.stderr
-    proc = run("query", "--model", model_dir, "--index", "build/index", "x", "--filter", "colour=red")
+    proc = run("query", "--model", model_dir, "--index", tiny_index, "x", "--filter", "colour=red")
     assert proc.returncode == 1 and "unknown filter field 'colour'" in proc.stderr
 
 
@@ -96,7 +99,8 @@ def test_unknown_command_exits_2():
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-def test_build_without_scan_copy(tmp_path, model_dir):
+def test_build_without_scan_copy(tmp_path, tiny_model_dir):
+    model_dir = tiny_model_dir
     corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": f"i{n}", "text": f"game number {n}"} for n in range(5)])
     proc = run("build", "--corpus", corpus, "--model", model_dir, "--out", tmp_path / "i", "--quiet", "--no-scan-copy")
     assert proc.returncode == 0, proc.stderr
@@ -185,3 +189,35 @@ def test_a_closed_stdout_ends_quietly(args, demo_index):
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=120)
     assert code in (0, 141) and err == "", err
+
+
+BAD_LINES = {
+    "surrogate": (
+        b'{"id": "b", "text": "\\ud800"}',
+        "field 'text' holds an unpaired surrogate (an escape such as \\ud800), not valid text",
+    ),
+    "latin-1": (b'{"id": "b", "text": "caf\xe9"}', "not UTF-8 text (byte 25 of the line: invalid continuation byte)"),
+    "too long": (
+        b'{"id": "b", "text": "' + b"word " * 400 + b'"}',
+        "record is 2,023 bytes, over the limit of 1,024 (--max-record-bytes)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_a_bad_corpus_line_is_one_line_with_its_number_or_skipped(tmp_path, tiny_model_dir, case):
+    model_dir = tiny_model_dir
+    line, problem = BAD_LINES[case]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b'{"id": "a", "text": "chess"}\n' + line + b'\n{"id": "c", "text": "go"}\n')
+    build = ["build", "--corpus", corpus, "--model", model_dir, "--quiet", "--max-record-bytes", "1K"]
+    proc = run(*build, "--out", tmp_path / "i")
+    assert proc.returncode == 1 and proc.stderr == f"error: {corpus}:2: {problem}\n"
+    assert not (tmp_path / "i").exists()
+    proc = run(*build, "--out", tmp_path / "i", "--skip-bad")
+    assert proc.returncode == 0 and "2 items" in proc.stdout and "1 bad records skipped" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("size", ["lots", "0", "-5", "1T"])
+def test_max_record_bytes_must_be_a_size(size):
+    one_line(run("build", "--corpus", "c.jsonl", "--max-record-bytes", size), 2, "argument --max-record-bytes")
