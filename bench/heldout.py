@@ -147,14 +147,29 @@ def _key(rows: list[tuple[str, str]]) -> str:
     return h.hexdigest()[:16]
 
 
+def index_code_stamp() -> str:
+    """A hash of the code that decides what an index holds (search/index/*.py and the encoder):
+    a cached index built by other code is rebuilt, so tuning the keyword side never reports
+    figures of an index its tables came from an older version of."""
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "search" / "index").glob("*.py")) + [ROOT / "search" / "model" / "encoder.py"]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def ensure_set_index(qs: QuerySet, model: Path = MODEL, cache: Path = CACHE) -> Path:
     """The set's corpus indexed with the shipped bundle (cached; rebuilt when the model, the
-    builder or the keyword table format changed)."""
+    index code or the keyword table format changed)."""
     fingerprint = json.loads((model / "manifest.json").read_text())["fingerprint"]
     folder = cache / f"{qs.corpus}-{fingerprint[:12]}"
     folder.parent.mkdir(parents=True, exist_ok=True)
+    stamp_file, stamp = folder.with_name(folder.name + ".code"), index_code_stamp()
+    if folder.is_dir() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
+        log(f"{folder} was built by other index code; rebuilding it")
+        shutil.rmtree(folder)
     for attempt in range(2):
         ensure_index(folder, model=model, fields="", corpus=qs.corpus_path, extra=("--skip-bad", "--quiet"))
+        stamp_file.write_text(stamp + "\n")
         reason = _keyword_problem(folder)
         if reason is None:
             return folder

@@ -153,3 +153,18 @@ def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path):
     assert details[0].split("\t")[4:9] == [f"rank.{s}" for s in heldout.SYSTEMS] and len(details) == 17
     assert list((tmp_path / "cache").glob("pytorch-toy-*.npy"))
     assert len(list((tmp_path / "cache").glob("toy-*/manifest.json"))) == 1
+
+
+def test_set_index_is_rebuilt_when_the_index_code_changes(model_dir, demo_records, tmp_path, monkeypatch):
+    corpus = write_jsonl(tmp_path / "toy.jsonl", demo_records[:20])
+    qs = heldout.QuerySet("toy-tune", tmp_path / "unused.tsv", "toy", corpus, "tuning")
+    cache = tmp_path / "cache"
+    folder = heldout.ensure_set_index(qs, model_dir, cache)
+    inode = (folder / "manifest.json").stat().st_ino
+    assert folder.with_name(folder.name + ".code").read_text().strip() == heldout.index_code_stamp()
+    assert heldout.ensure_set_index(qs, model_dir, cache) == folder
+    assert (folder / "manifest.json").stat().st_ino == inode  # cached: not rebuilt
+    monkeypatch.setattr(heldout, "index_code_stamp", lambda: "other-code")
+    assert heldout.ensure_set_index(qs, model_dir, cache) == folder
+    assert (folder / "manifest.json").stat().st_ino != inode
+    assert folder.with_name(folder.name + ".code").read_text().strip() == "other-code"
