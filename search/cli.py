@@ -28,6 +28,9 @@ def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
     return out
 
 
+from search.index.lines import MAX_RECORD_BYTES  # noqa: E402 - the default of --max-record-bytes
+
+
 def cmd_build(args) -> int:
     from search.index.builder import BuildOptions
     from search.index.corpus import CorpusSpec
@@ -63,6 +66,7 @@ def cmd_build(args) -> int:
             scan_copy=not args.no_scan_copy,
             prefilter=not args.no_prefilter,
             force=args.force,
+            max_record_bytes=args.max_record_bytes,
         ),
         shard=shard,
         reuse=None if args.no_reuse else (args.reuse or pipeline.DEFAULT),
@@ -210,6 +214,22 @@ def _endpoint_url(raw: str) -> str:
     if not ok:
         raise argparse.ArgumentTypeError("expected an http:// or https:// URL, such as http://localhost:9000")
     return raw
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+
+
+def _byte_size(raw: str) -> int:
+    """``4096``, ``512K``, ``4M``, ``1GiB`` (binary units) -> bytes, at least 1."""
+    text = raw.strip().lower()
+    number = text.rstrip("bgikm")
+    try:
+        size = int(float(number) * _UNITS[text[len(number) :].strip()])
+    except (KeyError, ValueError, OverflowError):
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError("expected a size such as 4096, 512K, 4M or 1G (bytes, binary units)")
+    return size
 
 
 def _port(raw: str) -> int:
@@ -498,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
         "skips rows that cannot reach the top, with the same results)",
     )
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
+    p.add_argument(
+        "--max-record-bytes",
+        type=_byte_size,
+        default=MAX_RECORD_BYTES,
+        metavar="SIZE",
+        help="a corpus line (CSV: record) longer than this is a bad record, e.g. 512K, 4M (default: 1M = 1 MiB)",
+    )
     p.add_argument(
         "--force",
         action="store_true",

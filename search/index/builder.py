@@ -22,6 +22,7 @@ from search.fileutil import describe_files, write_json_atomic
 from search.index import publish
 from search.index.corpus import CorpusSpec, ReadStats, is_s3, read_corpus
 from search.index.keyword import write_lexical_index
+from search.index.lines import MAX_RECORD_BYTES
 from search.index.metadata import METADATA_NAME, MetadataWriter
 from search.index.reader import (
     DTYPES,
@@ -61,6 +62,7 @@ class BuildOptions:
     prefilter: bool = True  # any dtype: also write the int4 prefilter copy (see prefilter.py)
     reuse: object = None  # a reuse.Reuse (vectors of an earlier compatible build), or None
     force: bool = False  # may replace a damaged index or one of another format (never anything else)
+    max_record_bytes: int = MAX_RECORD_BYTES  # a longer corpus line is a bad record (see lines.py)
 
 
 def build_index(
@@ -90,7 +92,14 @@ def _build_into(corpus: Path | str, encoder: Encoder, tmp: Path, spec: CorpusSpe
     digest = hashlib.sha256()
     writer = MetadataWriter(tmp / METADATA_NAME)
     hashes = ingest(
-        read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats, digest=digest),
+        read_corpus(
+            corpus,
+            spec,
+            skip_bad=options.skip_bad,
+            max_record_bytes=options.max_record_bytes,
+            stats=stats,
+            digest=digest,
+        ),
         writer,
         encoder,
         spec,
