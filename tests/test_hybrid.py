@@ -85,9 +85,19 @@ def demo(model_dir, demo_index):
 
 
 @pytest.fixture(scope="module")
-def grouped(demo, tmp_path_factory):
-    """The first 400 demo items with their real vectors and a "group" field to filter on
+def tiny_demo(tiny_model_dir, tiny_index):
+    """The demo corpus searched with the tiny model (tests/tiny_model.py): for behaviour that holds
+    whatever the vectors are (filters, paging, fallbacks)."""
+    searcher = Searcher.open(tiny_model_dir, tiny_index, threads=1)
+    yield searcher
+    searcher.index.close()
+
+
+@pytest.fixture(scope="module")
+def grouped(tiny_demo, tmp_path_factory):
+    """The first 400 demo items with their tiny-model vectors and a "group" field to filter on
     (the demo corpus is all one section)."""
+    demo = tiny_demo
     rows = list(range(400))
     records = demo.index.metadata.rows(rows)
     folder = tmp_path_factory.mktemp("grouped")
@@ -371,14 +381,16 @@ def test_min_score_cuts_the_same_list(grouped, mode):
     assert kept == whole[:cut_at]
 
 
-def test_bad_mode_and_bad_paging_are_query_errors(demo):
+def test_bad_mode_and_bad_paging_are_query_errors(tiny_demo):
+    demo = tiny_demo
     for bad in ({"mode": "fuzzy"}, {"k": 0}, {"offset": -1}, {"k": 0, "mode": "keyword"}):
         with pytest.raises(QueryError):
             demo.search("chess", **bad)
 
 
 # -- an index without a keyword side --------------------------------------------------------------
-def test_an_index_without_keyword_index_falls_back_to_semantic(demo, demo_index, tmp_path):
+def test_an_index_without_keyword_index_falls_back_to_semantic(tiny_demo, tiny_index, tmp_path):
+    demo, demo_index = tiny_demo, tiny_index
     old = tmp_path / "old-index"
     shutil.copytree(demo_index, old)
     manifest = json.loads((old / "manifest.json").read_text())
@@ -397,9 +409,10 @@ def test_an_index_without_keyword_index_falls_back_to_semantic(demo, demo_index,
     assert demo.keyword_status() is None
 
 
-def test_a_sqlite_without_fts5_still_serves_semantic_search(demo, demo_index, tmp_path):
+def test_a_sqlite_without_fts5_still_serves_semantic_search(tiny_demo, tiny_index, tmp_path):
     """What a Python whose SQLite lacks FTS5 sees: the schema names a module it does not have.
     Renaming the module in a copy's schema gives exactly that on this machine."""
+    demo, demo_index = tiny_demo, tiny_index
     copy = tmp_path / "no-fts5"
     shutil.copytree(demo_index, copy)
     conn = sqlite3.connect(copy / "metadata.sqlite")
