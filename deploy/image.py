@@ -438,12 +438,13 @@ def runtime_client(python_version: str = PYTHON_VERSION) -> Path:
     """awslambdaric (and what it needs) for CPython 3.12 Linux x86_64, by deploy/taskroot.py's pip recipe."""
     tr = taskroot()
     pin = tr.pinned_requirement("awslambdaric")
-    target = CACHE / f"runtime-{digest(pin)}"
+    target = CACHE / f"runtime-{digest([pin, 'no-tests', 'pyc'])}"
     if not (target / "awslambdaric").is_dir():
         shutil.rmtree(target, ignore_errors=True)
         tr.pip_install([pin], target, python_version, WHEELS / f"cp{python_version.replace('.', '')}")
-        for extra in target.glob("bin"):
+        for extra in [*target.glob("bin"), *target.rglob("tests")]:  # console scripts, simplejson's tests
             shutil.rmtree(extra)
+        tr.compile_pyc([target], python_version)
     return target
 
 
@@ -472,7 +473,7 @@ def base_recipe() -> dict:
             "keep_site_packages": SITE_PACKAGES_KEEP,
         },
         "rie_sha256": sha256_file(rie),
-        "awslambdaric": taskroot().pinned_requirement("awslambdaric"),
+        "awslambdaric": [taskroot().pinned_requirement("awslambdaric"), "no-tests", "pyc"],
         "standin_files": files,
         "lambda_env": LAMBDA_ENV,
         "scripts_relocated": True,
@@ -652,13 +653,33 @@ def prepare_inputs(model: Path) -> dict[str, str]:
     return {"WHEELS": "build/image-inputs/wheels", "MODEL_BUNDLE": "build/image-inputs/model"}
 
 
+def code_files(source: Path = ROOT) -> list[str]:
+    """The files deploy/files.txt's paths hold, as deploy/taskroot.py code copies them (no caches, no .so)."""
+    tr = taskroot()
+    files = set()
+    for rel in tr.code_paths():
+        path = source / rel
+        candidates = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+        for f in candidates:
+            name = f.name
+            if (
+                "__pycache__" in f.parts
+                or name.endswith((".pyc", ".so"))
+                or (name.startswith(".") and name.endswith(".tmp"))
+            ):
+                continue
+            files.add(f.relative_to(source).as_posix())
+    return sorted(files)
+
+
 def build_function_image(engine: Engine, model: Path, *, tag: str = FUNCTION_TAG, bases: dict | None = None) -> dict:
     """docker build of the repo's Dockerfile against the stand-ins, offline. Returns tag, args, seconds."""
     bases = bases or base_images(engine)
     args = {"LAMBDA_BASE": bases["lambda"], "BUILDER_BASE": bases["builder"], **prepare_inputs(model)}
-    cmd = ["build", "--network", "none", "--pull=false", "-t", tag, "-f", str(ROOT / "Dockerfile")]
+    cmd = ["build", "--network", "none", "--pull=false", "--force-rm", "-t", tag, "-f", str(ROOT / "Dockerfile")]
     for key, value in args.items():
         cmd += ["--build-arg", f"{key}={value}"]
+    expected = code_files()  # the working tree as sent to the build, for the file-list check
     start = time.monotonic()
     log(f"docker build {' '.join(cmd[1:])} {ROOT}")
     logfile = BUILD / "image-build.log"
@@ -668,7 +689,147 @@ def build_function_image(engine: Engine, model: Path, *, tag: str = FUNCTION_TAG
         )
     if done.returncode != 0:
         raise ImageError(f"docker build failed (exit {done.returncode}), {logfile}:\n{logfile.read_text()[-4000:]}")
-    return {"tag": tag, "build_args": args, "seconds": round(time.monotonic() - start, 1), "log": str(logfile)}
+    return {
+        "tag": tag,
+        "build_args": args,
+        "seconds": round(time.monotonic() - start, 1),
+        "log": str(logfile),
+        "code_files": expected,
+    }
+
+
+# ------------------------------------------------------------------ running containers
+
+# What Lambda sets for a python3.12 function beyond the image's own environment (names from the
+# Lambda docs); credentials are invalid on purpose: the demo index is local, nothing may call AWS.
+FUNCTION_ENV = {
+    "AWS_LAMBDA_FUNCTION_NAME": "search-image-test",
+    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "2048",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "SEARCH_THREADS": "1",
+}
+INVOKE_PATH = "/2015-03-31/functions/function/invocations"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Container:
+    """``docker run -d`` of one container, removed (with its logs read first) on ``close()``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        image: str,
+        *,
+        env: dict[str, str] | None = None,
+        network: str = "host",
+        mounts: list[tuple[Path, str]] = (),
+        entrypoint: str | None = None,
+        args: list[str] = (),
+    ):
+        self.engine = engine
+        cmd = ["run", "-d", "--network", network, "--label", "search-image-test=1"]
+        for key, value in (env or {}).items():
+            cmd += ["-e", f"{key}={value}"]
+        for src, dst in mounts:
+            cmd += ["-v", f"{src}:{dst}:ro"]
+        if entrypoint is not None:
+            cmd += ["--entrypoint", entrypoint]
+        self.started = time.monotonic()
+        self.id = engine.docker(*cmd, image, *args).stdout.decode().strip()
+        self.output = ""
+
+    def logs(self) -> str:
+        done = self.engine.docker("logs", self.id, check=False)
+        return (done.stdout + done.stderr).decode("utf-8", "replace")
+
+    def wait(self, timeout: float = 90) -> int:
+        """The exit code once the container stops (ImageError if it is still running after ``timeout``)."""
+        try:
+            done = self.engine.docker("wait", self.id, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ImageError(f"container {self.id[:12]} still running after {timeout:.0f} s") from None
+        return int(done.stdout.decode().strip() or -1)
+
+    def peak_memory_bytes(self) -> int | None:
+        """The container's peak memory from its cgroup (v1 memory.max_usage_in_bytes, v2 memory.peak)."""
+        for path in (
+            f"/sys/fs/cgroup/memory/docker/{self.id}/memory.max_usage_in_bytes",
+            f"/sys/fs/cgroup/system.slice/docker-{self.id}.scope/memory.peak",
+            f"/sys/fs/cgroup/docker/{self.id}/memory.peak",
+        ):
+            try:
+                return int(Path(path).read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def close(self) -> None:
+        if self.id:
+            self.output = self.logs()
+            self.engine.docker("rm", "-f", self.id, check=False)
+            self.id = ""
+
+    def __enter__(self) -> Container:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def rie_env(port: int, api_port: int) -> dict[str, str]:
+    """The stand-in entrypoint's switches that keep the emulator on 127.0.0.1 (host network)."""
+    return {"RIE_ADDRESS": f"127.0.0.1:{port}", "RIE_RUNTIME_API_ADDRESS": f"127.0.0.1:{api_port}"}
+
+
+def invoke_rie(port: int, event: bytes, *, timeout: float = 120.0, wait_up: float = 120.0) -> tuple[int, bytes]:
+    """POST one event to the emulator's invoke URL (retrying while the container starts); (status, body)."""
+    import http.client
+
+    deadline = time.monotonic() + wait_up
+    while True:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.request("POST", INVOKE_PATH, body=event, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        except (ConnectionRefusedError, ConnectionResetError, http.client.RemoteDisconnected):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        finally:
+            conn.close()
+
+
+def parse_reports(logs: str) -> list[dict[str, float]]:
+    """Lambda's REPORT lines (the emulator prints them as Lambda does): their fields, in ms or MB."""
+    import re
+
+    reports = []
+    for line in logs.splitlines():
+        if line.startswith("REPORT RequestId:"):
+            fields = dict(re.findall(r"([A-Z][A-Za-z ]+): ([0-9.]+) (?:ms|MB)", line))
+            reports.append({k.strip(): float(v) for k, v in fields.items()})
+    return reports
+
+
+def init_report_ms(logs: str) -> float | None:
+    """The emulator's own log of the init phase: "INIT REPORT(durationMs: 1626.05)"."""
+    import re
+
+    hit = re.search(r"INIT REPORT\(durationMs: ([0-9.]+)\)", logs)
+    return float(hit.group(1)) if hit else None
 
 
 # ------------------------------------------------------------------ command line
