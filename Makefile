@@ -14,7 +14,7 @@ TASK_PY311 := build/task-py311
 ZIP_PARTS := build/lambda-zip
 SAM_VENV := .venv-sam
 
-.PHONY: serve test test-fast lint bench deps model index native clean help browser task-root layers package-zip sam lint-template
+.PHONY: serve test test-fast image-engine image-test lint bench deps model index native clean help browser task-root layers package-zip sam lint-template
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -58,7 +58,22 @@ browser:  ## install Debian's chromium for the browser test (needs root and apt-
 	    || echo "warning: apt-get could not install chromium; the browser test will be skipped"; \
 	else echo "note: $(CHROMIUM) missing and not root with apt-get; the browser test will be skipped"; fi
 
-test: $(INDEX)/manifest.json $(NATIVE_LIB) browser $(SAM_VENV)/.installed  ## run the whole test suite
+# The container image test (tests/deploy/test_image.py) starts Debian's Docker engine and makes its
+# base images with debootstrap; it skips, saying why, without them (not root, no apt-get).
+image-engine:  ## install Debian's docker.io and debootstrap for the image test (needs root and apt-get)
+	@if command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's docker.io and debootstrap for the image test"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null 2>&1 \
+	    || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        docker.io debootstrap >/dev/null)) \
+	    || echo "warning: apt-get could not install docker.io and debootstrap; the image test will be skipped"; \
+	else echo "note: dockerd or debootstrap missing and not root with apt-get; the image test will be skipped"; fi
+
+image-test: $(INDEX)/manifest.json image-engine $(SAM_VENV)/.installed  ## build the Dockerfile in Debian's engine (stand-in bases, offline) and run it: tests/deploy/test_image.py
+	$(PY) -m pytest -q tests/deploy/test_image.py
+
+test: $(INDEX)/manifest.json $(NATIVE_LIB) browser image-engine $(SAM_VENV)/.installed  ## run the whole test suite
 	$(PY) -m pytest -q
 
 # The unit tier: no exported model, nothing marked slow (tests/conftest.py marks what needs the model).
