@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.index import publish
 from search.index.builder import BuildOptions, build_index, model_info
 from search.index.corpus import CorpusSpec
 from search.index.reuse import Reuse, open_reuse
@@ -67,6 +68,8 @@ def build(
     from search.index.shards import build_shard
 
     stream = stream or sys.stderr
+    if shard is None and not is_s3(out):  # refuse a bad --out before any work or note (publish.py)
+        publish.check_target(out, corpus=corpus, force=options.force)
     work = _work_dir("search-build-")
     try:
         source = _reuse_for(reuse, out, encoder, options.dtype, work / "reuse")
