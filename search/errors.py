@@ -6,7 +6,8 @@
     ├── EncodeError                  a text cannot be embedded (empty, whitespace)
     ├── CorpusError                  a bad corpus record; carries ``path`` and ``line``
     ├── IndexLoadError               index folder missing, corrupt or mismatched; carries ``path``
-    │   └── IndexMismatchError       index built with another model / dimension
+    │   ├── IndexMismatchError       index built with another model / dimension
+    │   └── IndexCorruptError        the data does not match the manifest, or the metadata store is damaged
     ├── IndexBuildError              the build could not complete (nothing is published)
     ├── StorageError                 fetching or publishing an index failed; carries ``uri``
     ├── QueryError                   a query the index cannot answer (bad filter field, ...)
@@ -50,6 +51,12 @@ class IndexLoadError(SearchError):
 
 class IndexMismatchError(IndexLoadError):
     pass
+
+
+class IndexCorruptError(IndexLoadError):
+    """Found after the index was opened: a file's sha256, ``PRAGMA quick_check``, a stored row that
+    is not what the builder wrote.  The message names the file (and the row); the HTTP API answers
+    503 ``index_corrupt`` without it."""
 
 
 class IndexBuildError(SearchError):

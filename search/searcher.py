@@ -193,6 +193,7 @@ class Searcher:
         missing = [h.row for h in keyword if h.row not in cosine]
         if missing:  # keyword-only candidates: their exact cosine, from the stored vectors
             cosine.update(zip(missing, _cosines(index, missing, vec).tolist()))
+            keyword = [h for h in keyword if index.guard.plausible(h.row, cosine[h.row])]  # damaged rows out
         fused = weighted_fuse(
             [h.row for h in semantic],
             [(h.row, h.score) for h in keyword],

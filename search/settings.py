@@ -88,6 +88,9 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
     "refresh_seconds": ("SEARCH_INDEX_REFRESH_SECONDS", 300, _int(0, 86_400)),
     "page_in": ("SEARCH_PAGE_IN", True, _bool),
     "base_path": ("SEARCH_BASE_PATH", "", _base_path),
+    # after loading, a low-priority thread checks every file's sha256 and the metadata store
+    "verify_index": ("SEARCH_VERIFY_INDEX", True, _bool),
+    "info_versions": ("SEARCH_INFO_VERSIONS", False, _bool),  # /info shows package versions
 }
 
 
@@ -121,6 +124,8 @@ class Settings:
     refresh_seconds: int
     page_in: bool
     base_path: str
+    verify_index: bool
+    info_versions: bool
 
     @classmethod
     def resolve(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -207,7 +207,8 @@ def test_failed_load_answers_503_and_warmup_says_why(fresh, context, tmp_path):
     ready["rawPath"] = ready["requestContext"]["http"]["path"] = "/readyz"
     ready["rawQueryString"] = ""
     body = body_of(handler.handler(ready, context))
-    assert body["state"] == "failed" and "missing-index" in body["error"]["message"]
+    assert body["state"] == "failed" and body["reason"] == "index_invalid"
+    assert "missing-index" not in json.dumps(body)  # public: a reason code; the path is in the log
 
 
 # -- stage prefixes ----------------------------------------------------------------------------

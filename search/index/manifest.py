@@ -1,4 +1,4 @@
-"""The index manifest (``manifest.json``): its name, format and the checks every value passes at open.
+"""The index manifest (``manifest.json``): its name, format and the checks every value and file pass at open.
 
 A malformed manifest is an IndexLoadError naming the file and the key, never a TypeError from
 deep inside the reader or the keyword index.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+
+import numpy as np
 
 from search.errors import IndexLoadError
 
@@ -95,3 +97,21 @@ def _check_lexical(info, bad) -> None:
     for key in LEXICAL_NAME_KEYS:
         if key in info and not (isinstance(info[key], str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", info[key])):
             raise bad(f"lexical.{key}", "must be a table name (letters, digits, _)")
+
+
+def load_matrix(path: Path, dtype: str, shape: tuple) -> np.ndarray:
+    """A memory-mapped .npy of exactly this dtype and shape, or an IndexLoadError naming the file."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexLoadError(f"not a readable .npy file ({exc})", path=str(path)) from None
+    if not isinstance(arr, np.ndarray):  # np.load opens a zip archive as an NpzFile, whatever the name
+        close = getattr(arr, "close", None)
+        if close is not None:
+            close()
+        raise IndexLoadError("not a .npy file (an .npz archive?)", path=str(path))
+    if arr.dtype != np.dtype(dtype):
+        raise IndexLoadError(f"dtype {arr.dtype} but the manifest says {dtype}", path=str(path))
+    if arr.shape != tuple(shape):
+        raise IndexLoadError(f"shape {arr.shape} but the manifest says {tuple(shape)}", path=str(path))
+    return arr

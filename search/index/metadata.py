@@ -14,9 +14,10 @@ import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from search.errors import IndexLoadError
+from search.errors import IndexCorruptError, IndexLoadError
 
 METADATA_NAME = "metadata.sqlite"
+SQLITE_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file, not the query, is at fault
 
 SCHEMA = """
 CREATE TABLE items (
@@ -87,12 +88,18 @@ class MetadataReader:
             raise IndexLoadError(f"not a valid metadata store ({exc})", path=str(path)) from None
         self._lock = threading.Lock()
 
+    def _failed(self, exc: sqlite3.DatabaseError) -> IndexLoadError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if (code is not None and code & 0xFF in SQLITE_DAMAGED) or "malformed" in str(exc):
+            return IndexCorruptError(f"metadata store is corrupt ({exc})", path=str(self.path))
+        return IndexLoadError(f"metadata store query failed ({exc})", path=str(self.path))
+
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:
             with self._lock:
                 return self._conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
-            raise IndexLoadError(f"metadata store is corrupt ({exc})", path=str(self.path)) from None
+            raise self._failed(exc) from None
 
     def fetch(self, sql: str, args: tuple = ()) -> list[tuple]:
         """Run one read query (the keyword index uses this; see lexical.py)."""
@@ -111,14 +118,27 @@ class MetadataReader:
                 finally:
                     cursor.close()
         except sqlite3.DatabaseError as exc:
-            raise IndexLoadError(f"metadata store is corrupt ({exc})", path=str(self.path)) from None
+            raise self._failed(exc) from None
 
     def rows(self, rows: list[int]) -> dict[int, dict]:
         if not rows:
             return {}
         marks = ",".join("?" * len(rows))
         found = self._query(f"SELECT row, id, title, text, fields FROM items WHERE row IN ({marks})", tuple(rows))
-        return {r: {"id": i, "title": ti, "text": tx, "fields": json.loads(f)} for r, i, ti, tx, f in found}
+        out = {r: {"id": i, "title": ti, "text": tx, "fields": self._fields(r, f)} for r, i, ti, tx, f in found}
+        if len(out) < len(set(rows)):  # every row asked for has a vector, so it has a record
+            missing = min(set(rows) - set(out))
+            raise IndexCorruptError(f"row {missing} has a vector but no items row", path=str(self.path))
+        return out
+
+    def _fields(self, row: int, text) -> dict:
+        try:
+            fields = json.loads(text)
+        except (TypeError, ValueError):
+            fields = None
+        if not isinstance(fields, dict):
+            raise IndexCorruptError(f"row {row}: the fields column is not a JSON object", path=str(self.path))
+        return fields
 
     def row_of(self, item_id: str) -> int | None:
         found = self._query("SELECT row FROM items WHERE id = ?", (item_id,))

@@ -30,15 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import IndexLoadError, IndexMismatchError, QueryError
-from search.fileutil import read_json, sha256_file
+from search.errors import IndexCorruptError, IndexLoadError, IndexMismatchError, QueryError
+from search.fileutil import read_json
 
 # the manifest's names are imported from here by the builder and storage: re-exported
 from search.index.manifest import DTYPES as DTYPES
 from search.index.manifest import FIELD_NAME_RE as FIELD_NAME_RE
 from search.index.manifest import INDEX_FORMAT as INDEX_FORMAT
-from search.index.manifest import MANIFEST_NAME, check_manifest
+from search.index.manifest import MANIFEST_NAME, check_manifest, load_matrix
 from search.index.metadata import METADATA_NAME, MetadataReader
+from search.index.verify import ScoreGuard, verify_files
 from search.scoring.kernels import ScanBlock, kernel_for, scanned_kernel_for
 from search.scoring.kernels import top_rows as _top
 from search.scoring.prefilter import (
@@ -92,6 +93,7 @@ class SearchIndex:
         self.metadata = metadata
         self.scan = scan  # (vectors, int8 rows, scales, residuals) when the index has a scan copy
         self.prefilter = prefilter  # the int4 copy, where the index has one and the compiled kernel reads it
+        self.guard = ScoreGuard(path)  # no NaN or out-of-range score is ever returned (verify.py)
         self.pass_rate = PassRate()  # whether the first pass pays on this index's data (see prefilter.py)
         # per dtype, see kernels.py; the scan copy is used where the compiled int8 kernel is built
         self.kernel = (scan is not None and scanned_kernel_for(str(manifest["dtype"]))) or kernel_for(
@@ -137,21 +139,21 @@ class SearchIndex:
                     f"size {file_path.stat().st_size} but the manifest says {info['bytes']} (truncated or replaced)",
                     path=str(file_path),
                 )
-            if verify and sha256_file(file_path) != info["sha256"]:
-                raise IndexLoadError("sha256 differs from the manifest (corrupt)", path=str(file_path))
 
-        embeddings = _load_matrix(path / EMBEDDINGS_NAME, dtype, (count, dim))
-        scales = _load_matrix(path / SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
-        codes = {f: _load_matrix(path / field_file(f), "int32", (count,)) for f in fields}
+        if verify:
+            verify_files(path, manifest)
+        embeddings = load_matrix(path / EMBEDDINGS_NAME, dtype, (count, dim))
+        scales = load_matrix(path / SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
+        codes = {f: load_matrix(path / field_file(f), "int32", (count,)) for f in fields}
         scan = None
         if manifest.get("scan"):
             if dtype == "int8":
                 raise IndexLoadError("an int8 index has no scan copy", path=str(manifest_path))
             scan = ScanBlock(
                 embeddings,
-                _load_matrix(path / SCAN_NAME, "int8", (count, dim)),
-                _load_matrix(path / SCAN_SCALES_NAME, "float32", (count,)),
-                _load_matrix(path / SCAN_RESIDUALS_NAME, "float32", (count,)),
+                load_matrix(path / SCAN_NAME, "int8", (count, dim)),
+                load_matrix(path / SCAN_SCALES_NAME, "float32", (count,)),
+                load_matrix(path / SCAN_RESIDUALS_NAME, "float32", (count,)),
             )
         prefilter = _load_prefilter(path, count, dim) if manifest.get("prefilter") else None
         metadata = MetadataReader(path / METADATA_NAME)
@@ -161,7 +163,7 @@ class SearchIndex:
         """Release the maps.  numpy arrays hold the mmap's buffer, so the pages are unmapped when the
         last array (including one an in-flight query still uses) is garbage collected, never under it."""
         self.metadata.close()
-        self.embeddings = self.scales = self.scan = self.prefilter = None
+        self.embeddings = self.scales = self.scan = self.prefilter = None  # type: ignore[assignment]
         self.codes = {}
 
     # -- facts -------------------------------------------------------------------------------
@@ -211,7 +213,15 @@ class SearchIndex:
         vec = np.asarray(self.embeddings[row], dtype=np.float32)
         if self.scales is not None:
             vec = vec * self.scales[row]
+        if not np.isfinite(vec).all():
+            raise IndexCorruptError(
+                f"row {row}: the stored vector is not finite", path=str(self.path / EMBEDDINGS_NAME)
+            )
         return vec
+
+    def verify(self, pause=None) -> int:
+        """Every file's sha256 and the metadata store's quick_check (slow: reads everything once)."""
+        return verify_files(self.path, self.manifest, pause=pause)
 
     def filter_mask(self, filters: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
         """Boolean row mask for ``{field: [any of values]}``; fields AND together, values OR."""
@@ -268,7 +278,7 @@ class SearchIndex:
                 rows, scores = self._score_rows(rows, query, need=need, floor=floor, prepared=prepared)
             else:
                 rows, scores = self._score_range(start, stop, query, need=need, floor=floor, prepared=prepared)
-            best_rows, best_scores = _keep_top(best_rows, best_scores, rows, scores, need, min_score)
+            best_rows, best_scores = _keep_top(best_rows, best_scores, *self.guard.keep(rows, scores), need, min_score)
         return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
 
     def _first_pass(self, query: np.ndarray, prepared):
@@ -285,6 +295,8 @@ class SearchIndex:
         int4 scores, scored exactly, then the storage kernel on the rows whose bound reaches the
         floor only, in chunks, the floor rising as they go.  Seeding once for the whole index rather
         than per chunk lets ~5% instead of ~9% of 1M random rows through (measured)."""
+        prefilter = self.prefilter
+        assert prefilter is not None  # search() takes this path only with one
         columns, query_norm = self._first_pass(query, prepared)
         seeds = min(pool, SEED_FACTOR * need) if pool > need else 0
         # One call for the whole index: the kernel also keeps the rows with the highest int4 scores,
@@ -293,7 +305,7 @@ class SearchIndex:
         # A few rows left out (exclude_rows, a filter dropping little): the heap keeps that many more.
         excluded = self.count - pool
         heap = seeds + excluded if excluded <= MAX_HEAP_EXTRA else 0
-        upper, top = self.prefilter.upper_bounds(slice(None), columns, query_norm, top=heap)
+        upper, top = prefilter.upper_bounds(slice(None), columns, query_norm, top=heap)
         floor = -np.inf if min_score is None else float(min_score)
         best_rows, best_scores = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
         if not seeds:  # every row is needed: nothing to prune
@@ -304,14 +316,12 @@ class SearchIndex:
                 if heap:
                     top = top[mask[top]]  # at least ``seeds`` rows remain
                 else:
-                    estimate = np.where(
-                        mask, upper - np.asarray(self.prefilter.residuals) * np.float32(query_norm), -np.inf
-                    )
+                    estimate = np.where(mask, upper - np.asarray(prefilter.residuals) * np.float32(query_norm), -np.inf)
                     top = np.argpartition(estimate, self.count - seeds)[self.count - seeds :]
                     del estimate
             seed = np.sort(top)
             rows, scores = self._score_listed(seed, query, need=need, floor=-np.inf, prepared=prepared)
-            best_rows, best_scores = _keep_top(best_rows, best_scores, rows, scores, need, min_score)
+            best_rows, best_scores = _keep_top(best_rows, best_scores, *self.guard.keep(rows, scores), need, min_score)
             if best_scores.size >= need:
                 floor = max(floor, float(best_scores[need - 1]))
             upper[seed] = -np.inf  # scored already
@@ -322,7 +332,7 @@ class SearchIndex:
             rows, scores = self._score_listed(
                 candidates[piece : piece + CHUNK_ROWS], query, need=need, floor=floor, prepared=prepared
             )
-            best_rows, best_scores = _keep_top(best_rows, best_scores, rows, scores, need, min_score)
+            best_rows, best_scores = _keep_top(best_rows, best_scores, *self.guard.keep(rows, scores), need, min_score)
         self.pass_rate.record(candidates.size + seeds, pool)
         return best_rows, best_scores
 
@@ -371,27 +381,10 @@ def _load_prefilter(path: Path, count: int, dim: int) -> Prefilter | None:
     """The int4 copy, validated; None where the compiled kernel (or its int4 entry point) is missing."""
     from search.scoring import native
 
-    packed = _load_matrix(path / PREFILTER_NAME, "uint8", (count, dim // 2))
-    scales = _load_matrix(path / PREFILTER_SCALES_NAME, "float32", (count,))
-    residuals = _load_matrix(path / PREFILTER_RESIDUALS_NAME, "float32", (count,))
+    packed = load_matrix(path / PREFILTER_NAME, "uint8", (count, dim // 2))
+    scales = load_matrix(path / PREFILTER_SCALES_NAME, "float32", (count,))
+    residuals = load_matrix(path / PREFILTER_RESIDUALS_NAME, "float32", (count,))
     kernel = native.load()
     if kernel is None or not kernel.has_int4 or dim % 2:
         return None
     return Prefilter(packed, scales, residuals, kernel)
-
-
-def _load_matrix(path: Path, dtype: str, shape: tuple) -> np.ndarray:
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise IndexLoadError(f"not a readable .npy file ({exc})", path=str(path)) from None
-    if not isinstance(arr, np.ndarray):  # np.load opens a zip archive as an NpzFile, whatever the name
-        close = getattr(arr, "close", None)
-        if close is not None:
-            close()
-        raise IndexLoadError("not a .npy file (an .npz archive?)", path=str(path))
-    if arr.dtype != np.dtype(dtype):
-        raise IndexLoadError(f"dtype {arr.dtype} but the manifest says {dtype}", path=str(path))
-    if arr.shape != tuple(shape):
-        raise IndexLoadError(f"shape {arr.shape} but the manifest says {tuple(shape)}", path=str(path))
-    return arr

@@ -12,7 +12,15 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from search.errors import EncodeError, IndexLoadError, ModelLoadError, QueryError, SearchError, StorageError
+from search.errors import (
+    EncodeError,
+    IndexCorruptError,
+    IndexLoadError,
+    ModelLoadError,
+    QueryError,
+    SearchError,
+    StorageError,
+)
 
 MAX_ERROR_DETAILS = 10
 MAX_LOC_PART_CHARS = 64
@@ -24,6 +32,7 @@ INVALID_QUERY = "invalid_query"  # 400: the index cannot answer it (unknown filt
 NOT_FOUND = "not_found"  # 404
 NOT_READY = "not_ready"  # 503: model or index not loaded (yet); /readyz says why
 OVERLOADED = "overloaded"  # 503: too many searches waiting; retry after a second
+INDEX_CORRUPT = "index_corrupt"  # 503: the index's data is damaged (being repaired when it came from S3)
 INTERNAL = "internal_error"  # 500
 HTTP_CODES = {
     400: "bad_request",
@@ -99,6 +108,8 @@ def validation_details(errors) -> tuple[str, list[dict]]:
 def search_error_status(exc: SearchError) -> tuple[int, str]:
     if isinstance(exc, (QueryError, EncodeError)):
         return 400, INVALID_QUERY
+    if isinstance(exc, IndexCorruptError):
+        return 503, INDEX_CORRUPT
     if isinstance(exc, (ModelLoadError, IndexLoadError, StorageError)) or type(exc) is SearchError:
         return 503, NOT_READY  # (a bare SearchError is the runtime's "loading failed unexpectedly")
     return 500, INTERNAL

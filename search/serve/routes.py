@@ -21,9 +21,10 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from search import __version__
-from search.errors import SearchError
+from search.errors import IndexCorruptError, SearchError
 from search.searcher import DEFAULT_MODE, MODES
 from search.serve.errors import (
+    INDEX_CORRUPT,
     INVALID_QUERY,
     INVALID_REQUEST,
     NOT_FOUND,
@@ -35,7 +36,7 @@ from search.serve.errors import (
     search_error_status,
 )
 from search.serve.observability import logger, trace_stages
-from search.serve.runtime import Overloaded, Runtime
+from search.serve.runtime import REASONS, Overloaded, Runtime
 from search.serve.schemas import (
     MAX_FIELD_NAME_CHARS,
     MAX_FILTER_FIELDS,
@@ -78,6 +79,14 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
             ) from None
         except SearchError as exc:
             status, code = search_error_status(exc)
+            if isinstance(exc, IndexCorruptError):
+                runtime.report_corrupt(exc)  # logged with the file and row; the answer says neither
+                raise ApiError(
+                    503,
+                    code,
+                    "the index is damaged and cannot answer (see /readyz)",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                ) from None
             if status == 503:
                 raise ApiError(
                     503,
@@ -274,13 +283,14 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         if status["ready"]:
             return JSONResponse(status)
         runtime.start_loading()  # a probe on a cold process starts the load (in the background)
+        reason = status.get("reason", "not_loaded")
         return error_response(
             request,
             503,
-            NOT_READY,
-            status.get("reason", "not loaded yet"),
+            INDEX_CORRUPT if reason == INDEX_CORRUPT else NOT_READY,
+            f"{reason}: {REASONS.get(reason, 'not ready')} (details in the server log)",
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            extra={"ready": False, "state": status["state"]},
+            extra={"ready": False, "state": status["state"], "reason": reason},
         )
 
     @router.get("/info", responses=error_responses(503), summary="Model, index, limits and versions")

@@ -24,17 +24,27 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from search.errors import SearchError
+from search.errors import (
+    ConfigError,
+    IndexCorruptError,
+    IndexLoadError,
+    IndexMismatchError,
+    ModelLoadError,
+    SearchError,
+    StorageError,
+)
 from search.model.cpu import available_cpus
 from search.model.encoder import QUERY, Encoder
 from search.searcher import Searcher
+from search.serve.errors import INDEX_CORRUPT
 from search.serve.observability import logger, tracer
 from search.settings import Settings
 from search.storage.live import LiveIndex
-from search.storage.s3 import fetch_bundle, is_s3_uri
+from search.storage.s3 import fetch_bundle, is_s3_uri, time_left
 
 RETRY_SECONDS = 5.0  # a failed load is retried at most this often
 CPU_WORKER_NICE = 5  # CPU workers yield to the event loop thread (health checks, parsing) when cores are busy
+WARMUP_RESERVE_S = 2.0  # a warmup's verification stops waiting this long before the invocation's deadline
 WARMUP_TEXT = "warm up the model"  # embedded on warmup so the first real query finds onnxruntime warm
 
 
@@ -113,6 +123,7 @@ class Runtime:
                 model_fingerprint=self.encoder.fingerprint,
                 dimension=self.encoder.dimension,
                 page_in=s.page_in,
+                verify=s.verify_index,
             )
         index = self.live.load(deadline=deadline)
         searcher = Searcher(self.encoder, index, cache_size=s.query_cache_size, hybrid_candidates=s.hybrid_candidates)
@@ -151,21 +162,34 @@ class Runtime:
         self.live.maybe_refresh(wait=False)
         return searcher, index
 
+    def report_corrupt(self, exc: IndexCorruptError) -> None:
+        """A query ran into damaged index data: log where, and stop answering from that copy."""
+        if self.live is None or self.live.corrupt:
+            return  # known already (current() raised it)
+        logger.error("index data fault", extra={"reason": str(exc)})
+        self.live.report_corrupt(exc)
+
     def status(self) -> dict[str, Any]:
-        """For /readyz: ready or why not.  No inference, no I/O."""
+        """For /readyz: ready or why not, as a reason code (REASONS); the detail (paths, bucket and
+        key names) is in the log only.  No inference, no I/O."""
         out: dict[str, Any] = {"ready": self.ready, "state": self.state}
         if self.error is not None:
-            out["reason"] = str(self.error)
+            out["reason"] = reason_code(self.error)
         elif not self.ready:
-            out["reason"] = "model and index are loading" if self.state == "loading" else "not loaded yet"
+            out["reason"] = "loading" if self.state == "loading" else "not_loaded"
         live = self.live
-        if live is not None and live.ready:
-            index = live.current()
+        if self.ready and live is not None and live.integrity is not None:
+            if live.corrupt:
+                out.update(ready=False, state="corrupt", reason=INDEX_CORRUPT)
+            elif live.integrity.state == "verifying":
+                out["state"] = "verifying"  # still answering: a cold start does not wait for it
+        index = live.loaded if live is not None else None
+        if live is not None and index is not None:
             out["index"] = {"version": index.version, "count": index.count}
             if self.keyword_note:
                 out["keyword"] = self.keyword_note  # still ready: hybrid answers semantically
             if live.error is not None:
-                out["index_refresh_error"] = str(live.error)  # still serving the loaded version
+                out["index_refresh_error"] = reason_code(live.error)  # still serving the loaded version
         out["pending"] = self.pending
         return out
 
@@ -190,7 +214,21 @@ class Runtime:
         t = time.perf_counter()
         swapped = bool(self.live.maybe_refresh(force=True, deadline=deadline))  # one HEAD per warmup
         timings["refresh"] = _ms(time.perf_counter() - t)
-        index = self.live.current()
+        integrity = self.live.integrity
+        if integrity is not None and integrity.state == "verifying":
+            t = time.perf_counter()
+            left = time_left(deadline)
+            integrity.wait(None if left is None else max(0.0, left - WARMUP_RESERVE_S))
+            timings["verify"] = _ms(time.perf_counter() - t)
+        try:
+            index = self.live.current()
+        except SearchError as exc:
+            return {
+                "warm": False,
+                "state": "corrupt" if self.live.corrupt else self.state,
+                "error": {"code": INDEX_CORRUPT if self.live.corrupt else "not_ready", "message": str(exc)},
+                "timings_ms": {**timings, "total": _ms(time.perf_counter() - t0)},
+            }
         searcher.index = index
         self._check_keyword(searcher, index)
         if self.settings.page_in:
@@ -245,6 +283,36 @@ class Runtime:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+# /readyz reason codes: what each means, for the 503's message (the detail is logged at the failure)
+REASONS = {
+    "loading": "the model and index are loading",
+    "not_loaded": "not loaded yet",
+    INDEX_CORRUPT: "the index is damaged and does not answer",
+    "index_mismatch": "the index was built with another model",
+    "index_invalid": "the index could not be opened",
+    "model_invalid": "the model could not be loaded",
+    "storage_error": "fetching the index or model failed",
+    "config_error": "a setting is invalid",
+    "load_failed": "loading failed unexpectedly",
+}
+
+
+def reason_code(error: SearchError) -> str:
+    if isinstance(error, IndexCorruptError):
+        return INDEX_CORRUPT
+    if isinstance(error, IndexMismatchError):
+        return "index_mismatch"
+    if isinstance(error, IndexLoadError):
+        return "index_invalid"
+    if isinstance(error, ModelLoadError):
+        return "model_invalid"
+    if isinstance(error, StorageError):
+        return "storage_error"
+    if isinstance(error, ConfigError):
+        return "config_error"
+    return "load_failed"
 
 
 _runtime: Runtime | None = None

@@ -11,22 +11,34 @@ file identity (local) is compared with the loaded one; a new version is opened b
 and swapped in with one assignment.  The old index is not closed under in-flight queries: it is
 dropped, and CPython frees its maps and SQLite handle when the last request holding it finishes.
 A downloaded old copy's files are deleted at once (Linux keeps mapped pages of unlinked files).
+
+Integrity (``verify=True``): opening checks sizes only, so every index that goes live is then
+read whole by a low-priority thread (``Integrity``: each file's sha256, the metadata store's
+quick_check).  Until it passes, ``integrity.state`` is ``verifying`` (searches are answered);
+on a mismatch, or a data fault a query runs into (``report_corrupt``), it is ``corrupt``:
+``current()`` raises IndexCorruptError and an S3 copy is deleted and downloaded again (at most
+every ``repair_seconds``).  A copy just downloaded was sha256-checked on the way in: verified.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from pathlib import Path
 
-from search.errors import IndexLoadError, IndexMismatchError, SearchError
+from search.errors import IndexCorruptError, IndexLoadError, IndexMismatchError, SearchError
 from search.index.reader import MANIFEST_NAME, SearchIndex
+from search.index.verify import Integrity
 from search.storage import s3 as storage
+
+logger = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # after a failed first load, callers get the same error until this has passed
 CHECK_BUDGET_S = 10.0  # a refresh without a caller deadline gives up after this (HEAD)
 REFRESH_BUDGET_S = 300.0  # ... and a new version's download after this
+REPAIR_SECONDS = 60.0  # a corrupt S3 copy is downloaded again at most this often
 
 
 class LiveIndex:
@@ -42,6 +54,8 @@ class LiveIndex:
         retry_seconds: float = RETRY_SECONDS,
         options: storage.TransferOptions = storage.TransferOptions(),
         client=None,
+        verify: bool = False,
+        repair_seconds: float = REPAIR_SECONDS,
     ):
         self.uri = str(uri)
         self.cache_dir = cache_dir
@@ -65,6 +79,11 @@ class LiveIndex:
         self.swaps = 0
         self.timings: dict[str, float] = {}  # ms of the last load/swap: s3_client, fetch|open, page_in
         self.downloaded_bytes = 0  # by the last load/swap (0: reused a cached copy)
+        self.verify = verify
+        self.repair_seconds = repair_seconds
+        self.integrity: Integrity | None = None  # of the current index, when verify is on
+        self._repair_at = -repair_seconds
+        self._repair_thread: threading.Thread | None = None
 
     # -- public -------------------------------------------------------------------------------
     @property
@@ -96,13 +115,77 @@ class LiveIndex:
             self._index, self._stamp, self._cached_path = index, stamp, cached
             self._last_check = time.monotonic()
             self.error = None
+            self._watch(index, verified=self.is_s3 and self.downloaded_bytes > 0)
             return index
 
     def current(self) -> SearchIndex:
         index = self._index
         if index is None:
             raise self.error or IndexLoadError("index not loaded yet", path=self.uri)
+        integrity = self.integrity
+        if integrity is not None and integrity.state == "corrupt" and integrity.index is index:
+            self._maybe_repair()
+            error = integrity.error
+            raise IndexCorruptError(error.reason if error else "corrupt", path=error.path if error else self.uri)
         return index
+
+    @property
+    def loaded(self) -> SearchIndex | None:
+        """The index in use, damaged or not (``current()`` refuses a damaged one)."""
+        return self._index
+
+    @property
+    def corrupt(self) -> bool:
+        integrity = self.integrity
+        return integrity is not None and integrity.state == "corrupt" and integrity.index is self._index
+
+    def report_corrupt(self, exc: IndexCorruptError) -> None:
+        """A data fault a query ran into (a metadata row, a stored vector): the index is damaged."""
+        index = self._index
+        if index is None or not str(exc.path or "").startswith(str(index.path)):
+            return  # about an index no longer live
+        if self.integrity is None or self.integrity.index is not index:
+            self.integrity = Integrity(index)
+        self.integrity.stop()
+        self.integrity.fail(exc)
+        self._maybe_repair()
+
+    def _watch(self, index: SearchIndex, *, verified: bool = False) -> None:
+        """Start verifying the index that just went live (and stop checking the one it replaced)."""
+        if not self.verify:
+            return
+        old, self.integrity = self.integrity, Integrity(index, verified=verified)
+        if old is not None:
+            old.stop()
+        self.integrity.start()
+
+    def _maybe_repair(self) -> None:
+        """An S3 copy found damaged is deleted and downloaded again, in the background, rate-limited."""
+        if not self.is_s3 or time.monotonic() - self._repair_at < self.repair_seconds:
+            return
+        if self._repair_thread is not None and self._repair_thread.is_alive():
+            return
+        self._repair_at = time.monotonic()
+        self._repair_thread = threading.Thread(target=self._repair, daemon=True, name="index-repair")
+        self._repair_thread.start()
+
+    def _repair(self) -> bool:
+        with self._refresh_lock:
+            broken = self._cached_path
+            if broken is not None:
+                storage.remove_cached(broken)  # the maps of the damaged copy stay valid until dropped
+            try:
+                index, stamp, cached = self._open_latest(storage.deadline_after(REFRESH_BUDGET_S))
+            except SearchError as exc:
+                self.error = exc
+                logger.error("index repair failed", extra={"reason": str(exc)})
+                return False
+            with self._load_lock:
+                self._index, self._stamp, self._cached_path = index, stamp, cached
+            self.swaps += 1
+            self._watch(index, verified=self.downloaded_bytes > 0)
+            logger.info("index repaired", extra={"version": index.version})
+            return True
 
     def maybe_refresh(self, *, force: bool = False, wait: bool = True, deadline: float | None = None) -> bool:
         """Pick up a new index version if there is one; True when swapped.
@@ -142,6 +225,7 @@ class LiveIndex:
             "error": str(self.error) if self.error is not None else None,
             "downloaded_mb": round(self.downloaded_bytes / 1e6, 3),
             "timings_ms": dict(self.timings),
+            "integrity": self.integrity.state if self.integrity is not None else "off",
         }
 
     # -- internals ----------------------------------------------------------------------------
@@ -185,7 +269,8 @@ class LiveIndex:
                 check=self._check_manifest,
                 open_with=self._open,
             )
-            index, stamp, cached = fetched.opened, fetched.etag, fetched.path
+            stamp: object = fetched.etag
+            index, cached = fetched.opened, fetched.path
             self.timings["fetch"] = round((time.monotonic() - t0) * 1000, 1)
             self.downloaded_bytes = fetched.downloaded_bytes
         else:
@@ -203,6 +288,7 @@ class LiveIndex:
             return False  # another thread is already checking
         try:
             self._last_check = time.monotonic()
+            stamp: object
             if self.is_s3:
                 stamp = storage.manifest_etag(
                     self._s3(), self.uri, deadline=deadline or storage.deadline_after(CHECK_BUDGET_S)
@@ -221,12 +307,14 @@ class LiveIndex:
                 self._index, self._cached_path = index, cached  # the swap: one assignment
             self.swaps += 1
             self.error = None
+            self._watch(index, verified=self.is_s3 and self.downloaded_bytes > 0)
             if old_cached is not None and old_cached != cached:
                 storage.remove_cached(old_cached)
             del old  # the last reference here; in-flight requests may still hold theirs
             return True
         except SearchError as exc:
-            self.error = exc  # keep serving the old version; /readyz and /info show why
+            self.error = exc  # keep serving the old version; /readyz shows a reason code, the log why
+            logger.warning("index refresh failed", extra={"reason": str(exc)})
             return False
         finally:
             self._refresh_lock.release()

@@ -316,7 +316,8 @@ def test_not_loaded_answers_503_and_readyz_says_why(model_dir, tmp_path):
     assert r.headers["retry-after"] == "1"
     ready = client.get("/readyz")
     body = assert_error(ready, 503, "not_ready")
-    assert "no-index-here" in body["error"]["message"] and body["state"] == "failed"
+    assert body["reason"] == "index_invalid" and body["state"] == "failed"
+    assert "no-index-here" not in ready.text  # paths stay in the log (issue 16 item 8)
     assert_error(client.get("/info"), 503, "not_ready")
 
 

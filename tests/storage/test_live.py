@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from search.errors import IndexMismatchError, StorageError
+from search.errors import IndexCorruptError, IndexMismatchError, StorageError
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
 from search.searcher import Searcher
@@ -226,3 +226,66 @@ def test_background_refresh_does_not_block_the_caller(two_versions, bucket, moto
     while live.version != version_of(two_versions["b"]) and time.monotonic() < until:
         time.sleep(0.05)
     assert live.version == version_of(two_versions["b"]) and live.swaps == 1
+
+
+# -- issue 16 item 2: a damaged copy is found in the background, and an S3 copy is fetched again --
+
+
+def flip_middle_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_damaged_reused_s3_copy_is_found_and_downloaded_again(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/damaged/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    first = LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url), verify=True)
+    first.load()
+    assert first.integrity.state == "verified"  # just downloaded: sha256-checked on the way in
+    cached = Path(first.status()["local_path"])
+    flip_middle_byte(cached / "embeddings.npy")  # the disk damages the cached copy
+    proxy.reset()
+    second = LiveIndex(
+        uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url), verify=True, repair_seconds=0
+    )
+    second.load()
+    assert second.status()["downloaded_mb"] == 0  # reused (sizes match), then verified in the background
+    wait_for(lambda: second.integrity.state != "verifying", "the verification")
+    assert second.corrupt and second.status()["integrity"] == "corrupt"
+    with pytest.raises(IndexCorruptError, match="embeddings.npy: sha256 differs"):
+        second.current()  # ... which also starts the repair
+    wait_for(lambda: not second.corrupt, "the repair")
+    repaired = second.current()
+    assert second.downloaded_bytes > 0 and proxy.data_gets()
+    assert second.integrity.state == "verified" and repaired.version == first.version
+    repaired.verify()  # the new copy is whole
+
+
+def test_a_damaged_local_index_stays_refused(two_versions, tmp_path):
+    import shutil
+
+    folder = shutil.copytree(two_versions["a"], tmp_path / "index")
+    flip_middle_byte(folder / "scan-int8.npy" if (folder / "scan-int8.npy").exists() else folder / "embeddings.npy")
+    live = LiveIndex(str(folder), verify=True, repair_seconds=0)
+    live.load()
+    wait_for(lambda: live.integrity.state != "verifying", "the verification")
+    assert live.corrupt
+    for _ in range(2):
+        with pytest.raises(IndexCorruptError):
+            live.current()
+
+
+def test_verification_is_off_unless_asked(two_versions):
+    live = LiveIndex(str(two_versions["a"]))
+    live.load()
+    assert live.integrity is None and live.status()["integrity"] == "off"
