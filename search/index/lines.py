@@ -80,8 +80,8 @@ def read_lines(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Line
 
 def jsonl_rows(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
     for line in read_lines(fh, max_bytes):
-        if line.problem is not None:
-            yield line.number, None, line.problem
+        if line.problem is not None or line.text is None:
+            yield line.number, None, line.problem or "unreadable line"
             continue
         if not line.text.strip():
             continue
@@ -138,7 +138,7 @@ def csv_rows(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
             if problem is None and size > max_bytes:
                 bad, problem = span[0], over_limit(size, max_bytes)
             if problem is not None:
-                yield bad, None, problem
+                yield (span[0] if bad is None else bad), None, problem
             else:
                 yield reader.line_num, row, None
     except csv.Error as exc:
