@@ -170,6 +170,10 @@ class Integrity:
             self.seconds = round(time.monotonic() - self._started, 3)
             logger.error("index corrupt", extra={"reason": str(exc)})
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait at the thread's own pace; True when done."""
+        return self._done.wait(timeout)
+
     def wait(self, timeout: float | None = None) -> bool:
         """Finish at full pace (a warmup has the environment to itself); True when done."""
         self._hurry.set()
