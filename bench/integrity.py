@@ -85,23 +85,25 @@ def _detect(source: Path, work: Path, name: str | None, offset: int | None, sear
     copy = work / "index"
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(source, copy)
-    if name is not None:
+    if name is not None and offset is not None:
         _flip(copy, name, offset)
     live = LiveIndex(str(copy), verify=True)
     searches = Searches(searcher, live) if searcher is not None else None
     t0 = time.perf_counter()
     live.load()
     t_loaded = time.perf_counter()
+    integrity = live.integrity
+    assert integrity is not None  # verify=True
     if searches is not None:
         with searches:
-            live.integrity.join()
+            integrity.join()
     else:
-        live.integrity.join()
+        integrity.join()
     t_done = time.perf_counter()
     return {
         "file": name,
         "offset": offset,
-        "state": live.integrity.state,
+        "state": integrity.state,
         "load_ms": round((t_loaded - t0) * 1000, 2),
         "detect_ms": round((t_done - t_loaded) * 1000, 2),
         "searches_per_s": round(searches.rate, 1) if searches is not None else None,
