@@ -209,13 +209,21 @@ def lambda_environment(api: RuntimeAPI, task_root: Path, extra: dict[str, str]) 
 class LambdaProcess:
     """One execution environment: ``python -S -s -m awslambdaric handler.handler``."""
 
-    def __init__(self, python: str, path: list[Path], env: dict[str, str], api: RuntimeAPI, cwd: Path):
+    def __init__(
+        self,
+        python: str,
+        path: list[Path],
+        env: dict[str, str],
+        api: RuntimeAPI,
+        cwd: Path,
+        handler: str = "handler.handler",
+    ):
         self.api = api
         env = dict(env, PYTHONPATH=os.pathsep.join(str(p) for p in path), PYTHONDONTWRITEBYTECODE="1")
         # -S: no site module, so no site-packages at all (the tree must hold everything);
         # -s: no user site either; PYTHONDONTWRITEBYTECODE: /var/task is read-only in Lambda.
         self.proc = subprocess.Popen(
-            [python, "-S", "-s", "-m", "awslambdaric", "handler.handler"],
+            [python, "-S", "-s", "-m", "awslambdaric", handler],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,
@@ -252,6 +260,8 @@ class LambdaProcess:
             self.proc.kill()
             self.proc.wait(10)
         self._reader.join(5)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
 
 
 def base_python() -> str:

@@ -74,12 +74,10 @@ def walk(node):
 
 
 def statements(template) -> list[dict]:
-    return [
-        s
-        for node in walk(template["Resources"])
-        if isinstance(node, dict) and "Statement" in node
-        for s in node["Statement"]
-    ]
+    """IAM statements of the search function's resources (the build pipeline's, behind
+    EnableBuildPipeline, are held to their own rules in test_build_pipeline.py)."""
+    search = {k: r for k, r in template["Resources"].items() if r.get("Condition") != "BuildPipelineOn"}
+    return [s for node in walk(search) if isinstance(node, dict) and "Statement" in node for s in node["Statement"]]
 
 
 def as_list(value) -> list:
