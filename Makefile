@@ -76,9 +76,9 @@ image-test: $(INDEX)/manifest.json image-engine $(SAM_VENV)/.installed  ## build
 test: $(INDEX)/manifest.json $(NATIVE_LIB) browser image-engine $(SAM_VENV)/.installed  ## run the whole test suite
 	$(PY) -m pytest -q
 
-# The unit tier: no exported model, nothing marked slow (tests/conftest.py marks what needs the model).
-test-fast: $(NATIVE_LIB) | $(VENV)/.installed  ## run the fast unit tier (no exported model, under a minute)
-	$(PY) -m pytest -q -m "not slow and not model"
+# The unit tier: no exported model, no S3 server, nothing marked slow (tests/conftest.py marks them).
+test-fast: $(NATIVE_LIB) | $(VENV)/.installed  ## run the fast unit tier (no exported model, no S3 server, nothing slow; under a minute)
+	$(PY) -m pytest -q -m "not slow and not model and not s3"
 
 # The load figure drives the local server with Debian's wrk; without it that figure is skipped.
 bench: $(INDEX)/manifest.json $(NATIVE_LIB)  ## run the benchmarks, results in bench/results/ (BENCH_ARGS="--only scale --quick")

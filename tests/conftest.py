@@ -2,7 +2,8 @@
 so these paths exist; running pytest by hand without them fails with the command to run.
 
 Test tiers: a test that uses the exported model (the `model_dir`, `demo_index` or `encoder` fixture)
-is marked `model`; `make test-fast` runs everything that is neither `model` nor `slow`.  Tests whose
+is marked `model`, one that starts moto's S3 server `s3`; `make test-fast` runs everything that is
+neither `model`, `s3` nor `slow`.  Tests whose
 behaviour does not depend on the real model use `tiny_model_dir` / `tiny_index` / `tiny_encoder`
 (tests/tiny_model.py: a real bundle the real Encoder loads, built in milliseconds)."""
 
@@ -26,10 +27,17 @@ MODEL_FIXTURES = frozenset(
 )
 
 
+# Fixtures that start moto's S3 server (tests/s3helpers.py): integration tests, not in the fast tier.
+S3_FIXTURES = frozenset({"moto_url"})
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if MODEL_FIXTURES & used:
             item.add_marker(pytest.mark.model)
+        if S3_FIXTURES & used:
+            item.add_marker(pytest.mark.s3)
 
 
 def _need(path: Path, what: str) -> Path:

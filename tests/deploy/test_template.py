@@ -87,6 +87,7 @@ def as_list(value) -> list:
 # ------------------------------------------------------------------ linters
 
 
+@pytest.mark.slow  # cfn-lint loads every resource schema: several seconds
 def test_cfn_lint_passes():
     cfn_lint = Path(sys.executable).with_name("cfn-lint")  # pinned in requirements-dev.txt
     done = subprocess.run([str(cfn_lint), str(TEMPLATE)], capture_output=True, text=True)

@@ -132,6 +132,7 @@ def test_index_search_equal_with_either_kernel(kernel, tmp_path, monkeypatch):
     assert native_hits == ort_hits
 
 
+@pytest.mark.slow  # runs the C compiler
 def test_build_script_compiles_a_loadable_object(tmp_path):
     if not HAVE_CC:
         pytest.skip("no C compiler here")
