@@ -14,6 +14,8 @@ Figures (``--only`` takes a comma list; default: all):
   heldout  the judged query sets under eval/: PyTorch, int8 semantic, keyword, bm25s, hybrid
            (bench/heldout.py; BENCH_HELDOUT_SETS=a,b selects sets)
   package  the zip variant's parts, unzipped and zipped, as `sam build` / `sam package` make them
+  image    the container image from the real Dockerfile in Debian's engine (bench/image.py): layer
+           sizes, build time, cold start through AWS's emulator, contents (skips without root/dockerd)
 
 Needs build/model (`make model`); builds and caches build/bench/debian-64k (and -text), the fp32
 export build/bench/model-fp32 and synthetic vectors under build/bench/ on first use.
@@ -45,11 +47,12 @@ ORDER = (
     "hybrid",
     "heldout",
     "package",
+    "image",
 )
 
 
 def _figures() -> dict:
-    from bench import embed, package, quality, request, scale, system
+    from bench import embed, image, package, quality, request, scale, system
 
     def hybrid(quick: bool) -> dict:
         from bench import hybrid_quality
@@ -78,6 +81,7 @@ def _figures() -> dict:
         "hybrid": hybrid,
         "heldout": heldout,
         "package": package.measure,
+        "image": image.measure,
     }
 
 

@@ -672,13 +672,17 @@ def code_files(source: Path = ROOT) -> list[str]:
     return sorted(files)
 
 
-def build_function_image(engine: Engine, model: Path, *, tag: str = FUNCTION_TAG, bases: dict | None = None) -> dict:
+def build_function_image(
+    engine: Engine, model: Path, *, tag: str = FUNCTION_TAG, bases: dict | None = None, no_cache: bool = False
+) -> dict:
     """docker build of the repo's Dockerfile against the stand-ins, offline. Returns tag, args, seconds."""
     bases = bases or base_images(engine)
     args = {"LAMBDA_BASE": bases["lambda"], "BUILDER_BASE": bases["builder"], **prepare_inputs(model)}
     cmd = ["build", "--network", "none", "--pull=false", "--force-rm", "-t", tag, "-f", str(ROOT / "Dockerfile")]
     for key, value in args.items():
         cmd += ["--build-arg", f"{key}={value}"]
+    if no_cache:
+        cmd.append("--no-cache")
     expected = code_files()  # the working tree as sent to the build, for the file-list check
     start = time.monotonic()
     log(f"docker build {' '.join(cmd[1:])} {ROOT}")
@@ -830,6 +834,55 @@ def init_report_ms(logs: str) -> float | None:
 
     hit = re.search(r"INIT REPORT\(durationMs: ([0-9.]+)\)", logs)
     return float(hit.group(1)) if hit else None
+
+
+INSPECT_SCRIPT = r"""
+import importlib.util, json, os, shutil, sys
+sys.path[:0] = ["/var/task", "/var/runtime"]
+files = sorted(os.path.relpath(os.path.join(d, f), "/var/task") for d, _, fs in os.walk("/var/task") for f in fs)
+tests = [d for top in ("/var/task", "/var/runtime", "/opt") for d, subdirs, _ in os.walk(top)
+         if os.path.basename(d) in ("tests", "test")]
+size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk("/var/task") for f in fs)
+print(json.dumps({"files": files, "tests": tests, "task_root_bytes": size,
+                  "found": [m for m in sys.argv[1:] if importlib.util.find_spec(m)],
+                  "compilers": [c for c in ("cc", "gcc", "c++", "clang", "ld", "as", "make") if shutil.which(c)]}))
+"""
+KERNEL = "search/scoring/native/_int8dot.so"
+
+
+def inspect_contents(engine: Engine, tag: str, forbidden: tuple[str, ...]) -> dict:
+    """The image's /var/task file list and size, which of ``forbidden`` import, compilers on PATH, tests folders."""
+    out = engine.docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "python3", tag, "-c", INSPECT_SCRIPT, *forbidden
+    )
+    return json.loads(out.stdout)
+
+
+def copy_out(engine: Engine, tag: str, path: str, dest: Path) -> Path:
+    box = engine.docker("create", "--network", "none", tag).stdout.decode().strip()
+    try:
+        engine.docker("cp", f"{box}:{path}", str(dest))
+    finally:
+        engine.docker("rm", "-f", box)
+    return dest
+
+
+def glibc_versions(path: Path) -> list[tuple[int, int]]:
+    """GLIBC_x.y versions a shared object needs (readelf's version sections)."""
+    import re
+
+    out = subprocess.run(["readelf", "--version-info", "--wide", str(path)], capture_output=True, text=True, check=True)
+    return sorted({(int(a), int(b)) for a, b in re.findall(r"GLIBC_(\d+)\.(\d+)", out.stdout)})
+
+
+def layer_sizes(engine: Engine, tag: str) -> list[tuple[int, str]]:
+    """(bytes, instruction) per layer, oldest first, from `docker history`."""
+    out = engine.docker("history", "--no-trunc", "--human=false", "--format", "{{.Size}}\t{{.CreatedBy}}", tag)
+    rows = []
+    for line in out.stdout.decode().splitlines():
+        size, _, created = line.partition("\t")
+        rows.append((int(size), created))
+    return rows[::-1]
 
 
 # ------------------------------------------------------------------ command line

@@ -21,7 +21,6 @@ Without root, dockerd, debootstrap or the SAM CLI's emulator it skips, saying wh
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 from pathlib import Path
 
@@ -196,25 +195,12 @@ def test_every_event_through_the_emulator(engine, built):
 
 
 def test_image_holds_the_listed_files_and_nothing_else(engine, built, tmp_path):
-    script = r"""
-import importlib.util, json, os, shutil, sys
-sys.path[:0] = ["/var/task", "/var/runtime"]
-files = sorted(os.path.relpath(os.path.join(d, f), "/var/task") for d, _, fs in os.walk("/var/task") for f in fs)
-tests = [d for top in ("/var/task", "/var/runtime", "/opt") for d, subdirs, _ in os.walk(top)
-         if os.path.basename(d) in ("tests", "test")]
-print(json.dumps({"files": files, "tests": tests,
-                  "found": [m for m in sys.argv[1:] if importlib.util.find_spec(m)],
-                  "compilers": [c for c in ("cc", "gcc", "c++", "clang", "ld", "as", "make") if shutil.which(c)]}))
-"""
-    out = engine.docker(
-        "run", "--rm", "--network", "none", "--entrypoint", "python3", built["tag"], "-c", script, *FORBIDDEN
-    )
-    seen = json.loads(out.stdout)
+    seen = image.inspect_contents(engine, built["tag"], FORBIDDEN)
     assert seen["found"] == [] and seen["compilers"] == [] and seen["tests"] == [], seen
     files = set(seen["files"])
     code_roots = tuple(r.rstrip("/") for r in image.taskroot().code_paths())
     code = {f for f in files if f.startswith(code_roots) and "__pycache__" not in f}
-    kernel = "search/scoring/native/_int8dot.so"
+    kernel = image.KERNEL
     assert code - {kernel} == set(built["code_files"]), "the image's code differs from deploy/files.txt's files"
     assert kernel in code, "the int8 kernel was not compiled into the image"
     # every module byte-compiled for 3.12 (the task root is read-only in Lambda)
@@ -225,24 +211,13 @@ print(json.dumps({"files": files, "tests": tests,
         assert compiled in pyc, f"{rel} has no .pyc in the image"
     assert {"model/manifest.json", "index/manifest.json"} <= files
     # The kernel's glibc symbol versions, read from the image's copy.
-    box = engine.docker("create", "--network", "none", built["tag"]).stdout.decode().strip()
-    try:
-        engine.docker("cp", f"{box}:/var/task/{kernel}", str(tmp_path / "kernel.so"))
-    finally:
-        engine.docker("rm", "-f", box)
-    versions = glibc_versions(tmp_path / "kernel.so")
+    versions = image.glibc_versions(image.copy_out(engine, built["tag"], f"/var/task/{kernel}", tmp_path / "k.so"))
     assert all(v <= MAX_GLIBC for v in versions), f"kernel needs glibc {max(versions)} > {MAX_GLIBC}"
-
-
-def glibc_versions(path: Path) -> list[tuple[int, int]]:
-    """GLIBC_x.y versions a shared object needs (readelf's version-needs section)."""
-    out = subprocess.run(["readelf", "--version-info", "--wide", str(path)], capture_output=True, text=True, check=True)
-    return sorted({(int(a), int(b)) for a, b in re.findall(r"GLIBC_(\d+)\.(\d+)", out.stdout)})
 
 
 def test_glibc_check_reads_real_symbol_versions():
     """The check above is not vacuous: a binary built here (glibc 2.36) shows its versions."""
-    assert max(glibc_versions(Path("/bin/ls"))) >= (2, 3), "readelf found no GLIBC versions in /bin/ls"
+    assert max(image.glibc_versions(Path("/bin/ls"))) >= (2, 3), "readelf found no GLIBC versions in /bin/ls"
 
 
 # ---------------------------------------------------------------- the zip variant
