@@ -29,7 +29,7 @@ CANDIDATES = 100
 @dataclass
 class Candidates:
     kind: str
-    accepted: set[str]
+    accepted: set[int]  # rows of the accepted ids
     semantic: list[tuple[int, float]]  # (row, cosine) best first
     keyword: list[tuple[int, float]]  # (row, bm25) best first
     ideal: float
@@ -72,7 +72,7 @@ def gather(index: SearchIndex, encoder: Encoder, queries, weights: tuple[float, 
         missing = [r for r, _ in keyword if r not in cosine]
         if missing:
             cosine.update(zip(missing, _cosines(index, missing, vec).tolist(), strict=True))
-        accepted_rows = {index.metadata.row_of(a) for a in accepted} - {None}
+        accepted_rows = {r for r in map(index.metadata.row_of, accepted) if r is not None}
         out.append(
             Candidates(
                 kind, accepted_rows, semantic, keyword, ideal, cosine, lexical.exact_matches(text), len(text.split())
@@ -114,12 +114,14 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
 
     f["old relative 0.6/0.4"] = old
     for w in (0.25, 0.35, 0.5, 0.75, 1.0):
-        f[f"coverage w={w}"] = lambda c, w=w: [
-            x.row
-            for x in weighted_fuse(
+
+        def fixed(c: Candidates, w: float = w) -> list[int]:
+            fused = weighted_fuse(
                 [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=w
             )
-        ]
+            return [x.row for x in fused]
+
+        f[f"coverage w={w}"] = fixed
     for how in ("minmax", "zscore"):
         for alpha in (0.3, 0.5):
 
@@ -142,17 +144,15 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
 
     f["rrf k=60"] = rrf
     for short_w, long_w in ((0.5, 0.25), (0.75, 0.35), (1.0, 0.35), (1.0, 0.5)):
-        f[f"coverage w={short_w}/{long_w} (4+ words)"] = lambda c, a=short_w, b=long_w: [
-            x.row
-            for x in weighted_fuse(
-                [r for r, _ in c.semantic],
-                c.keyword,
-                c.cosine,
-                c.exact,
-                ideal=c.ideal,
-                keyword_weight=a if c.words < 4 else b,
+
+        def by_length(c: Candidates, a: float = short_w, b: float = long_w) -> list[int]:
+            weight = a if c.words < 4 else b
+            fused = weighted_fuse(
+                [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=weight
             )
-        ]
+            return [x.row for x in fused]
+
+        f[f"coverage w={short_w}/{long_w} (4+ words)"] = by_length
 
     def rerank(c: Candidates, w: float = 0.5) -> list[int]:  # keyword evidence only inside semantic candidates
         cov = {r: coverage(s, c.ideal) for r, s in c.keyword}

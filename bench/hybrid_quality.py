@@ -110,7 +110,7 @@ def name_task(searcher: Searcher, sample: int = NAME_SAMPLE, seed: int = SEED, p
         if progress and n % 100 == 0:
             progress(f"name task {n}/{len(chosen)}")
     total = len(chosen)
-    out = {"hybrid.name.sample": total, "hybrid.name.seed": seed}
+    out: dict[str, float] = {"hybrid.name.sample": total, "hybrid.name.seed": seed}
     out.update({f"hybrid.name.rank1.{m}": round(first[m] / total, 4) for m in MODES})
     out["hybrid.name.hybrid_exact_rule_share"] = round(exact_first / max(first["hybrid"], 1), 4)
     out["hybrid.name.rank1.hybrid_fused_only"] = round(fused_first / total, 4)
@@ -208,7 +208,7 @@ def known_item_task(
     if searcher.index.manifest.get("spec", {}).get("title_field"):
         raise SystemExit("the known-item index must not store titles (see title_free)")
     queries = known_item_queries(corpus, set(_all_ids(searcher.index)), sample, seed)
-    rr = {m: [] for m in MODES}
+    rr: dict[str, list[float]] = {m: [] for m in MODES}
     for n, (title, good) in enumerate(queries, 1):
         for mode in MODES:
             ranked = [h["id"] for h in searcher.search(title, k=TOP, mode=mode).hits]
@@ -216,7 +216,7 @@ def known_item_task(
             rr[mode].append(1.0 / rank if rank else 0.0)
         if progress and n % 200 == 0:
             progress(f"known-item task {n}/{len(queries)}")
-    out = {"hybrid.known_item.sample": len(queries)}
+    out: dict[str, float] = {"hybrid.known_item.sample": len(queries)}
     for m in MODES:
         out[f"hybrid.known_item.mrr10.{m}"] = round(statistics.fmean(rr[m]), 4)
         out[f"hybrid.known_item.recall10.{m}"] = round(sum(r > 0 for r in rr[m]) / len(rr[m]), 4)
@@ -233,7 +233,7 @@ def latency(searcher: Searcher, queries: list[str], rounds: int = 1) -> dict:
     for q in queries[:20]:  # warm-up: page in the index and the keyword tables
         for mode in MODES:
             searcher.search(q, k=TOP, mode=mode)
-    times = {m: [] for m in MODES}
+    times: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(rounds):
         for n, q in enumerate(queries):
             order = MODES[n % 3 :] + MODES[: n % 3]

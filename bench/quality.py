@@ -72,8 +72,8 @@ def evaluate(
     for start in range(0, len(queries), block):
         scores = np.asarray(queries[start : start + block], dtype=np.float32) @ documents.T
         for i, row_scores in enumerate(scores):
-            top = np.argpartition(-row_scores, k)[: k + 1] if row_scores.size > k + 1 else np.arange(row_scores.size)
-            top = sorted(top.tolist(), key=lambda r: (-row_scores[r], r))[:k]
+            part = np.argpartition(-row_scores, k)[: k + 1] if row_scores.size > k + 1 else np.arange(row_scores.size)
+            top = sorted(part.tolist(), key=lambda r: (-row_scores[r], r))[:k]
             good = accept[start + i]
             rank = next((pos for pos, row in enumerate(top, 1) if row in good), None)
             if rank is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bench.common import RESULTS
 
@@ -28,7 +29,9 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
         if measured is not None:
             out.append((figure, measured, target, _status(ok), f"`{command}`"))
 
-    g = r.get
+    def g(key: str) -> Any:  # a figure is a number once its key is present (each row checks the key first)
+        return r.get(key)
+
     if "embed.speedup" in r:
         add(
             "query embedding, one thread (median per short query)",
@@ -180,7 +183,7 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             ("onnx_fp32", "ONNX fp32"),
             ("onnx_int8", "ONNX int8 (shipped)"),
         ):
-            ratio = {
+            ratio: Any = {
                 "onnx_int8": g("quality.onnx_int8_vs_pytorch_mrr"),
                 "onnx_fp32": g("quality.onnx_fp32_vs_pytorch_mrr"),
             }.get(name)

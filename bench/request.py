@@ -170,7 +170,9 @@ def summarise_profile(raw: str, requests: int, seconds: float, top: int = 30) ->
     """Collapsed stacks -> self and inclusive shares of CPU samples per function."""
     from collections import Counter
 
-    own, inclusive, total = Counter(), Counter(), 0
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():

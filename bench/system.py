@@ -142,8 +142,16 @@ def _get(port: int, path: str, timeout: float = 5.0) -> int:
         conn.close()
 
 
+def _found(pattern: str, text: str) -> re.Match[str]:
+    """``re.search`` that names what wrk's output lacked instead of failing on None."""
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"wrk output has no {pattern!r}: {text[-500:]!r}")
+    return match
+
+
 def _wrk_ms(text: str) -> float:
-    value, unit = re.match(r"([\d.]+)(us|ms|s)", text.strip()).groups()
+    value, unit = _found(r"^([\d.]+)(us|ms|s)", text.strip()).groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
@@ -185,7 +193,11 @@ def measure_load(quick: bool) -> dict:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise RuntimeError(
                     "server did not become ready: "
-                    + (server.stderr.read().decode()[-1500:] if server.poll() is not None else "timeout")
+                    + (
+                        server.stderr.read().decode()[-1500:]
+                        if server.stderr and server.poll() is not None
+                        else "timeout"
+                    )
                 )
             time.sleep(0.2)
         import urllib.parse
@@ -222,9 +234,9 @@ def measure_load(quick: bool) -> dict:
             stop.set()
             poller.join()
         text = wrk.stdout
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-        p50 = _wrk_ms(re.search(r"50%\s+(\S+)", text).group(1))
-        p99 = _wrk_ms(re.search(r"99%\s+(\S+)", text).group(1))
+        rps = float(_found(r"Requests/sec:\s+([\d.]+)", text).group(1))
+        p50 = _wrk_ms(_found(r"50%\s+(\S+)", text).group(1))
+        p99 = _wrk_ms(_found(r"99%\s+(\S+)", text).group(1))
         non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
         live_ms = [t * 1000 for t in livez]
         return {

@@ -21,9 +21,9 @@ def _cgroup_quota_cpus() -> float | None:
             return None
         quota_f, period_f = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
         if quota_f.is_file() and period_f.is_file():
-            quota = int(quota_f.read_text())
-            if quota > 0:
-                return quota / int(period_f.read_text())
+            v1_quota = int(quota_f.read_text())
+            if v1_quota > 0:
+                return v1_quota / int(period_f.read_text())
     except (OSError, ValueError):
         pass
     return None
