@@ -80,11 +80,19 @@ def test_pytorch_rankings_exact_cosine_and_cache(tmp_path):
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.where(norms > 0, norms, 1)
 
-    first = heldout.pytorch_rankings(ROWS, ["fox", "web fox"], k=2, cache=tmp_path, name="toy", encode=encode)
-    assert first[0][0] == "fox" and first[1] == ["web", "fox"]
-    assert calls == [4, 2] and len(list(tmp_path.glob("pytorch-toy-*.npy"))) == 1
-    again = heldout.pytorch_rankings(ROWS, ["fox", "web fox"], k=2, cache=tmp_path, name="toy", encode=encode)
-    assert again == first and calls == [4, 2, 2]  # documents came from the cache
+    first, embedded = heldout.pytorch_rankings(ROWS, ["fox", "web fox"], k=2, cache=tmp_path, name="toy", encode=encode)
+    assert first[0][0] == "fox" and first[1] == ["web", "fox"] and embedded == 4
+    assert calls == [4, 2] and (tmp_path / "pytorch-toy.npy").is_file()
+    again, embedded = heldout.pytorch_rankings(ROWS, ["fox", "web fox"], k=2, cache=tmp_path, name="toy", encode=encode)
+    assert again == first and embedded == 0 and calls == [4, 2, 2]  # documents came from the cache
+    # a pool: only those rows are candidates; a new text is embedded and added to the store
+    rows = [*ROWS, ("fox2", "fox\nanother fox")]
+    pooled, embedded = heldout.pytorch_rankings(
+        rows, ["fox"], k=3, cache=tmp_path, name="toy", encode=encode, pool=[3, 4, 1]
+    )
+    assert embedded == 1 and set(pooled[0]) <= {"web", "fox2", "dog"} and pooled[0][0] == "fox2"
+    store = heldout.VectorStore(tmp_path, "toy")
+    assert len(store.keys) == 5 and store.vectors.shape == (5, 4)
 
 
 def _evaluation(hybrid_name_rank1: bool = True):
@@ -131,7 +139,7 @@ def test_figures_report_and_target_rows():
     assert heldout.report_lines({}) == []
 
 
-def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path):
+def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path, monkeypatch):
     records = demo_records[:60]
     corpus = write_jsonl(tmp_path / "toy.jsonl", records)
     queries = tmp_path / "toy-tune.tsv"
@@ -151,8 +159,16 @@ def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path):
     assert r[p + "pytorch.descriptive.hit10"] == 1.0 and r[p + "semantic.descriptive.hit10"] == 1.0
     details = (tmp_path / "cache" / "toy-tune.details.tsv").read_text(encoding="utf-8").splitlines()
     assert details[0].split("\t")[4:9] == [f"rank.{s}" for s in heldout.SYSTEMS] and len(details) == 17
-    assert list((tmp_path / "cache").glob("pytorch-toy-*.npy"))
+    assert (tmp_path / "cache" / "pytorch-toy.npy").is_file()
     assert len(list((tmp_path / "cache").glob("toy-*/manifest.json"))) == 1
+    assert r[p + "pytorch_scope"] == "all documents" and r[p + "pytorch_embedded_now"] == 60
+
+    # the pool the large corpora use gives the same PyTorch figures here, and embeds nothing new
+    monkeypatch.setattr(heldout, "FULL_LIMIT", 10)
+    monkeypatch.setattr(heldout, "POOL", 20)
+    pooled = heldout.run_set(qs, model_dir, tmp_path / "cache")
+    assert pooled[p + "pytorch_scope"].startswith("pool of ") and pooled[p + "pytorch_embedded_now"] == 0
+    assert {k: v for k, v in pooled.items() if ".pytorch." in k} == {k: v for k, v in r.items() if ".pytorch." in k}
 
 
 def test_set_index_is_rebuilt_when_the_index_code_changes(model_dir, demo_records, tmp_path, monkeypatch):
