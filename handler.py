@@ -75,6 +75,9 @@ def lambda_handler(event, context):
     try:
         if not isinstance(event, dict):
             raise TypeError(type(event).__name__)
+        kind = lambda_events.unsupported_kind(event)
+        if kind is not None:
+            raise TypeError(kind)
         adapter.infer(event, context)
     except (RuntimeError, TypeError):  # not an object, or no HTTP shape Mangum knows
         metrics.add_metric(name="UnsupportedEvent", unit=MetricUnit.Count, value=1)

@@ -394,3 +394,76 @@ def test_search_inline_or_on_the_executor_gives_the_same_answer(fresh, context, 
     )
     other = handler.handler(ev, context)
     assert body_of(other)["results"] == body_of(response)["results"]
+
+
+# -- issue 16 item 9: events from elsewhere --------------------------------------------------------
+
+LAMBDA_AT_EDGE = {
+    "Records": [
+        {
+            "cf": {
+                "config": {"distributionId": "EDFDVBD6EXAMPLE", "eventType": "viewer-request", "requestId": "r-1"},
+                "request": {
+                    "clientIp": "203.0.113.178",
+                    "headers": {},
+                    "method": "GET",
+                    "querystring": "q=chess",
+                    "uri": "/search",
+                },
+            }
+        }
+    ]
+}
+LATTICE_V2 = {
+    "version": "2.0",
+    "path": "/search",
+    "method": "GET",
+    "headers": {"host": ["x.vpc-lattice-svcs.us-east-1.on.aws"]},
+    "queryStringParameters": {"q": "chess"},
+    "body": "",
+    "isBase64Encoded": False,
+    "requestContext": {
+        "serviceNetworkArn": "arn:aws:vpc-lattice:us-east-1:123456789012:servicenetwork/sn-0bf3f2882e9cc805a",
+        "serviceArn": "arn:aws:vpc-lattice:us-east-1:123456789012:service/svc-0a40eebed65f8d69c",
+        "targetGroupArn": "arn:aws:vpc-lattice:us-east-1:123456789012:targetgroup/tg-6d0ecf831eec9f09",
+        "identity": {"sourceVpcArn": "arn:aws:ec2:region:123456789012:vpc/vpc-0b8276c84697e7339"},
+        "region": "us-east-1",
+        "timeEpoch": "1696331543569073",
+    },
+}
+LATTICE_V1 = {
+    "raw_path": "/search?q=chess",
+    "method": "GET",
+    "headers": {"host": "x.vpc-lattice-svcs.us-east-1.on.aws"},
+    "query_string_parameters": {"q": "chess"},
+    "body": "",
+    "is_base64_encoded": False,
+}
+
+
+@pytest.mark.parametrize("other", [LAMBDA_AT_EDGE, LATTICE_V2, LATTICE_V1], ids=["edge", "lattice-v2", "lattice-v1"])
+def test_edge_and_lattice_events_are_unsupported_quietly(env, context, other, caplog):
+    caplog.set_level(logging.INFO, logger=observability.SERVICE)
+    response = handler.handler(copy.deepcopy(other), context)
+    assert response["error"]["code"] == "unsupported_event"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_rest_event_with_a_version_key_keeps_its_stage_prefix(env, context):
+    docs = event("rest-api-docs-stage.json")
+    docs["version"] = "1.0"  # some tools add it to REST (v1) events too
+    assert "/prod/openapi.json" in handler.handler(docs, context)["body"]
+
+
+def test_access_log_line_for_a_lone_surrogate_path(env, context, caplog):
+    caplog.set_level(logging.INFO, logger=observability.SERVICE)
+    odd = event("http-api-get-search.json")
+    odd["rawPath"] = odd["requestContext"]["http"]["path"] = "/items/a\ud800b"
+    odd["rawQueryString"], odd["queryStringParameters"] = "", {}
+    response = handler.handler(odd, context)
+    assert response["statusCode"] in (404, 422)
+    lines = [observability.logger.registered_formatter.format(r) for r in caplog.records]
+    for line in lines:
+        line.encode("utf-8")  # what the handler's stream does with it: a lone surrogate raised here
+    requests = [json.loads(line) for line in lines if json.loads(line)["message"] == "request"]
+    assert requests and requests[-1]["path"] == "/items/a\\ud800b", requests

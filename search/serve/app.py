@@ -11,6 +11,7 @@ shape (logged with its traceback, never sent).
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from search import __version__
 from search.errors import SearchError
@@ -37,6 +39,7 @@ from search.serve.routes import build_router
 from search.serve.runtime import Runtime, get_runtime
 from search.settings import Settings
 
+UNTYPED_BODY = (None, b"application/x-www-form-urlencoded", b"text/plain")  # a JSON object is still taken
 QUIET_PATHS = frozenset({"/livez", "/readyz"})  # probes: access log at DEBUG only
 DESCRIPTION = """Meaning-based search over one catalogue: the query is embedded with a sentence-embedding
 model and compared with every item (exact top-k).  Errors are `{"error": {"code", "message"}, "request_id"}`."""
@@ -76,12 +79,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(app, request.scope))}
         return error_response(
-            request,
-            exc.status_code,
-            HTTP_CODES.get(exc.status_code, "error"),
-            message,
-            headers=getattr(exc, "headers", None),
+            request, exc.status_code, HTTP_CODES.get(exc.status_code, "error"), message, headers=headers
         )
 
     @app.exception_handler(SearchError)
@@ -124,11 +126,16 @@ class RequestContext:
         if lambda_events.scope_event(scope) is not None:
             lambda_events.apply_gateway_prefix(scope, self.base_path)
         sent = {"status": 0}
+        head = scope.get("method") == "HEAD"
+        if head:  # every GET route answers HEAD too: the same status and headers, no body
+            scope = {**scope, "method": "GET"}
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            elif head and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         limit, received = self.max_body_bytes, 0
@@ -145,10 +152,18 @@ class RequestContext:
         try:
             if _content_length(scope) > limit:
                 await send_error(scope, receive, send_with_id, 413, f"request body larger than {limit} bytes")
+                return
+            if scope.get("method") == "POST" and _header(scope, b"content-type") in UNTYPED_BODY:
+                try:
+                    scope, app_receive = await _json_if_object(scope, receive_limited)
+                except HTTPException as exc:  # too large, found while reading it here
+                    await send_error(scope, receive, send_with_id, exc.status_code, str(exc.detail))
+                    return
             else:
-                await self.app(scope, receive_limited, send_with_id)
+                app_receive = receive_limited
+            await self.app(scope, app_receive, send_with_id)
         except Exception:
-            logger.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
+            logger.exception("unhandled error", extra={"request_id": rid, "path": printable(scope.get("path"))})
             if not sent["status"]:
                 await send_error(scope, receive, send_with_id, 500, "internal error; quote the request id")
             sent["status"] = sent["status"] or 500
@@ -158,7 +173,7 @@ class RequestContext:
     def _finish(self, scope, state: dict, status: int, t0: float) -> None:
         record: dict[str, Any] = {
             "method": scope.get("method"),
-            "path": scope.get("path"),
+            "path": printable(scope.get("path")),
             "status": status,
             "duration_ms": round((time.perf_counter() - t0) * 1000, 3),
         }
@@ -177,14 +192,71 @@ class RequestContext:
                 logger.exception("request observer failed")
 
 
+def _leaf_routes(routes):
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI >= 0.16x wraps included routers
+        if included is not None:
+            yield from _leaf_routes(included.routes)
+        else:
+            yield route
+
+
+def _allowed_methods(app: FastAPI, scope) -> list[str]:
+    methods: set[str] = set()
+    for route in _leaf_routes(app.router.routes):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods - {"HEAD"})
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.split(b";")[0].strip().lower()
+    return None
+
+
 def _content_length(scope) -> int:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
+    value = _header(scope, b"content-length")
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+async def _json_if_object(scope, receive):
+    """A POST body sent without a JSON content type (none at all, or what ``curl -d`` sends): read it
+    (``receive`` enforces the size limit) and, when it parses as a JSON object, hand it on as
+    application/json.  Anything else goes on unchanged and fails validation as before."""
+    chunks, more, message = [], True, None
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    try:
+        is_object = isinstance(json.loads(body), dict)
+    except ValueError:  # also UnicodeDecodeError
+        is_object = False
+    if is_object:
+        headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-type"]
+        scope = {**scope, "headers": [*headers, (b"content-type", b"application/json")]}
+    replay: list = [{"type": "http.request", "body": body, "more_body": False}]
+    if message is not None and message["type"] != "http.request":
+        replay = [message]  # the client went away: pass that on
+
+    async def replayed():
+        return replay.pop(0) if replay else await receive()
+
+    return scope, replayed
+
+
+def printable(text: str | None) -> str | None:
+    """A path as a log line can carry it: a lone surrogate (from a Lambda event) becomes \\udXXX."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _request_id(scope) -> str:

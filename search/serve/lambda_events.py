@@ -27,6 +27,20 @@ def is_warmup(event: Any) -> bool:
     return event.get("source") == "aws.events" and event.get("detail-type") == "Scheduled Event"
 
 
+def unsupported_kind(event: dict) -> str | None:
+    """Events shaped like HTTP that this function does not serve (Mangum would half-accept them):
+    CloudFront Lambda@Edge and VPC Lattice (payload 1 and 2)."""
+    records = event.get("Records")
+    if isinstance(records, list) and records and isinstance(records[0], dict) and "cf" in records[0]:
+        return "lambda@edge"
+    context = event.get("requestContext")
+    if isinstance(context, dict) and ("serviceNetworkArn" in context or "targetGroupArn" in context):
+        return "vpc-lattice"
+    if "raw_path" in event and "method" in event:
+        return "vpc-lattice"
+    return None
+
+
 def scope_event(scope) -> dict | None:
     """The Lambda event behind an ASGI request, when it came through Mangum."""
     event = scope.get(EVENT_KEY)
@@ -70,13 +84,14 @@ def apply_gateway_prefix(scope, base_path: str) -> None:
         return
     context = event["requestContext"]
     path = scope.get("path") or "/"
+    full = context.get("path")  # REST API (v1) and HTTP API payload 1.0 only
     prefix = ""
     if base_path:
         prefix = base_path
-    elif "version" not in event and "resource" in event:  # REST API
-        full = context.get("path")
-        if isinstance(full, str) and len(full) > len(path) and full.endswith(path):
-            prefix = full[: len(full) - len(path)].rstrip("/")
+    elif isinstance(full, str) and len(full) > len(path) and full.endswith(path):
+        # REST API: the gateway took the stage (or a base path mapping) off ``path`` but not off
+        # ``requestContext.path``; told apart by that, not by a "version" key some tools add.
+        prefix = full[: len(full) - len(path)].rstrip("/")
     else:  # HTTP API (payload 1.0 or 2.0), Function URL
         stage = _named_stage(context)
         if stage is not None and (path == f"/{stage}" or path.startswith(f"/{stage}/")):

@@ -14,6 +14,7 @@ CPU work (embedding, scoring) runs on the runtime's bounded executor; health rou
 
 import platform
 import time
+import unicodedata
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -122,9 +123,13 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         t0 = time.perf_counter()
         extra = {"mode": mode} if mode is not None else {}
         for i, text in enumerate(queries):
-            if not text.strip():
+            if not searchable(text):
                 where = f"queries[{i}]" if batch else "query"
-                raise ApiError(400, INVALID_QUERY, f"{where} is empty or whitespace only")
+                raise ApiError(
+                    400,
+                    INVALID_QUERY,
+                    f"{where} has nothing to search for (only spaces, control or zero-width characters)",
+                )
         index, starts, results, queue_ms = await run(
             search_job, queries, k, offset, min_score, filters or None, extra, t0
         )
@@ -375,6 +380,12 @@ def versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
+
+
+def searchable(text: str) -> bool:
+    """Some character that is not a space, a control or a format character (zero-width space,
+    joiners, BOM): a query of only those would embed to noise and give arbitrary results."""
+    return any(not c.isspace() and unicodedata.category(c) not in ("Cc", "Cf") for c in text)
 
 
 def server_timing(timing: dict[str, float]) -> str:

@@ -432,3 +432,38 @@ def test_cors_when_origins_are_configured(model_dir, demo_index, tmp_path):
     assert "server-timing" in r.headers["access-control-expose-headers"]
     other = client.get("/livez", headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+# -- issue 16 item 9: friendlier requests ----------------------------------------------------------
+
+
+def test_post_json_without_content_type_is_accepted(client):
+    body = json.dumps({"query": "space shooter", "k": 3}).encode()
+    expected = client.post("/search", json={"query": "space shooter", "k": 3}).json()["results"]
+    for headers in ({}, {"content-type": "application/x-www-form-urlencoded"}):  # none; what curl -d sends
+        r = client.post("/search", content=body, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"] == expected
+    r = client.post("/search", content=b"query=chess", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert_error(r, 422, "invalid_request")
+    assert_error(client.post("/search", content=b"[1, 2]"), 422, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz"])
+def test_head_on_health_routes(client, path):
+    r = client.head(path)
+    assert r.status_code == 200 and r.content == b""
+    assert r.headers["content-type"].startswith("application/json")
+
+
+def test_wrong_method_lists_every_allowed_one(client):
+    r = client.delete("/search")
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "GET, POST"
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200b\u200c\u200d\ufeff", "\x01\x02", "\u2060 \x7f"])
+def test_query_of_only_control_or_zero_width_characters_is_400(client, text):
+    assert_error(client.get("/search", params={"q": text}), 400, "invalid_query")
+    assert_error(client.post("/search", json={"query": text}), 400, "invalid_query")
+    assert_error(client.post("/search", json={"queries": ["chess", text]}), 400, "invalid_query")

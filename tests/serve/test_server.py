@@ -153,6 +153,15 @@ def test_errors_and_request_ids_over_http(server):
     big = json.dumps({"query": "x", "filter": {"version": ["v" * 500] * 200}})
     r = httpx.post(server.url + "/search", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = httpx.post(server.url + "/search", content=big)  # no content type: read here, still limited
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = httpx.post(server.url + "/search", content=json.dumps({"query": "chess", "k": 2}))
+    assert r.status_code == 200 and len(r.json()["results"]) == 2
+    for path in ("/livez", "/readyz"):  # HEAD through uvicorn: status and headers, no body
+        r = httpx.head(server.url + path)
+        assert r.status_code == 200 and r.content == b""
+    r = httpx.delete(server.url + "/search")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
 
 
 def test_query_text_is_not_in_the_server_log(server):
