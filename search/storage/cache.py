@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from search.errors import StorageError
 from search.fileutil import sha256_file
@@ -91,17 +91,17 @@ class CacheLock:
 
     def __init__(self, root: Path, *, deadline: float | None = None, uri: str | None = None):
         self.root, self.deadline, self.uri = root, deadline, uri
-        self.fh = None
+        self.fh: IO[str] | None = None
 
     def __enter__(self) -> CacheLock:
-        self.fh = open(self.root / LOCK_FILE, "a+")
+        self.fh = fh = open(self.root / LOCK_FILE, "a+")
         while True:
             try:
-                fcntl.flock(self.fh, fcntl.LOCK_EX | (fcntl.LOCK_NB if self.deadline is not None else 0))
+                fcntl.flock(fh, fcntl.LOCK_EX | (fcntl.LOCK_NB if self.deadline is not None else 0))
                 return self
-            except BlockingIOError:
-                if time.monotonic() >= self.deadline:
-                    self.fh.close()
+            except BlockingIOError:  # LOCK_NB: only with a deadline
+                if self.deadline is None or time.monotonic() >= self.deadline:
+                    fh.close()
                     raise StorageError(
                         f"another process still holds the download lock on {self.root}; "
                         "gave up waiting (time budget exhausted)",
@@ -110,6 +110,7 @@ class CacheLock:
                 time.sleep(LOCK_POLL_S)
 
     def __exit__(self, *exc) -> None:
+        assert self.fh is not None  # __enter__ opened it
         fcntl.flock(self.fh, fcntl.LOCK_UN)
         self.fh.close()
 

@@ -8,6 +8,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from search.errors import StorageError
 from search.fileutil import sha256_file
@@ -227,11 +228,11 @@ class ObjectReader(io.RawIOBase):
         self.offset = 0
         self.etag: str | None = None
         self.size: int | None = None
-        self._body = None
+        self._body: Any = None  # botocore's StreamingBody of the current GET
         self._open()
 
     def _open(self) -> None:
-        args = {"Bucket": self.loc.bucket, "Key": self.key}
+        args: dict[str, Any] = {"Bucket": self.loc.bucket, "Key": self.key}
         if self.offset:
             args["Range"] = f"bytes={self.offset}-"
             args["IfMatch"] = self.etag

@@ -279,7 +279,7 @@ class _ByteProgress:
                 self.line.update(step)
 
     def close(self) -> None:
-        self.line.done = self.line.total  # sub-MB remainder
+        self.line.done = self.line.total or self.line.done  # sub-MB remainder
         self.line.close()
 
 
