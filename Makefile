@@ -27,7 +27,7 @@ $(VENV)/.installed: requirements.txt requirements-export.txt requirements-dev.tx
 
 deps: $(VENV)/.installed  ## create .venv with the pinned dependencies
 
-$(MODEL)/manifest.json: export_onnx.py $(wildcard export/*.py) verification/sentences.txt | $(VENV)/.installed
+$(MODEL)/manifest.json: export_onnx.py $(wildcard export/*.py) verification/sentences.txt verification/short-texts.txt | $(VENV)/.installed
 	$(PY) export_onnx.py --out $(MODEL) --force
 
 model: $(MODEL)/manifest.json  ## export all-MiniLM-L6-v2 to an int8 ONNX bundle (with its quality gate)

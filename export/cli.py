@@ -85,19 +85,33 @@ def build(args, tmp: Path) -> dict:
     )
     write_manifest(tmp, manifest)  # the encoder loads the bundle through it
 
-    step(4, f"verifying {len(texts)} texts against PyTorch fp32")
-    prefixed = [args.document_prefix + t for t in texts]
-    reference = gate.torch_reference(model, tokenizer, prefixed, pooling, max_len)
-    candidate = gate.bundle_vectors(tmp, texts, args.threads)
-    figures = gate.compare(reference, candidate)
-    thresholds = {"min_mean_cosine": args.min_mean_cosine, "min_min_cosine": args.min_min_cosine}
-    manifest["verification"] = {**figures, "thresholds": thresholds, "reference": "pytorch fp32"}
-    write_manifest(tmp, manifest)
-    log(
-        f"  mean cosine {figures['mean_cosine']:.4f}, min cosine {figures['min_cosine']:.4f}, "
-        f"recall@10 {figures['recall_at_10']:.4f} ({time.time() - t0:.0f}s so far)"
+    short_texts = gate.load_short_texts(args.verify_limit)
+    step(4, f"verifying {len(texts)} texts and {len(short_texts)} short texts against PyTorch fp32")
+    figures, short = (
+        gate.compare(
+            gate.torch_reference(model, tokenizer, [args.document_prefix + t for t in batch], pooling, max_len),
+            gate.bundle_vectors(tmp, batch, args.threads),
+        )
+        for batch in (texts, short_texts)
     )
-    gate.check(figures, args.min_mean_cosine, args.min_min_cosine)
+    thresholds = {
+        "min_mean_cosine": args.min_mean_cosine,
+        "min_min_cosine": args.min_min_cosine,
+        "min_short_mean_cosine": args.min_short_mean_cosine,
+    }
+    manifest["verification"] = {
+        **figures,
+        "short_texts": {**short, "max_words": gate.SHORT_MAX_WORDS},
+        "thresholds": thresholds,
+        "reference": "pytorch fp32",
+    }
+    write_manifest(tmp, manifest)
+    for name, f in (("", figures), ("short texts: ", short)):
+        log(
+            f"  {name}mean cosine {f['mean_cosine']:.4f}, min cosine {f['min_cosine']:.4f}, "
+            f"recall@10 {f['recall_at_10']:.4f} ({time.time() - t0:.0f}s so far)"
+        )
+    gate.check(figures, short, thresholds)
     return manifest
 
 
@@ -140,7 +154,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--verify-file", type=Path, help="extra verification texts, one per line, added to verification/sentences.txt"
     )
-    p.add_argument("--verify-limit", type=int, help="verify on an even spread of N texts only (quicker; for tests)")
+    p.add_argument(
+        "--verify-limit", type=int, help="verify on an even spread of N texts of each set only (quicker; for tests)"
+    )
     p.add_argument(
         "--min-mean-cosine",
         type=float,
@@ -149,6 +165,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--min-min-cosine", type=float, default=0.95, help="fail unless every text's cosine reaches this (default 0.95)"
+    )
+    p.add_argument(
+        "--min-short-mean-cosine",
+        type=float,
+        default=0.999,
+        help="fail unless the mean cosine on verification/short-texts.txt (one-line texts of at most 12 words) "
+        "reaches this (default 0.999)",
     )
     p.add_argument("--threads", type=int, help="CPU threads for PyTorch and onnxruntime (default: CPUs available)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -180,7 +203,8 @@ def main(argv=None) -> int:
         v = manifest["verification"]
         log(
             f"done in {time.time() - started:.0f}s: {out} ({manifest['files'][MODEL_FILE]['bytes'] / 1e6:.1f} MB model, "
-            f"mean cosine {v['mean_cosine']:.4f}, min {v['min_cosine']:.4f})"
+            f"mean cosine {v['mean_cosine']:.4f}, min {v['min_cosine']:.4f}; "
+            f"short texts {v['short_texts']['mean_cosine']:.4f}, min {v['short_texts']['min_cosine']:.4f})"
         )
         return 0
     except UsageError as exc:

@@ -176,9 +176,13 @@ def test_int8_export_passes_gate_and_manifest_is_complete(int8_bundle):
     lines = [t for t in (REPO / "verification" / "sentences.txt").read_text().splitlines() if t.strip()]
     assert v["texts"] == len(set(lines)) >= 500
     assert v["reference"] == "pytorch fp32"
-    assert v["thresholds"] == {"min_mean_cosine": 0.99, "min_min_cosine": 0.95}
+    assert v["thresholds"] == {"min_mean_cosine": 0.99, "min_min_cosine": 0.95, "min_short_mean_cosine": 0.999}
     assert v["mean_cosine"] >= 0.99 and v["min_cosine"] >= 0.95
     assert 0.8 <= v["recall_at_10"] <= 1.0
+    short = v["short_texts"]  # the whole short set, measured apart from the long one
+    short_lines = (REPO / "verification" / "short-texts.txt").read_text().splitlines()
+    assert short["texts"] == len(short_lines) >= 600 and short["max_words"] == 12
+    assert short["mean_cosine"] >= 0.999 and short["min_cosine"] >= 0.95 and 0.8 <= short["recall_at_10"] <= 1.0
     assert not list(int8_bundle.parent.glob("model.tmp-*")), "temp folder left behind"
     assert ModelBundle.load(int8_bundle).quantized
 
@@ -250,18 +254,26 @@ def test_cls_pooling_and_query_prefix_are_expressible(cls_prefix_bundle, source_
 
 
 @pytest.mark.slow  # runs a whole export
-def test_gate_failure_publishes_nothing(tmp_path):
+@pytest.mark.parametrize(
+    ("flags", "named", "measured"),
+    [
+        (["--min-mean-cosine", "0.99999", "--min-min-cosine", "0.99999"], "mean cosine", ("mean_cosine",)),
+        (["--min-short-mean-cosine", "0.99999"], "short-text mean cosine", ("short_texts", "mean_cosine")),
+    ],
+)
+def test_gate_failure_publishes_nothing(tmp_path, flags, named, measured):
     out = tmp_path / "model"
-    proc = run_export(
-        "--out", str(out), "--verify-limit", "20", "--min-mean-cosine", "0.99999", "--min-min-cosine", "0.99999"
-    )
+    proc = run_export("--out", str(out), "--verify-limit", "20", *flags)
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert "mean cosine" in last and "0.99999" in last and "Traceback" not in proc.stderr
+    assert f"{named} 0." in last and "< --min-" in last and "0.99999" in last and "Traceback" not in proc.stderr
     assert not out.exists()
     rejected = tmp_path / "model.rejected"
     assert str(rejected) in last and (rejected / "manifest.json").is_file()
-    assert manifest_of(rejected)["verification"]["mean_cosine"] < 0.99999
+    figures = manifest_of(rejected)["verification"]
+    for key in measured:
+        figures = figures[key]
+    assert figures < 0.99999
     assert [p.name for p in tmp_path.iterdir()] == ["model.rejected"]
 
 
@@ -312,6 +324,7 @@ def test_help_explains_every_flag():
         "--verify-file",
         "--min-mean-cosine",
         "--min-min-cosine",
+        "--min-short-mean-cosine",
         "--threads",
         "--force",
     ):
