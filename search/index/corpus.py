@@ -101,7 +101,7 @@ def _open_binary(path: Path | str, digest=None):
     buffered = io.BufferedReader(raw, buffer_size=1 << 20)
     if _name(path).lower().endswith(".gz"):
         unzipped = gzip.GzipFile(fileobj=buffered, mode="rb")
-        unzipped.myfileobj = buffered  # closed with it (as gzip.open does for a file name)
+        unzipped.myfileobj = buffered  # type: ignore[assignment]  # closed with it, as gzip.open does for a name
         return unzipped
     return buffered
 
@@ -159,7 +159,8 @@ def read_corpus(
     seen: set[str] = set()
     index, count = shard if shard is not None else (0, 1)
     try:
-        for number, row, problem in _raw_rows(path, detect_format(path), digest, max_record_bytes):
+        for number, raw_row, problem in _raw_rows(path, detect_format(path), digest, max_record_bytes):
+            row = raw_row or {}  # None exactly when the line has a problem
             if problem is None:
                 record_id = _as_text(row.get(spec.id_field)).strip()
                 if count > 1 and record_id and shard_of(record_id, count) != index:

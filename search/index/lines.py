@@ -80,13 +80,14 @@ def read_lines(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Line
 
 def jsonl_rows(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
     for line in read_lines(fh, max_bytes):
-        if line.problem is not None or line.text is None:
+        text = line.text
+        if line.problem is not None or text is None:
             yield line.number, None, line.problem or "unreadable line"
             continue
-        if not line.text.strip():
+        if not text.strip():
             continue
         try:
-            row = json.loads(line.text)
+            row = json.loads(text)
         except json.JSONDecodeError as exc:
             yield line.number, None, f"broken JSON ({exc.msg} at column {exc.colno})"
             continue

@@ -143,7 +143,7 @@ def _merge_into(shards: list[tuple[Path, dict]], tmp: Path, spec: CorpusSpec, op
             part = rows[start : start + COPY_BLOCK_ROWS]
             target[part] = src[start : start + len(part)]
             hashes[part] = src_hashes[start : start + len(part)]
-            if scales is not None:
+            if scales is not None and src_scales is not None:
                 scales[part] = src_scales[start : start + len(part)]
         del src, src_hashes, src_scales
     for arr in (hashes, target, scales):
