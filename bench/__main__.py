@@ -6,6 +6,8 @@ Figures (``--only`` takes a comma list; default: all):
   cold     cold start in a fresh process: ours vs a PyTorch/sentence-transformers service
   scale    exact search at 64k/100k/1M x 384 per storage dtype vs numpy float32; anon RSS growth; plot
   build    index build docs/s on both cores: int8 bundle vs fp32 ONNX
+  cores    embedding docs/s per core, 1 and 2 workers, short and long texts, threads vs processes
+  incremental  64k corpus, 1% changed / 0.1% deleted / 0.1% added: rebuild time as a share of a full build
   load     `python -m search serve` under wrk, with /livez p99 meanwhile
   pagein   SearchIndex.page_in() time on the 64k index, cold page cache
   quality  known-item recall@10 / MRR@10: PyTorch fp32, ONNX fp32, ONNX int8, each storage dtype
@@ -40,6 +42,8 @@ ORDER = (
     "cold",
     "scale",
     "build",
+    "cores",
+    "incremental",
     "load",
     "pagein",
     "quality",
@@ -52,7 +56,7 @@ ORDER = (
 
 
 def _figures() -> dict:
-    from bench import embed, image, package, quality, request, scale, system
+    from bench import cores, embed, image, incremental, package, quality, request, scale, system
 
     def hybrid(quick: bool) -> dict:
         from bench import hybrid_quality
@@ -74,6 +78,8 @@ def _figures() -> dict:
         "cold": request.measure_cold,
         "scale": scale.measure,
         "build": system.measure_build,
+        "cores": cores.measure,
+        "incremental": incremental.measure,
         "load": system.measure_load,
         "pagein": system.measure_pagein,
         "quality": quality.measure,

@@ -21,6 +21,7 @@ from search.fileutil import read_json
 from search.index.metadata import MetadataWriter
 from search.index.reader import EMBEDDINGS_NAME, MANIFEST_NAME, SCALES_NAME
 from search.index.records import HASHES_NAME, HashColumn, match_rows
+from search.index.workers import embed_stream
 from search.progress import Progress
 
 COPY_BLOCK_ROWS = 65536
@@ -144,7 +145,8 @@ def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: Hash
     progress = Progress("embedding", need, unit="docs", enabled=options.show_progress and need > 0)
     texts = (spec.document_text(title, text) for row, (title, text) in enumerate(writer.iter_texts()) if not have[row])
     rows = iter(np.flatnonzero(~have))
-    for row, vector in zip(rows, encoder.embed_stream(texts, workers=options.workers), strict=False):
+    vectors = embed_stream(encoder, texts, workers=options.workers, expected=need)  # processes for big jobs
+    for row, vector in zip(rows, vectors, strict=False):
         if scales is not None:
             target[row], scales[row] = quantize_int8(vector)
         else:
