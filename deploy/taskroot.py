@@ -150,7 +150,10 @@ def installed_distributions(target: Path) -> dict[str, dict]:
             elif key == "Requires-Dist" and "extra ==" not in value:
                 # Markers other than extras are kept, so a requirement counts even if its marker
                 # is false here: that can only keep more, never drop something needed.
-                requires.append(normalize(re.match(r"\s*([A-Za-z0-9._-]+)", value).group(1)))
+                match = re.match(r"\s*([A-Za-z0-9._-]+)", value)
+                if match is None:
+                    raise RecipeError(f"{info}/METADATA: unreadable Requires-Dist {value.strip()!r}")
+                requires.append(normalize(match.group(1)))
         if name:
             dists[name] = {"dist_info": info, "requires": requires}
     return dists
@@ -294,11 +297,10 @@ def deps(
     wanted = {normalize(re.split(r"[=<>!~\[; ]", r, maxsplit=1)[0]) for r in requirements}
     stamp.update(prune(target, wanted))
     stamp["compiled_with"] = compile_pyc([target], python_version) if compile_ else None
-    stamp["versions"] = {
-        name: _version(info["dist_info"]) for name, info in sorted(installed_distributions(target).items())
-    }
+    versions = {name: _version(info["dist_info"]) for name, info in sorted(installed_distributions(target).items())}
+    stamp["versions"] = versions
     stamp_path.write_text(json.dumps(stamp, indent=2) + "\n")
-    log(f"{target}: {len(stamp['versions'])} distributions, {tree_bytes(target) / 1e6:.1f} MB")
+    log(f"{target}: {len(versions)} distributions, {tree_bytes(target) / 1e6:.1f} MB")
     return True
 
 
