@@ -25,7 +25,7 @@ from starlette.routing import Match
 
 from search import __version__
 from search.errors import SearchError
-from search.serve import lambda_events, web
+from search.serve import docs, lambda_events, web
 from search.serve.errors import (
     HTTP_CODES,
     ApiError,
@@ -35,12 +35,13 @@ from search.serve.errors import (
     validation_details,
 )
 from search.serve.observability import REQUEST_ID_RE, logger
-from search.serve.routes import build_router
+from search.serve.routes import api_names, build_router
 from search.serve.runtime import Runtime, get_runtime
 from search.settings import Settings
 
 UNTYPED_BODY = (None, b"application/x-www-form-urlencoded", b"text/plain")  # a JSON object is still taken
-QUIET_PATHS = frozenset({"/livez", "/readyz"})  # probes: access log at DEBUG only
+QUIET_PATHS = frozenset({"/livez", "/readyz"})
+JSON_CACHE_CONTROL = b"no-store"  # probes: access log at DEBUG only
 DESCRIPTION = """Meaning-based search over one catalogue: the query is embedded with a sentence-embedding
 model and compared with every item (exact top-k).  Errors are `{"error": {"code", "message"}, "request_id"}`."""
 
@@ -62,18 +63,29 @@ def create_app(
         if owns_runtime:
             runtime.close()
 
-    app = FastAPI(title="Semantic search", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="Semantic search",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # docs.py serves /docs and /redoc with local assets under a CSP
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
+    )
     app.state.runtime = runtime
     app.include_router(build_router(settings, runtime))
     app.include_router(web.router)
+    app.include_router(docs.router(app))
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         return error_response(request, exc.status, exc.code, exc.message, headers=exc.headers)
 
+    known = api_names(settings)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        message, details = validation_details(exc.errors())
+        message, details = validation_details(exc.errors(), known)
         return error_response(request, 422, HTTP_CODES[422], message, details=details)
 
     @app.exception_handler(StarletteHTTPException)
@@ -133,7 +145,7 @@ class RequestContext:
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 sent["status"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+                message = {**message, "headers": _with_defaults(message.get("headers", []), rid)}
             elif head and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)
@@ -190,6 +202,19 @@ class RequestContext:
                 self.observer(record)
             except Exception:  # metrics must never break a response
                 logger.exception("request observer failed")
+
+
+def _with_defaults(headers, rid: str) -> list:
+    """Every response: the request id and nosniff; JSON also an explicit cache policy (answers
+    change when a new index version is swapped in, so none is stored)."""
+    names = {k.lower() for k, _ in headers}
+    out = [*headers, (b"x-request-id", rid.encode())]
+    if b"x-content-type-options" not in names:
+        out.append((b"x-content-type-options", b"nosniff"))
+    content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
+    if content_type.startswith(b"application/json") and b"cache-control" not in names:
+        out.append((b"cache-control", JSON_CACHE_CONTROL))
+    return out
 
 
 def _leaf_routes(routes):

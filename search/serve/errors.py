@@ -88,18 +88,33 @@ async def send_error(scope, receive, send, status: int, message: str) -> None:
     await JSONResponse(body, status_code=status)(scope, receive, send)
 
 
-def validation_details(errors) -> tuple[str, list[dict]]:
-    """(one-line message, [{"loc", "type"}]) from pydantic errors, leaving out ``input`` and ``ctx``."""
+LOC_ROOTS = frozenset({"body", "query", "path", "header", "cookie"})
+UNKNOWN_FIELD = "(unknown field)"  # stands for a key the client sent that the API does not have
+ANY_KEY = "*"  # stands for a key of the client's own (a filter field name)
+
+
+def _loc_part(part, err_type: str, last: bool, known: frozenset[str]):
+    if isinstance(part, int) or part in LOC_ROOTS or part in known:
+        return part
+    return UNKNOWN_FIELD if err_type == "extra_forbidden" and last else ANY_KEY
+
+
+def validation_details(errors, known: frozenset[str] = frozenset()) -> tuple[str, list[dict]]:
+    """(one-line message, [{"loc", "type"}]) from pydantic errors, leaving out ``input`` and ``ctx``.
+    Location parts that are not the API's own names (``known``: fields and parameters) are keys the
+    client chose; they are not echoed either (an unknown key, a filter field name)."""
     details = []
     for err in list(errors)[:MAX_ERROR_DETAILS]:
-        loc = [p if isinstance(p, int) else str(p)[:MAX_LOC_PART_CHARS] for p in err.get("loc", ())]
-        details.append({"loc": loc, "type": str(err.get("type", "invalid"))})
+        raw, err_type = list(err.get("loc", ())), str(err.get("type", "invalid"))
+        loc = [_loc_part(p, err_type, i == len(raw) - 1, known) for i, p in enumerate(raw)]
+        details.append({"loc": loc, "type": err_type})
     first = list(errors)[:1]
     if first:
         where = ".".join(str(p) for p in details[0]["loc"]) or "request"
         # pydantic's messages are templates ("String should have at most 1000 characters"); they
         # never contain the input, which is kept apart in the error's "input" key (dropped here).
-        message = f"invalid request: {where}: {str(first[0].get('msg', 'invalid'))[:200]}"
+        what = "unknown field" if details[0]["type"] == "extra_forbidden" else str(first[0].get("msg", "invalid"))
+        message = f"invalid request: {where}: {what[:200]}"
     else:
         message = "invalid request"
     return message, details

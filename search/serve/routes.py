@@ -22,7 +22,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from search import __version__
-from search.errors import IndexCorruptError, SearchError
+from search.errors import IndexCorruptError, QueryError, SearchError
 from search.searcher import DEFAULT_MODE, MODES
 from search.serve.errors import (
     INDEX_CORRUPT,
@@ -102,6 +102,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
     ):
         started = time.perf_counter()
         searcher, index = runtime.pin()
+        known_filters(index, filters)
         results, starts = [], []
         for text in queries:
             starts.append(time.time())
@@ -231,6 +232,7 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         def job():
             started = time.perf_counter()
             searcher, index = runtime.pin()
+            known_filters(index, filters)
             at = time.time()
             return (
                 index,
@@ -321,9 +323,10 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
                 "max_batch": settings.max_batch,
                 "max_body_bytes": settings.max_body_bytes,
             },
-            "versions": versions(),
             "modes": {"available": list(MODES), "default": DEFAULT_MODE},
         }
+        if settings.info_versions:  # SEARCH_INFO_VERSIONS: exact versions help an attacker more than a user
+            body["versions"] = versions()
         return JSONResponse(body)
 
     return router
@@ -380,6 +383,18 @@ def versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
+
+
+def known_filters(index, filters: dict | None) -> None:
+    """An unknown filter field is a 400 that lists the fields there are, not the name sent."""
+    if filters and not set(filters) <= set(index.fields):
+        known = ", ".join(index.fields) or "none"
+        raise QueryError(f"a filter names an unknown field (filterable: {known})")
+
+
+def api_names(settings: Settings) -> frozenset[str]:
+    """The API's own field and parameter names: what a validation error may name back."""
+    return frozenset(search_request_model(settings).model_fields) | RESERVED_PARAMS | {"item_id"}
 
 
 def searchable(text: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 
-from search.serve import lambda_events
+from search.serve import docs, lambda_events
 
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 # The only files served: name -> content type.  A fixed list, so no path ever reaches the file system.
@@ -53,7 +53,8 @@ router = APIRouter(include_in_schema=False)
 @cache
 def _read(name: str) -> tuple[bytes, str]:
     """File bytes and a strong ETag; read on first use, not at import (cold start stays lean)."""
-    data = (STATIC_DIR / name).read_bytes()
+    folder = docs.assets_dir() if name in docs.ASSETS else STATIC_DIR
+    data = (folder / name).read_bytes()
     return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
 
 
@@ -78,7 +79,7 @@ async def page(request: Request) -> Response:
 
 @router.get("/static/{name}")
 async def asset(name: str, request: Request) -> Response:
-    content_type = ASSETS.get(name)
+    content_type = ASSETS.get(name) or docs.ASSETS.get(name)
     if content_type is None:
         raise HTTPException(status_code=404, detail="no such file")
     data, etag = _read(name)

@@ -186,8 +186,8 @@ def test_limits_at_the_edge_are_accepted(client):
         ({"k": 3}, ["body"], "query_or_queries"),
         ({"query": None, "queries": ["a"]}, ["body", "query"], "string_type"),
         ({"query": "a", "k": 101}, ["body", "k"], "less_than_equal"),
-        ({"query": "a", "filters": {}}, ["body", "filters"], "extra_forbidden"),
-        ({"query": "a", "filter": {"version": [1]}}, ["body", "filter", "version", 0], "string_type"),
+        ({"query": "a", "filters": {}}, ["body", "(unknown field)"], "extra_forbidden"),  # the key is not echoed
+        ({"query": "a", "filter": {"version": [1]}}, ["body", "filter", "*", 0], "string_type"),  # nor a filter name
         ({"query": "\ud800 lone surrogate"}, ["body", "query"], "string_unicode"),
         ({"query": "a", "min_score": math.inf}, ["body", "min_score"], "finite_number"),
         ({"query": "a", "min_score": False}, ["body", "min_score"], "number_type"),  # found by schemathesis
@@ -304,7 +304,7 @@ def test_livez_readyz_info(client):
     assert info["index"]["count"] == 1108 and info["index"]["fields"] == ["section", "version", "homepage"]
     assert info["index"]["version"] == ready.json()["index"]["version"] and info["index"]["built_at"]
     assert info["index"]["filters"]["section"] == [{"value": "games", "count": 1108}]
-    assert info["limits"]["max_k"] == 100 and info["versions"]["onnxruntime"]
+    assert info["limits"]["max_k"] == 100
 
 
 def test_not_loaded_answers_503_and_readyz_says_why(model_dir, tmp_path):
@@ -467,3 +467,67 @@ def test_query_of_only_control_or_zero_width_characters_is_400(client, text):
     assert_error(client.get("/search", params={"q": text}), 400, "invalid_query")
     assert_error(client.post("/search", json={"query": text}), 400, "invalid_query")
     assert_error(client.post("/search", json={"queries": ["chess", text]}), 400, "invalid_query")
+
+
+# -- issue 16 item 8: nothing exposed on public routes ---------------------------------------------
+
+
+def test_info_has_no_versions_unless_asked(client, model_dir, demo_index, tmp_path):
+    assert "versions" not in client.get("/info").json()
+    shown = ready_client(create_app(make_settings(model_dir, demo_index, tmp_path, info_versions=True)))
+    assert shown.get("/info").json()["versions"]["onnxruntime"]
+
+
+def test_docs_load_nothing_from_another_host(client):
+    import re
+
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "http" not in csp
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)""", r.text) + re.findall(r"url: ?'([^']+)'", r.text)
+        assert urls and all(u.startswith("/") and not u.startswith("//") for u in urls), urls
+        assert "cdn." not in r.text and "fonts.googleapis" not in r.text and "tiangolo.com" not in r.text
+        for url in urls:
+            asset = client.get(url)
+            assert asset.status_code == 200 and asset.content, url
+        # every inline script is allowed by its hash, and only those
+        import base64
+        import hashlib
+
+        for script in re.findall(r"<script>(.*?)</script>", r.text, flags=re.S):
+            digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+            assert f"'sha256-{digest}'" in csp
+
+
+def test_json_responses_say_nosniff_and_how_to_cache(client):
+    for r in (
+        client.get("/search", params={"q": "chess"}),
+        client.get("/items/0ad"),
+        client.get("/readyz"),
+        client.get("/info"),
+        client.get("/search", params={"q": "x", "k": 0}),  # an error
+        client.get("/nothing"),
+        client.get("/openapi.json"),
+    ):
+        assert r.headers["content-type"].startswith("application/json"), r.url
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["cache-control"], r.url
+
+
+@pytest.mark.parametrize(
+    "request_kwargs",
+    [
+        {"method": "POST", "url": "/search", "json": {"query": "chess", "secret-key-xyz": 1}},
+        {"method": "POST", "url": "/search", "json": {"query": "chess", "filter": {"secret-key-xyz": ["a"]}}},
+        {"method": "POST", "url": "/search", "json": {"query": "chess", "filter": {"secret-key-xyz": 5}}},
+        {"method": "GET", "url": "/search", "params": {"q": "chess", "secret-key-xyz": "a"}},
+        {"method": "GET", "url": "/items/0ad/similar", "params": {"secret-key-xyz": "a"}},
+    ],
+)
+def test_errors_do_not_echo_unknown_keys_or_filter_names(client, request_kwargs):
+    r = client.request(**request_kwargs)
+    assert r.status_code in (400, 422), r.text
+    assert "secret-key-xyz" not in r.text
+    assert "unknown field" in r.json()["error"]["message"] or r.json()["error"]["code"] == "invalid_request"
