@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from search.fileutil import describe_files, write_json_atomic
-from search.model.bundle import BUNDLE_FORMAT, MANIFEST_NAME, compute_fingerprint, encoding_settings
+from search.index.format import MANIFEST_NAME
+from search.model.bundle import BUNDLE_FORMAT, compute_fingerprint, encoding_settings
 
 MODEL_FILE, TOKENIZER_FILE = "model.onnx", "tokenizer.json"
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from search.fileutil import describe_files, write_json_atomic
-from search.model.bundle import BUNDLE_FORMAT, MANIFEST_NAME, compute_fingerprint, encoding_settings
+from search.index.format import MANIFEST_NAME
+from search.model.bundle import BUNDLE_FORMAT, compute_fingerprint, encoding_settings
 
 TINY_DIMENSION = 64
 SPECIAL_TOKENS = ("[PAD]", "[UNK]")

@@ -21,15 +21,18 @@ from search.errors import CorpusError, IndexBuildError
 from search.fileutil import describe_files, write_json_atomic
 from search.index import publish
 from search.index.corpus import CorpusSpec, ReadStats, is_s3, read_corpus
-from search.index.keyword import write_lexical_index
-from search.index.lines import MAX_RECORD_BYTES
-from search.index.metadata import METADATA_NAME, MetadataWriter
-from search.index.reader import (
+from search.index.format import (
     DTYPES,
     EMBEDDINGS_NAME,
     FIELD_NAME_RE,
+    HASHES_NAME,
     INDEX_FORMAT,
     MANIFEST_NAME,
+    METADATA_NAME,
+    PREFILTER_FILES,
+    PREFILTER_NAME,
+    PREFILTER_RESIDUALS_NAME,
+    PREFILTER_SCALES_NAME,
     SCALES_NAME,
     SCAN_FILES,
     SCAN_NAME,
@@ -37,17 +40,14 @@ from search.index.reader import (
     SCAN_SCALES_NAME,
     field_file,
 )
-from search.index.records import HASHES_NAME, HashColumn, text_hash
+from search.index.keyword import write_lexical_index
+from search.index.lines import MAX_RECORD_BYTES
+from search.index.metadata import MetadataWriter
+from search.index.records import HashColumn, text_hash
 from search.index.reuse import write_vectors
 from search.model.encoder import Encoder
 from search.progress import Progress
-from search.scoring.prefilter import (
-    PREFILTER_FILES,
-    PREFILTER_NAME,
-    PREFILTER_RESIDUALS_NAME,
-    PREFILTER_SCALES_NAME,
-    quantize_int4_rows,
-)
+from search.scoring.prefilter import quantize_int4_rows
 
 INSERT_BATCH = 1000
 

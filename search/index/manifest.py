@@ -13,11 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import IndexLoadError
+from search.index.format import DTYPES, FIELD_NAME_RE, INDEX_FORMAT
 
-INDEX_FORMAT = "search-index/1"
-MANIFEST_NAME = "manifest.json"
-DTYPES = ("float32", "float16", "int8")
-FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 FILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # a plain name inside the index folder
 LEXICAL_NAME_KEYS = ("table", "names_table", "terms_table")

@@ -23,10 +23,10 @@ from search.fileutil import read_json
 from search.index import publish
 from search.index.builder import INSERT_BATCH, BuildOptions, finish_index
 from search.index.corpus import CorpusSpec
-from search.index.metadata import METADATA_NAME, MetadataWriter
-from search.index.reader import EMBEDDINGS_NAME, MANIFEST_NAME, SCALES_NAME
-from search.index.records import HASH_BYTES, HASHES_NAME
-from search.index.shards import RECORDS_NAME, SHARD_FORMAT, check_no_records
+from search.index.format import EMBEDDINGS_NAME, HASHES_NAME, MANIFEST_NAME, METADATA_NAME, RECORDS_NAME, SCALES_NAME
+from search.index.metadata import MetadataWriter
+from search.index.records import HASH_BYTES
+from search.index.shards import SHARD_FORMAT, check_no_records
 from search.progress import Progress
 
 COPY_BLOCK_ROWS = 65536

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from search.errors import IndexCorruptError, IndexLoadError
 
-METADATA_NAME = "metadata.sqlite"
 SQLITE_DAMAGED = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB: the file, not the query, is at fault
 
 SCHEMA = """

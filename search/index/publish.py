@@ -34,8 +34,8 @@ from pathlib import Path
 
 from search.errors import IndexBuildError
 from search.fileutil import read_json
-from search.index.reader import INDEX_FORMAT as CURRENT_FORMAT
-from search.index.reader import MANIFEST_NAME
+from search.index.format import INDEX_FORMAT as CURRENT_FORMAT
+from search.index.format import MANIFEST_NAME
 
 FORMAT_PREFIX = "search-index/"  # every index format this tool ever wrote
 

@@ -32,37 +32,31 @@ import numpy as np
 
 from search.errors import IndexCorruptError, IndexLoadError, IndexMismatchError, QueryError
 from search.fileutil import read_json
-
-# the manifest's names are imported from here by the builder and storage: re-exported
-from search.index.manifest import DTYPES as DTYPES
-from search.index.manifest import FIELD_NAME_RE as FIELD_NAME_RE
-from search.index.manifest import INDEX_FORMAT as INDEX_FORMAT
-from search.index.manifest import MANIFEST_NAME, check_manifest, load_matrix
-from search.index.metadata import METADATA_NAME, MetadataReader
-from search.index.verify import ScoreGuard, verify_files
-from search.scoring.kernels import ScanBlock, kernel_for, scanned_kernel_for
-from search.scoring.kernels import top_rows as _top
-from search.scoring.prefilter import (
+from search.index.format import (
+    EMBEDDINGS_NAME,
+    MANIFEST_NAME,
+    METADATA_NAME,
     PREFILTER_NAME,
     PREFILTER_RESIDUALS_NAME,
     PREFILTER_SCALES_NAME,
-    PassRate,
-    Prefilter,
+    SCALES_NAME,
+    SCAN_NAME,
+    SCAN_RESIDUALS_NAME,
+    SCAN_SCALES_NAME,
+    field_file,
 )
+from search.index.manifest import check_manifest, load_matrix
+from search.index.metadata import MetadataReader
+from search.index.verify import ScoreGuard, verify_files
+from search.scoring.kernels import ScanBlock, kernel_for, scanned_kernel_for
+from search.scoring.kernels import top_rows as _top
+from search.scoring.prefilter import PassRate, Prefilter
 
-EMBEDDINGS_NAME = "embeddings.npy"
-SCALES_NAME = "scales.npy"
-SCAN_NAME, SCAN_SCALES_NAME, SCAN_RESIDUALS_NAME = "scan-int8.npy", "scan-scales.npy", "scan-residuals.npy"
-SCAN_FILES = (SCAN_NAME, SCAN_SCALES_NAME, SCAN_RESIDUALS_NAME)
 CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of products at most
 # Below this share of rows left by the filters, gathering them is cheaper than the int4 pass over all.
 PREFILTER_MIN_DENSITY = 0.25
 SEED_FACTOR = 2  # the first pass's floor: the need-th best exact score of this many x need seed rows
 MAX_HEAP_EXTRA = 4096  # rows left out by filters that the kernel's seed heap may absorb (else a numpy pass)
-
-
-def field_file(name: str) -> str:
-    return f"field-{name}.npy"
 
 
 @dataclass(frozen=True)

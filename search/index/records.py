@@ -19,7 +19,6 @@ import numpy as np
 
 from search.errors import ConfigError
 
-HASHES_NAME = "text-hashes.npy"
 HASH_BYTES = 32
 MAX_SHARDS = 10000
 SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")

@@ -18,9 +18,9 @@ import numpy as np
 
 from search.errors import SearchError
 from search.fileutil import read_json
+from search.index.format import EMBEDDINGS_NAME, HASHES_NAME, MANIFEST_NAME, SCALES_NAME
 from search.index.metadata import MetadataWriter
-from search.index.reader import EMBEDDINGS_NAME, MANIFEST_NAME, SCALES_NAME
-from search.index.records import HASHES_NAME, HashColumn, match_rows
+from search.index.records import HashColumn, match_rows
 from search.index.workers import embed_stream
 from search.progress import Progress
 

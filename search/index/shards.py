@@ -27,12 +27,11 @@ from search.errors import CorpusError, IndexBuildError
 from search.fileutil import describe_files, read_json, write_json_atomic
 from search.index.builder import BuildOptions, corpus_name, ingest, model_info
 from search.index.corpus import CorpusSpec, ReadStats, read_corpus
+from search.index.format import DTYPES, MANIFEST_NAME, RECORDS_NAME
 from search.index.metadata import MetadataWriter
-from search.index.reader import DTYPES, MANIFEST_NAME
 from search.index.reuse import write_vectors
 
 SHARD_FORMAT = "search-shard/1"
-RECORDS_NAME = "records.sqlite"
 
 
 def build_shard(

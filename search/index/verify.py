@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import IndexCorruptError
-from search.index.metadata import METADATA_NAME
+from search.index.format import METADATA_NAME
 
 logger = logging.getLogger(__name__)
 READ_BYTES = 256 * 1024  # per read: small, so a low-priority thread gives the core back often

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from search.errors import ModelLoadError
 from search.fileutil import read_json
+from search.index.format import MANIFEST_NAME
 
 BUNDLE_FORMAT = "search-model-bundle/1"
-MANIFEST_NAME = "manifest.json"
 POOLINGS = ("mean", "cls")
 
 

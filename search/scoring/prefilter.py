@@ -29,10 +29,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-PREFILTER_NAME = "prefilter-int4.npy"
-PREFILTER_SCALES_NAME = "prefilter-scales.npy"
-PREFILTER_RESIDUALS_NAME = "prefilter-residuals.npy"
-PREFILTER_FILES = (PREFILTER_NAME, PREFILTER_SCALES_NAME, PREFILTER_RESIDUALS_NAME)
 NIBBLE_MAX = 7  # symmetric 4-bit values: -7..7 (stored + 8: 1..15)
 NIBBLE_OFFSET = 8
 FLOAT_SLACK = 1e-5  # float32 rounding allowance, as kernels.FLOAT_SLACK

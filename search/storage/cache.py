@@ -31,12 +31,12 @@ from typing import IO, Any
 
 from search.errors import StorageError
 from search.fileutil import sha256_file
+from search.index.format import MANIFEST_NAME
 from search.storage.transfer import (
     _EXPECTED,
     DATA_PREFIX_KEY,
     LOCK_FILE,
     LOCK_POLL_S,
-    MANIFEST_NAME,
     MB,
     TEMP_PREFIX,
     S3Location,

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 from search.errors import IndexCorruptError, IndexLoadError, IndexMismatchError, SearchError
-from search.index.reader import MANIFEST_NAME, SearchIndex
+from search.index.format import MANIFEST_NAME
+from search.index.reader import SearchIndex
 from search.index.verify import Integrity
 from search.storage import s3 as storage
 

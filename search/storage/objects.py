@@ -12,10 +12,10 @@ from typing import Any
 
 from search.errors import StorageError
 from search.fileutil import sha256_file
+from search.index.format import MANIFEST_NAME
 from search.storage.transfer import (
     _EXPECTED,
     DATA_PREFIX_KEY,
-    MANIFEST_NAME,
     UPLOAD_READ_TIMEOUT_S,
     S3Location,
     TransferOptions,

@@ -8,6 +8,7 @@ into the local cache) and ``objects.py`` (upload, streamed reads); this module k
 the rest of the package and the tests import.
 """
 
+from search.index.format import MANIFEST_NAME
 from search.storage.cache import (
     CacheLock,
     Fetched,
@@ -21,7 +22,6 @@ from search.storage.objects import UploadReport, upload_folder
 from search.storage.transfer import (
     CHUNK_BYTES,
     DATA_PREFIX_KEY,
-    MANIFEST_NAME,
     TEMP_PREFIX,
     S3Location,
     TransferOptions,

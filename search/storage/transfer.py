@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 
 from search.errors import StorageError
+from search.index.format import MANIFEST_NAME
 from search.progress import Progress
 
-MANIFEST_NAME = "manifest.json"
 DATA_PREFIX_KEY = "data_prefix"  # manifest key added by upload: where the files live, relative to the prefix
 CONNECT_TIMEOUT_S = 2.0  # botocore default is 60 s, longer than API Gateway's 29 s
 READ_TIMEOUT_S = 5.0  # socket inactivity, not a total; the deadline bounds the total

@@ -11,9 +11,10 @@ import pytest
 
 from search.index.builder import BuildOptions
 from search.index.corpus import CorpusSpec
+from search.index.format import HASHES_NAME
 from search.index.pipeline import DEFAULT, build
 from search.index.reader import SearchIndex
-from search.index.records import HASHES_NAME, match_rows, text_hash
+from search.index.records import match_rows, text_hash
 from tests.conftest import write_jsonl
 
 SPEC = CorpusSpec(fields=("section",))
