@@ -84,8 +84,8 @@ def router(app: FastAPI) -> APIRouter:
             swagger_css_url=static + "swagger-ui.css",
             swagger_favicon_url=static + "favicon.png",
             swagger_ui_parameters={"validatorUrl": None},  # no badge from validator.swagger.io
-        ).body.decode()
-        return _page(html)
+        ).body
+        return _page(bytes(html).decode())
 
     @docs.get("/redoc")
     async def redoc(request: Request) -> HTMLResponse:
@@ -96,7 +96,7 @@ def router(app: FastAPI) -> APIRouter:
             redoc_js_url=static + "redoc.standalone.js",
             redoc_favicon_url=static + "favicon.png",
             with_google_fonts=False,
-        ).body.decode()
-        return _page(html, ["worker-src blob:"])  # ReDoc searches in a worker made from a blob
+        ).body
+        return _page(bytes(html).decode(), ["worker-src blob:"])  # ReDoc searches in a worker made from a blob
 
     return docs
