@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import IndexLoadError
+from search.errors import IndexLoadError, IndexMismatchError
 from search.index.format import DTYPES, FIELD_NAME_RE, INDEX_FORMAT
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -69,6 +69,22 @@ def check_manifest(manifest: dict, manifest_path: Path) -> tuple[int, int, str, 
             raise bad(f"files.{name}.sha256", "must be 64 lowercase hex digits")
     _check_lexical(manifest.get("lexical"), bad)
     return count, dim, dtype, files, fields, model["fingerprint"]
+
+
+def check_model_match(
+    dim: int, fingerprint: str, *, model_fingerprint: str | None, dimension: int | None, path: str
+) -> None:
+    """The one check that an index's vectors mean what the loaded model's vectors mean: the same
+    dimension and model fingerprint (None: not checked).  SearchIndex.open runs it on open, LiveIndex
+    on a remote manifest before downloading anything."""
+    if dimension is not None and dim != dimension:
+        raise IndexMismatchError(f"index dimension {dim} but the model gives {dimension}", path=path)
+    if model_fingerprint is not None and fingerprint != model_fingerprint:
+        raise IndexMismatchError(
+            f"built with model {fingerprint[:12]}, but the loaded model is {model_fingerprint[:12]}; "
+            "rebuild the index with this model",
+            path=path,
+        )
 
 
 def _check_lexical(info, bad) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import IndexCorruptError, IndexLoadError, IndexMismatchError, QueryError
+from search.errors import IndexCorruptError, IndexLoadError, QueryError
 from search.fileutil import read_json
 from search.index.format import (
     EMBEDDINGS_NAME,
@@ -45,7 +45,7 @@ from search.index.format import (
     SCAN_SCALES_NAME,
     field_file,
 )
-from search.index.manifest import check_manifest, load_matrix
+from search.index.manifest import check_manifest, check_model_match, load_matrix
 from search.index.metadata import MetadataReader
 from search.index.verify import ScoreGuard, verify_files
 from search.scoring.kernels import ScanBlock, kernel_for, scanned_kernel_for
@@ -116,14 +116,9 @@ class SearchIndex:
         except (OSError, ValueError) as exc:
             raise IndexLoadError(f"unreadable manifest ({exc})", path=str(manifest_path)) from None
         count, dim, dtype, files, fields, index_fingerprint = check_manifest(manifest, manifest_path)
-        if dimension is not None and dim != dimension:
-            raise IndexMismatchError(f"index dimension {dim} but the model gives {dimension}", path=str(path))
-        if model_fingerprint is not None and index_fingerprint != model_fingerprint:
-            raise IndexMismatchError(
-                f"built with model {index_fingerprint[:12]}, but the loaded model is {model_fingerprint[:12]}; "
-                "rebuild the index with this model",
-                path=str(path),
-            )
+        check_model_match(
+            dim, index_fingerprint, model_fingerprint=model_fingerprint, dimension=dimension, path=str(path)
+        )
         for name, info in files.items():
             file_path = path / name
             if not file_path.is_file():

@@ -28,8 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-from search.errors import IndexCorruptError, IndexLoadError, IndexMismatchError, SearchError
+from search.errors import IndexCorruptError, IndexLoadError, SearchError
 from search.index.format import MANIFEST_NAME
+from search.index.manifest import check_model_match
 from search.index.reader import SearchIndex
 from search.index.verify import Integrity
 from search.storage import s3 as storage
@@ -243,14 +244,9 @@ class LiveIndex:
             dim, fingerprint = int(manifest["dimension"]), str(manifest["model"]["fingerprint"])
         except (KeyError, TypeError, ValueError):
             return  # SearchIndex.open reports a malformed manifest with the path
-        if self.dimension is not None and dim != self.dimension:
-            raise IndexMismatchError(f"index dimension {dim} but the model gives {self.dimension}", path=self.uri)
-        if self.model_fingerprint is not None and fingerprint != self.model_fingerprint:
-            raise IndexMismatchError(
-                f"built with model {fingerprint[:12]}, but the loaded model is "
-                f"{self.model_fingerprint[:12]}; rebuild the index with this model",
-                path=self.uri,
-            )
+        check_model_match(
+            dim, fingerprint, model_fingerprint=self.model_fingerprint, dimension=self.dimension, path=self.uri
+        )
 
     def _open(self, path: Path) -> SearchIndex:
         return SearchIndex.open(path, model_fingerprint=self.model_fingerprint, dimension=self.dimension)
