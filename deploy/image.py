@@ -3,6 +3,7 @@
 
     python deploy/image.py build     # engine, base images, the real Dockerfile; prints the image tag
     python deploy/image.py bases     # only the two base images
+    python deploy/image.py run       # build, then serve it through the emulator on 127.0.0.1:9000
     python deploy/image.py stop      # end an engine a crashed run left behind (by its pid file)
 
 The pieces, each usable from the tests (tests/deploy/test_image.py) and the bench (bench/image.py):
@@ -37,7 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
@@ -200,7 +203,7 @@ class Engine:
             exec_root = Path("/run") / f"search-engine-{digest(str(self.home))}"
         self.exec_root = exec_root
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
         self.client = next((c for c in DOCKER_CLIENTS if shutil.which(c)), "docker")
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
         self.env.update(
@@ -320,7 +323,20 @@ class Engine:
                     proc.wait(30)
             else:
                 proc.wait()
+            self._unmount_leftovers()
         self._close_log()
+
+    def _unmount_leftovers(self) -> None:
+        """dockerd leaves its default network namespace bind-mounted under the exec root; unmount
+        what is still mounted there (ours only), so build/ can be removed."""
+        try:
+            mounts = Path("/proc/self/mounts").read_text().splitlines()
+        except OSError:
+            return
+        prefix = str(self.exec_root) + "/"
+        for point in sorted((m.split()[1] for m in mounts if len(m.split()) > 1), reverse=True):
+            if point.startswith(prefix):
+                subprocess.run(["umount", "-l", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -521,6 +537,7 @@ def _import(engine: Engine, rootfs: Path, extra: Path, tag: str, changes: list[s
             [engine.client, *args, "-", tag], env=engine.env, stdin=tar.stdout, capture_output=True, timeout=900
         )
     finally:
+        assert tar.stdout is not None and tar.stderr is not None
         tar.stdout.close()
         tar_err = tar.stderr.read()
         tar.stderr.close()
@@ -561,7 +578,7 @@ def base_images(engine: Engine) -> dict[str, str]:
             shutil.copy2(STANDIN / "bootstrap", extra / "var" / "runtime" / "bootstrap")
             shutil.copy2(STANDIN / "lambda-entrypoint.sh", extra / "lambda-entrypoint.sh")
             (extra / "usr" / "local" / "bin").mkdir(parents=True)
-            shutil.copy2(find_rie(), extra / "usr" / "local" / "bin" / "aws-lambda-rie")
+            shutil.copy2(str(find_rie()), extra / "usr" / "local" / "bin" / "aws-lambda-rie")
             (extra / "var" / "task").mkdir(parents=True)
             (extra / "opt").mkdir()
             for path in (
@@ -738,12 +755,15 @@ class Container:
         *,
         env: dict[str, str] | None = None,
         network: str = "host",
-        mounts: list[tuple[Path, str]] = (),
+        mounts: Sequence[tuple[Path, str]] = (),
         entrypoint: str | None = None,
-        args: list[str] = (),
+        args: Sequence[str] = (),
+        read_only: bool = True,
     ):
         self.engine = engine
         cmd = ["run", "-d", "--network", network, "--label", "search-image-test=1"]
+        if read_only:  # as in Lambda: everything read-only but /tmp
+            cmd += ["--read-only", "--tmpfs", "/tmp"]
         for key, value in (env or {}).items():
             cmd += ["-e", f"{key}={value}"]
         for src, dst in mounts:
@@ -888,10 +908,28 @@ def layer_sizes(engine: Engine, tag: str) -> list[tuple[int, str]]:
 # ------------------------------------------------------------------ command line
 
 
+def serve(engine: Engine, tag: str, port: int) -> None:
+    """Run the image through the emulator on 127.0.0.1:``port`` until Ctrl-C, then remove it."""
+    with Container(engine, tag, env={**FUNCTION_ENV, **rie_env(port, free_port())}) as box:
+        print(
+            f"serving: curl -s http://127.0.0.1:{port}{INVOKE_PATH} -d @events/http-api-get-search.json"
+            f"   (Ctrl-C stops the container and the engine)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            while engine.docker("inspect", "--format", "{{.State.Running}}", box.id).stdout.strip() == b"true":
+                time.sleep(1)
+            print(box.logs()[-3000:], file=sys.stderr)
+        except KeyboardInterrupt:
+            pass
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="deploy/image.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=["build", "bases", "stop"])
+    p.add_argument("command", choices=["build", "bases", "run", "stop"])
     p.add_argument("--model", type=Path, default=BUILD / "model")
+    p.add_argument("--port", type=int, default=9000, help="run: the emulator's port on 127.0.0.1")
     args = p.parse_args(argv)
     if args.command == "stop":
         Engine()._clear_stale_pidfile()
@@ -905,8 +943,11 @@ def main(argv=None) -> int:
         with Engine() as engine:
             bases = base_images(engine)
             print(json.dumps(bases))
-            if args.command == "build":
-                print(json.dumps(build_function_image(engine, args.model, bases=bases)))
+            if args.command in ("build", "run"):
+                built = build_function_image(engine, args.model, bases=bases)
+                print(json.dumps({k: v for k, v in built.items() if k != "code_files"}))
+            if args.command == "run":
+                serve(engine, built["tag"], args.port)
     except (EngineUnavailable, ImageError) as exc:
         print(f"image: error: {exc}", file=sys.stderr)
         return 1
