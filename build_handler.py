@@ -26,7 +26,12 @@ import time
 from search.errors import ConfigError
 
 ACTIONS = ("plan", "shard", "merge")
-SPEC_KEYS = {"id_field": str, "text_field": str, "title_field": (str, type(None)), "embed_title": bool}
+SPEC_KEYS: dict[str, type | tuple[type, ...]] = {
+    "id_field": str,
+    "text_field": str,
+    "title_field": (str, type(None)),
+    "embed_title": bool,
+}
 MAX_SHARDS = 1000  # Distributed Map items from the state input: keep the plan's output small
 _encoder: dict = {}
 
@@ -111,9 +116,7 @@ def shard(event: dict) -> dict:
     index = _int(event.get("shard"), "shard", 0, count - 1)
     out = _check_uri(event.get("out"), "out", _env("SEARCH_BUILD_WORK_URI"))
     options = _options(event)
-    spec = CorpusSpec(
-        fields=tuple(options["fields"]), **{k: options[k] for k in SPEC_KEYS if k in options and k != "fields"}
-    )
+    spec = CorpusSpec(fields=tuple(options["fields"]), **{k: options[k] for k in SPEC_KEYS if k in options})
     encoder = _encoder_once()
     build_options = BuildOptions(
         dtype=options["dtype"], skip_bad=options["skip_bad"], workers=available_cpus(), show_progress=False

@@ -88,10 +88,14 @@ def _child(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     base_corpus = _write(work / "yesterday.jsonl.gz", records)
     base = work / "base"
-    manifest = json.loads((base / "manifest.json").read_text()) if (base / "manifest.json").is_file() else None
+    manifest = json.loads((base / "manifest.json").read_text()) if (base / "manifest.json").is_file() else {}
     wanted = json.loads((MODEL / "manifest.json").read_text())["fingerprint"]
-    fresh = manifest and manifest["corpus"]["sha256"] == sha256_file(base_corpus)
-    if not fresh or manifest["model"]["fingerprint"] != wanted or "text-hashes.npy" not in manifest["files"]:
+    fresh = bool(manifest) and (
+        manifest["corpus"]["sha256"] == sha256_file(base_corpus)
+        and manifest["model"]["fingerprint"] == wanted
+        and "text-hashes.npy" in manifest["files"]
+    )
+    if not fresh:
         log(f"building yesterday's index {base} ({len(records)} records)")
         shutil.rmtree(base, ignore_errors=True)
         _build(base_corpus, base, "--no-reuse")

@@ -113,7 +113,7 @@ def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: Hash
     """``embeddings.npy`` (+ ``scales.npy``) and ``text-hashes.npy`` for the rows in ``writer``:
     rows whose text hash the reuse source knows are copied, the rest embedded.  Returns the
     manifest's build record: how many rows were reused and how many embedded."""
-    from search.index.builder import quantize_int8
+    from search.scoring.quantize import quantize_int8
 
     column = hashes.array()
     count = len(column)
@@ -129,13 +129,14 @@ def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: Hash
     old = match_rows(np.asarray(reuse.hashes), column) if reuse is not None else np.full(count, -1, np.int64)
     have = old >= 0
     reused_rows = np.flatnonzero(have)
-    for start in range(0, len(reused_rows), COPY_BLOCK_ROWS):
-        rows = reused_rows[start : start + COPY_BLOCK_ROWS]
-        src = old[rows]
+    for start in range(0, len(reused_rows) if reuse is not None else 0, COPY_BLOCK_ROWS):
+        assert reuse is not None and reuse.embeddings is not None
+        block = reused_rows[start : start + COPY_BLOCK_ROWS]
+        src = old[block]
         order = np.argsort(src, kind="stable")  # read the source in file order
-        target[rows[order]] = reuse.embeddings[src[order]]
-        if scales is not None:
-            scales[rows[order]] = reuse.scales[src[order]]
+        target[block[order]] = reuse.embeddings[src[order]]
+        if scales is not None and reuse.scales is not None:
+            scales[block[order]] = reuse.scales[src[order]]
     need = count - len(reused_rows)
     if options.show_progress and reuse is not None:
         print(
@@ -144,9 +145,8 @@ def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: Hash
         )
     progress = Progress("embedding", need, unit="docs", enabled=options.show_progress and need > 0)
     texts = (spec.document_text(title, text) for row, (title, text) in enumerate(writer.iter_texts()) if not have[row])
-    rows = iter(np.flatnonzero(~have))
     vectors = embed_stream(encoder, texts, workers=options.workers, expected=need)  # processes for big jobs
-    for row, vector in zip(rows, vectors, strict=False):
+    for row, vector in zip(np.flatnonzero(~have), vectors, strict=False):
         if scales is not None:
             target[row], scales[row] = quantize_int8(vector)
         else:

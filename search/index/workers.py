@@ -51,6 +51,7 @@ class WorkerPool:
         self.free: queue.Queue = queue.Queue()
         try:
             for proc in self.procs:  # each child says R once its encoder is loaded, or E and why not
+                assert proc.stdout is not None
                 status = proc.stdout.read(1)
                 if status != b"R":
                     (length,) = HEADER.unpack(proc.stdout.read(HEADER.size) or b"\0\0\0\0")
@@ -63,6 +64,7 @@ class WorkerPool:
 
     def _run(self, texts: list[str]) -> np.ndarray:
         proc = self.free.get()
+        assert proc.stdin is not None and proc.stdout is not None
         try:
             body = json.dumps(texts, ensure_ascii=False).encode("utf-8")
             proc.stdin.write(HEADER.pack(len(body)) + body)
@@ -97,7 +99,8 @@ class WorkerPool:
     def close(self) -> None:
         for proc in self.procs:
             try:
-                proc.stdin.close()  # end of input: the child exits
+                if proc.stdin is not None:
+                    proc.stdin.close()  # end of input: the child exits
             except OSError:
                 pass
         for proc in self.procs:
@@ -106,7 +109,8 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
-            proc.stdout.close()
+            if proc.stdout is not None:
+                proc.stdout.close()
 
     def __enter__(self) -> WorkerPool:
         return self
