@@ -16,8 +16,7 @@ import time
 import numpy as np
 
 from bench.common import BUILD, emit, log, proc_status, run_child
-from search.index.builder import quantize_int8_rows, residual_norms
-from search.scoring.prefilter import quantize_int4_rows
+from search.scoring.quantize import quantize_int4_rows, quantize_int8_rows, residual_norms
 
 COMMAND = "python -m bench --only scale"
 DIM = 384
@@ -29,7 +28,8 @@ ROUNDS = 3
 
 
 def ensure_synthetic(rows: int) -> None:
-    """float32 / float16 / int8 (+ scales, builder.quantize_int8's format) files of ``rows`` seeded unit vectors."""
+    """float32 / float16 / int8 (+ scales, search.scoring.quantize: what the builder writes) files of ``rows``
+    seeded unit vectors."""
     SYNTHETIC.mkdir(parents=True, exist_ok=True)
     done = SYNTHETIC / f"done-{rows}"
     if done.exists():
@@ -63,7 +63,7 @@ def _prefilter_paths(rows: int, source: str) -> dict:
 
 
 def _ensure_prefilters(rows: int) -> None:
-    """The int4 prefilter copy (the builder's quantize_int4_rows) of the float32 file and of the
+    """The int4 prefilter copy (quantize_int4_rows, as the builder writes it) of the float32 file and of the
     int8 file's stored vectors (row x scale): what `search build` writes beside each dtype."""
     for source in ("float32", "int8"):
         paths = _prefilter_paths(rows, source)
@@ -95,7 +95,7 @@ def _ensure_prefilters(rows: int) -> None:
 
 def load_prefilter(rows: int, file_rows: int, source: str):
     """The memory-mapped int4 copy of the first ``rows`` rows, or None without the compiled kernel."""
-    from search import native
+    from search.scoring import native
     from search.scoring.prefilter import Prefilter
 
     kernel = native.load()
@@ -159,8 +159,8 @@ def measure(quick: bool) -> dict:
 
 
 def _child(args) -> None:
-    from search import kernels
     from search.index.reader import SearchIndex
+    from search.scoring import kernels
 
     n, file_rows = args.rows, args.file_rows
     arrays = {d: np.load(SYNTHETIC / f"{d}-{file_rows}.npy", mmap_mode="r")[:n] for d in ("float32", "float16", "int8")}

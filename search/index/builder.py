@@ -47,7 +47,7 @@ from search.index.records import HashColumn, text_hash
 from search.index.reuse import write_vectors
 from search.model.encoder import Encoder
 from search.progress import Progress
-from search.scoring.prefilter import quantize_int4_rows
+from search.scoring.quantize import quantize_int4_rows, quantize_int8_rows, residual_norms
 
 INSERT_BATCH = 1000
 
@@ -243,26 +243,6 @@ def _write_prefilter(tmp: Path, count: int, dtype: str) -> None:
     for arr in (packed, scales, residuals):
         arr.flush()
     del stored, row_scales, packed, scales, residuals
-
-
-def quantize_int8_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``quantize_int8`` for every row of ``block`` at once."""
-    peak = np.abs(block).max(axis=1)
-    scales = np.where(peak > 0, peak.astype(np.float64) / 127.0, 1.0).astype(np.float32)
-    rows = np.clip(np.rint(block / scales[:, None]), -127, 127).astype(np.int8)
-    return rows, scales
-
-
-def residual_norms(block: np.ndarray, rows: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """``||v - int8 row x scale||`` per row, rounded up to float32 (an error bound: never round down)."""
-    diff = block.astype(np.float64) - rows.astype(np.float64) * scales.astype(np.float64)[:, None]
-    return np.nextafter(np.linalg.norm(diff, axis=1).astype(np.float32), np.float32(np.inf))
-
-
-def quantize_int8(vector: np.ndarray) -> tuple[np.ndarray, np.float32]:
-    """Symmetric per-row int8: ``vector ≈ q * scale``; the row's largest component maps to ±127."""
-    rows, scales = quantize_int8_rows(np.asarray(vector, dtype=np.float32)[None, :])
-    return rows[0], scales[0]
 
 
 def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> None:

@@ -17,9 +17,8 @@ pass for a top 10 (4% for hybrid's top 100); of random unit vectors (the worst c
 distribution) ~15% of 64k and ~5% of 1M.  The float32 rounding of an int8 row times its scale
 (relative 6e-8) is far inside the slack.
 
-Packing: byte ``j`` of a row holds dimension ``j`` in its low nibble and ``j + d/2`` in its high
-nibble, each as value + 8, so the compiled kernel (``search/scoring/native/int8dot.c``) unpacks with a mask
-and a shift.  Only the compiled kernel reads this copy; without it the index searches as before.
+The rows are written by ``search/scoring/quantize.py`` (``quantize_int4_rows``, with the packing).
+Only the compiled kernel reads this copy; without it the index searches as before.
 """
 
 from __future__ import annotations
@@ -29,8 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-NIBBLE_MAX = 7  # symmetric 4-bit values: -7..7 (stored + 8: 1..15)
-NIBBLE_OFFSET = 8
+from search.scoring.quantize import NIBBLE_MAX
+
 FLOAT_SLACK = 1e-5  # float32 rounding allowance, as kernels.FLOAT_SLACK
 # Above this share of rows let through, the first pass costs more than it saves.  Measured on random
 # unit vectors, one thread, int8 rows, the pass forced on vs off: 24% let through (20k rows, top 10)
@@ -38,36 +37,6 @@ FLOAT_SLACK = 1e-5  # float32 rounding allowance, as kernels.FLOAT_SLACK
 # (20k, top 100) 0.89 vs 0.59 ms.  MiniLM vectors of the 64k Debian corpus let 0.2-4% through.
 MAX_PASS_SHARE = 0.20
 PROBE_EVERY = 64  # while the pass is off, every 64th search still takes it, to notice a change
-
-
-def quantize_int4_rows(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(packed (n, d/2) uint8, scales (n,) float32, residual norms (n,) float32 rounded up) of
-    float rows; ``block`` is what the index stores, as float32 (int8 rows already times their scale)."""
-    block = np.asarray(block, dtype=np.float32)
-    n, dim = block.shape
-    if dim % 2:
-        raise ValueError(f"int4 packing needs an even dimension, not {dim}")
-    peak = np.abs(block).max(axis=1)
-    scales = np.where(peak > 0, peak.astype(np.float64) / NIBBLE_MAX, 1.0).astype(np.float32)
-    nibbles = np.clip(np.rint(block / scales[:, None]), -NIBBLE_MAX, NIBBLE_MAX).astype(np.int8)
-    diff = block.astype(np.float64) - nibbles.astype(np.float64) * scales.astype(np.float64)[:, None]
-    residuals = np.nextafter(np.linalg.norm(diff, axis=1).astype(np.float32), np.float32(np.inf))
-    return pack_int4(nibbles), scales, residuals
-
-
-def pack_int4(nibbles: np.ndarray) -> np.ndarray:
-    """(n, d) values in -7..7 -> (n, d/2) bytes (see the module docstring)."""
-    half = nibbles.shape[1] // 2
-    stored = nibbles.astype(np.uint8) + NIBBLE_OFFSET  # wraps negatives the right way: -7 + 8 = 1
-    return stored[:, :half] | (stored[:, half:] << 4)
-
-
-def unpack_int4(packed: np.ndarray) -> np.ndarray:
-    """The inverse of ``pack_int4``: (n, d/2) bytes -> (n, d) int8 values."""
-    packed = np.asarray(packed, dtype=np.uint8)
-    low = (packed & 0x0F).astype(np.int8) - NIBBLE_OFFSET
-    high = (packed >> 4).astype(np.int8) - NIBBLE_OFFSET
-    return np.concatenate([low, high], axis=1)
 
 
 class Prefilter(NamedTuple):

@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 import search.scoring.kernels as kernels
 from search.errors import IndexLoadError
-from search.index.builder import BuildOptions, build_index, quantize_int8
+from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
 from search.index.format import SCAN_FILES, SCAN_NAME, SCAN_RESIDUALS_NAME
 from search.index.reader import SearchIndex
+from search.scoring.quantize import quantize_int8
 from tests.conftest import write_jsonl
 from tests.vectors import GivenVectors, clustered_index, index_from_vectors, unit_rows
 

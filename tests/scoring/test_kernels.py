@@ -105,7 +105,7 @@ def test_int8_with_filters_offsets_and_min_score(indexes, seed, k, offset, wante
 def test_int8_error_bound_holds():
     rng = np.random.default_rng(2)
     vectors = unit_rows(rng, 5000, 384)
-    from search.index.builder import quantize_int8
+    from search.scoring.quantize import quantize_int8
 
     pairs = [quantize_int8(v) for v in vectors]
     block = np.stack([p[0] for p in pairs])

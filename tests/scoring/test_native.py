@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import search.scoring.kernels as kernels
-from search.index.builder import quantize_int8
 from search.index.reader import SearchIndex
 from search.scoring import native
+from search.scoring.quantize import quantize_int8
 from tests.vectors import index_from_vectors
 
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))

@@ -15,7 +15,7 @@ from search.index.corpus import CorpusSpec
 from search.index.format import PREFILTER_FILES, PREFILTER_NAME, PREFILTER_RESIDUALS_NAME
 from search.index.reader import SearchIndex
 from search.scoring import native
-from search.scoring.prefilter import pack_int4, quantize_int4_rows, unpack_int4
+from search.scoring.quantize import pack_int4, quantize_int4_rows, unpack_int4
 from tests.conftest import write_jsonl
 from tests.vectors import GivenVectors, clustered, clustered_index, index_from_vectors, unit_rows
 
