@@ -1,4 +1,4 @@
-"""``/docs`` (Swagger UI) and ``/redoc``, with every asset served by the app itself.
+"""``/docs`` (Swagger UI) with every asset served by the app itself; ``/redoc`` redirects there.
 
 FastAPI's own pages load Swagger UI and ReDoc from a CDN at a floating major version, with no
 integrity hash and no CSP.  Here the scripts and styles are the files the pinned package
@@ -17,14 +17,13 @@ from functools import cache
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
 
-DOCS_PACKAGE = "fastapi_offline"  # ships swagger-ui-bundle.js, swagger-ui.css, redoc.standalone.js
+DOCS_PACKAGE = "fastapi_offline"  # ships swagger-ui-bundle.js, swagger-ui.css (and ReDoc, unused)
 ASSETS = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
     "swagger-ui.css": "text/css; charset=utf-8",
-    "redoc.standalone.js": "text/javascript; charset=utf-8",
     "favicon.png": "image/png",
 }
 COMMON_POLICY = [
@@ -49,17 +48,17 @@ def assets_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "static"
 
 
-def _policy(html: str, extra: list[str]) -> str:
+def _policy(html: str) -> str:
     hashes = [
         "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
         for s in INLINE_SCRIPT.findall(html)
     ]
-    return "; ".join([*COMMON_POLICY, " ".join(["script-src 'self'", *hashes]), *extra])
+    return "; ".join([*COMMON_POLICY, " ".join(["script-src 'self'", *hashes])])
 
 
-def _page(html: str, extra: list[str] | None = None) -> HTMLResponse:
+def _page(html: str) -> HTMLResponse:
     headers = {
-        "Content-Security-Policy": _policy(html, extra or []),
+        "Content-Security-Policy": _policy(html),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         "Cache-Control": "no-cache",
@@ -88,15 +87,8 @@ def router(app: FastAPI) -> APIRouter:
         return _page(bytes(html).decode())
 
     @docs.get("/redoc")
-    async def redoc(request: Request) -> HTMLResponse:
-        spec, static = urls(request)
-        html = get_redoc_html(
-            openapi_url=spec,
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=static + "redoc.standalone.js",
-            redoc_favicon_url=static + "favicon.png",
-            with_google_fonts=False,
-        ).body
-        return _page(bytes(html).decode(), ["worker-src blob:"])  # ReDoc searches in a worker made from a blob
+    async def redoc(request: Request) -> RedirectResponse:
+        # ReDoc's bundle loads its logo from cdn.redoc.ly whatever its options: one UI, offline
+        return RedirectResponse(urls(request)[0].removesuffix("openapi.json") + "docs", status_code=307)
 
     return docs

@@ -475,3 +475,16 @@ def test_page_opened_while_the_server_is_still_loading(browser, server, request,
             cold.check_clean(allow_http_errors=True)
         finally:
             cold.close()
+
+
+def test_docs_pages_render_with_local_assets_under_their_csp(browser, server):
+    """Issue 16 item 8: Swagger UI comes from the app, and its CSP lets it run."""
+    for path, rendered in (("/docs", ".opblock"), ("/redoc", ".opblock")):  # /redoc redirects to /docs
+        w = Watched(browser, server, viewport={"width": 1100, "height": 900})
+        try:
+            w.page.goto(server + path)
+            w.page.wait_for_selector(rendered)
+            assert "/search" in w.page.content()
+            w.check_clean()  # no console error (a CSP violation is one), nothing fetched off-host
+        finally:
+            w.close()
