@@ -109,7 +109,8 @@ def test_the_pipeline_is_off_by_default_and_uses_the_same_image(template):
     search = template["Resources"]["SearchImageFunction"]
     for name in ("BuildShardFunction", "MergeFunction"):
         fn = template["Resources"][name]
-        assert fn["Metadata"]["Dockerfile"] == search["Metadata"]["Dockerfile"]
+        assert fn["Metadata"] == search["Metadata"]  # the same image (same Dockerfile, context, tag, arguments)
+        assert fn["Properties"]["ImageUri"] == search["Properties"]["ImageUri"]
         assert fn["Properties"]["ImageConfig"]["Command"] == ["build_handler.handler"]
         assert fn["Properties"]["Timeout"] == 900
     assert "build_handler.py" in (ROOT / "deploy" / "files.txt").read_text().split()
