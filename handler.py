@@ -4,11 +4,12 @@ One execution environment = one process = one ``Runtime``: the model and index a
 (at init when running in Lambda, else on first use) and reused by every invocation.  A load that
 fails at init is an init error; one that fails later (a lazy load) answers 503 and is retried.
 
-    {"warmup": true}, EventBridge "Scheduled Event"   -> warm(): load, refresh, page in, run the model
+    {"warmup": true}, EventBridge "Scheduled Event"   -> warm(): load, refresh, verify, page in, run the model
     API Gateway REST (v1) / HTTP API (v2), Function URL, ALB -> the FastAPI app through Mangum
-    anything else                                       -> {"error": {"code": "unsupported_event", ...}}
+    Lambda@Edge, VPC Lattice, anything else             -> {"error": {"code": "unsupported_event", ...}}
 
-Warmups are answered here because Mangum raises on events it does not recognise.  Mangum runs
+Event shapes are told apart in search/serve/lambda_events.py.  Warmups are answered here because
+Mangum raises on events it does not recognise.  Mangum runs
 with ``lifespan="off"``: with lifespan on it would start and stop the app on every invocation.
 """
 
