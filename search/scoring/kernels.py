@@ -24,7 +24,7 @@ query's quantisation residual rides along as a second column and the error bound
 Why XOR 0x80: the fast MLAS path wants the matrix unsigned; ``int8 ^ 0x80`` viewed as uint8 is
 ``int8 + 128`` and ``a_zero_point = 128`` undoes it, so the file stays the builder's int8.
 
-The tiny ONNX graphs are written here as protobuf bytes (a dozen fields), because the ``onnx``
+The tiny ONNX graphs are written as protobuf bytes by ``onnx_graph.py``, because the ``onnx``
 package is an export-time dependency and the run time may only import onnxruntime.
 """
 
@@ -35,6 +35,8 @@ import threading
 from typing import NamedTuple
 
 import numpy as np
+
+from search.scoring import onnx_graph
 
 # Rows per onnxruntime run, measured (python -m bench --only scale): a sub-block whose working set
 # stays in a 2 MiB L2 is up to 2x faster than 64k-row blocks.
@@ -68,11 +70,11 @@ class Float16Kernel:
     scanned = False
 
     def __init__(self):
-        f16, f32 = _ELEM["float16"], _ELEM["float32"]
-        self._session = _session(
-            nodes=[_node("Cast", ["A"], ["Af"], to=f32), _node("MatMul", ["Af", "B"], ["Y"])],
-            inputs=[_value("A", f16, ["n", "d"]), _value("B", f32, ["d", "q"])],
-            outputs=[_value("Y", f32, ["n", "q"])],
+        f16, f32 = onnx_graph.ELEM["float16"], onnx_graph.ELEM["float32"]
+        self._session = onnx_graph.session(
+            nodes=[onnx_graph.node("Cast", ["A"], ["Af"], to=f32), onnx_graph.node("MatMul", ["Af", "B"], ["Y"])],
+            inputs=[onnx_graph.value("A", f16, ["n", "d"]), onnx_graph.value("B", f32, ["d", "q"])],
+            outputs=[onnx_graph.value("Y", f32, ["n", "q"])],
         )
 
     def prepare(self, query: np.ndarray):
@@ -113,22 +115,22 @@ class Int8Kernel:
         from search.scoring import native as native_module
 
         self.native = native_module.load() if native == "auto" else native
-        u8, i8, f32 = _ELEM["uint8"], _ELEM["int8"], _ELEM["float32"]
-        self._session = _session(
+        u8, i8, f32 = onnx_graph.ELEM["uint8"], onnx_graph.ELEM["int8"], onnx_graph.ELEM["float32"]
+        self._session = onnx_graph.session(
             nodes=[
-                _node("MatMulInteger", ["A", "B", "A_zero"], ["Yi"]),
-                _node("Cast", ["Yi"], ["Yf"], to=f32),
-                _node("MatMul", ["Yf", "W"], ["Z"]),  # sums each query's columns with their scales
-                _node("Mul", ["Z", "S"], ["Y"]),
+                onnx_graph.node("MatMulInteger", ["A", "B", "A_zero"], ["Yi"]),
+                onnx_graph.node("Cast", ["Yi"], ["Yf"], to=f32),
+                onnx_graph.node("MatMul", ["Yf", "W"], ["Z"]),  # sums each query's columns with their scales
+                onnx_graph.node("Mul", ["Z", "S"], ["Y"]),
             ],  # times the row scale
             inputs=[
-                _value("A", u8, ["n", "d"]),
-                _value("B", i8, ["d", "c"]),
-                _value("A_zero", u8, []),
-                _value("W", f32, ["c", "q"]),
-                _value("S", f32, ["n", 1]),
+                onnx_graph.value("A", u8, ["n", "d"]),
+                onnx_graph.value("B", i8, ["d", "c"]),
+                onnx_graph.value("A_zero", u8, []),
+                onnx_graph.value("W", f32, ["c", "q"]),
+                onnx_graph.value("S", f32, ["n", 1]),
             ],
-            outputs=[_value("Y", f32, ["n", "q"])],
+            outputs=[onnx_graph.value("Y", f32, ["n", "q"])],
         )
         self._buffers = threading.local()  # XOR scratch per thread: the kernel is shared by threads
 
@@ -457,70 +459,3 @@ def top_rows(rows: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, 
         rows, scores = rows[keep], scores[keep]
     order = np.lexsort((rows, -scores))[:n]
     return rows[order], scores[order]
-
-
-# -- a minimal ONNX protobuf writer (ModelProto with one graph; no initializers) -----------------
-
-_ELEM = {"float32": 1, "uint8": 2, "int8": 3, "int32": 6, "float16": 10}  # TensorProto.DataType
-_IR_VERSION, _OPSET = 8, 17
-_ATTR_INT = 2  # AttributeProto.AttributeType.INT
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, value) -> bytes:
-    if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def _value(name: str, elem_type: int, dims: list) -> bytes:
-    """ValueInfoProto: name, TypeProto{tensor_type{elem_type, shape{dim*}}}."""
-    shape = b"".join(_field(1, _field(1, d) if isinstance(d, int) else _field(2, d)) for d in dims)
-    tensor = _field(1, elem_type) + _field(2, shape)
-    return _field(1, name) + _field(2, _field(1, tensor))
-
-
-def _node(op_type: str, inputs: list[str], outputs: list[str], **int_attributes: int) -> bytes:
-    """NodeProto: input*, output*, name, op_type, attribute*."""
-    out = b"".join(_field(1, i) for i in inputs) + b"".join(_field(2, o) for o in outputs)
-    out += _field(3, f"{op_type}_{outputs[0]}") + _field(4, op_type)
-    for name, value in int_attributes.items():
-        out += _field(5, _field(1, name) + _field(3, value) + _field(20, _ATTR_INT))
-    return out
-
-
-def model_bytes(nodes: list[bytes], inputs: list[bytes], outputs: list[bytes]) -> bytes:
-    graph = (
-        b"".join(_field(1, n) for n in nodes)
-        + _field(2, "kernel")
-        + b"".join(_field(11, i) for i in inputs)
-        + b"".join(_field(12, o) for o in outputs)
-    )
-    return (
-        _field(1, _IR_VERSION)
-        + _field(2, "search.kernels")
-        + _field(7, graph)
-        + _field(8, _field(1, "") + _field(2, _OPSET))
-    )
-
-
-def _session(*, nodes, inputs, outputs):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # one query is one thread; concurrency comes from requests
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        model_bytes(nodes, inputs, outputs), sess_options=options, providers=["CPUExecutionProvider"]
-    )

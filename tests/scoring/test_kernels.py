@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 import search.index.reader as index_module
 import search.scoring.kernels as kernels
 from search.index.reader import SearchIndex
+from search.scoring import onnx_graph
 from tests.vectors import index_from_vectors
 
 DTYPES = ["float32", "float16", "int8"]
@@ -135,11 +136,11 @@ def test_search_many_equals_one_at_a_time(indexes, dtype):
 
 def test_kernel_graphs_are_valid_onnx():
     onnx = pytest.importorskip("onnx")  # export-time dependency: checks our hand-written protobuf
-    f32, u8 = kernels._ELEM["float32"], kernels._ELEM["uint8"]
-    data = kernels.model_bytes(
-        [kernels._node("Cast", ["A"], ["Y"], to=f32)],
-        [kernels._value("A", u8, ["n", 384])],
-        [kernels._value("Y", f32, ["n", 384])],
+    f32, u8 = onnx_graph.ELEM["float32"], onnx_graph.ELEM["uint8"]
+    data = onnx_graph.model_bytes(
+        [onnx_graph.node("Cast", ["A"], ["Y"], to=f32)],
+        [onnx_graph.value("A", u8, ["n", 384])],
+        [onnx_graph.value("Y", f32, ["n", 384])],
     )
     model = onnx.load_from_string(data)
     onnx.checker.check_model(model)
