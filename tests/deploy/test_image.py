@@ -7,9 +7,10 @@ Interface Emulator), and the Dockerfile is built offline through its build argum
 * every event in events/ through the image, once against the tests' own Runtime API on 127.0.0.1
   (tests/lambda_runtime.py; the container on the host network) and once through AWS's emulator
   inside the container (the stand-in entrypoint runs it when AWS_LAMBDA_RUNTIME_API is unset);
-* an init failure (no index) reaching /runtime/init/error -- the emulator does not report init
-  errors to anyone, so this stays on our Runtime API (as SnapStart's restore hooks do, in
-  test_runtime_api.py);
+* an init failure (no index): on our Runtime API it must reach /runtime/init/error with an error
+  type and no /next call after it (what the emulator does not show); through the emulator it comes
+  back as the invoke's 502 answer.  SnapStart's restore hooks stay on our Runtime API only
+  (test_runtime_api.py): the emulator has no restore phase;
 * the image's contents: deploy/files.txt's files and nothing of torch, compilers or tests, and the
   compiled kernel's glibc symbol versions at most GLIBC_2.34 (Amazon Linux 2023's glibc);
 * the zip variant (layers/ + deploy/zip) unpacked into /opt and /var/task of the stand-in;
@@ -192,6 +193,20 @@ def test_every_event_through_the_emulator(engine, built):
     assert all({"Duration", "Billed Duration", "Max Memory Used"} <= set(r) for r in reports), reports
     assert image.init_report_ms(box.output) is not None, box.output[-3000:]
     assert box.output.count('"message":"loaded"') == 1 and "Traceback" not in box.output
+
+
+def test_missing_index_through_the_emulator(engine, built):
+    """The RIE relays an init error as the invoke's answer (502 with the runtime's error body) and retries
+    init on the next invoke; the error-type header and "no /next after a failed init" are checked above."""
+    port, api_port = image.free_port(), image.free_port()
+    missing = "/var/task/no-index-here"
+    env = function_env(SEARCH_INDEX_URI=missing, **image.rie_env(port, api_port))
+    with image.Container(engine, built["tag"], env=env) as box:
+        status, raw = image.invoke_rie(port, (ROOT / "events" / "warmup.json").read_bytes())
+    error = json.loads(raw)
+    assert status == 502 and error["errorType"] == "IndexLoadError", (status, raw[:500])
+    assert missing in error["errorMessage"] and len(error["errorMessage"]) < 500, error
+    assert "INIT RTDONE(status: error)" in box.output, box.output[-3000:]
 
 
 def test_image_holds_the_listed_files_and_nothing_else(engine, built, tmp_path):
