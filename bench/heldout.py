@@ -37,6 +37,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BUILD, MODEL, ROOT, emit, ensure_index, log, require_model
+from bench.common import BUILD, CORPUS, INDEX_64K, MODEL, ROOT, emit, ensure_index, log, require_model
 
 COMMAND = "python -m bench --only heldout"
 EVAL_DIR = ROOT / "eval"
@@ -166,11 +168,34 @@ def ensure_set_index(qs: QuerySet, model: Path = MODEL, cache: Path = CACHE) -> 
     folder = cache / f"{qs.corpus}-{fingerprint[:12]}"
     folder.parent.mkdir(parents=True, exist_ok=True)
     stamp_file, stamp = folder.with_name(folder.name + ".code"), index_code_stamp()
+    extra: tuple[str, ...] = ("--skip-bad", "--quiet")
     if folder.is_dir() and (not stamp_file.is_file() or stamp_file.read_text().strip() != stamp):
-        log(f"{folder} was built by other index code; rebuilding it")
-        shutil.rmtree(folder)
+        # Rebuilt in place: the vectors of unchanged texts are reused (they depend only on the
+        # model and the text), so only the metadata and keyword tables are written again.
+        log(f"{folder} was built by other index code; rebuilding it (vectors reused)")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "search",
+                "build",
+                "--corpus",
+                str(qs.corpus_path),
+                "--model",
+                str(model),
+                "--out",
+                str(folder),
+                "--fields",
+                "",
+                *extra,
+            ],
+            check=True,
+        )
+    donor = _vector_donor(qs, model)
+    if donor is not None:  # the same texts embedded by the 64k bench index: reuse its vectors
+        extra += ("--reuse", str(donor))
     for attempt in range(2):
-        ensure_index(folder, model=model, fields="", corpus=qs.corpus_path, extra=("--skip-bad", "--quiet"))
+        ensure_index(folder, model=model, fields="", corpus=qs.corpus_path, extra=extra)
         stamp_file.write_text(stamp + "\n")
         reason = _keyword_problem(folder)
         if reason is None:
@@ -179,6 +204,15 @@ def ensure_set_index(qs: QuerySet, model: Path = MODEL, cache: Path = CACHE) -> 
             log(f"{folder}: {reason}; rebuilding it")
             shutil.rmtree(folder)
     raise RuntimeError(f"{folder}: keyword search unavailable after a rebuild: {reason}")
+
+
+def _vector_donor(qs: QuerySet, model: Path) -> Path | None:
+    """The 64k bench index (title + text, as here) when it holds this model's vectors of this corpus."""
+    manifest = INDEX_64K / "manifest.json"
+    if qs.corpus_path != CORPUS or not manifest.is_file():
+        return None
+    wanted = json.loads((model / "manifest.json").read_text())["fingerprint"]
+    return INDEX_64K if json.loads(manifest.read_text())["model"]["fingerprint"] == wanted else None
 
 
 def _keyword_problem(folder: Path) -> str | None:
