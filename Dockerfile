@@ -54,6 +54,7 @@ COPY export/ export/
 # (tests/test_template.py checks this list against the imports).
 COPY search/__init__.py search/errors.py search/fileutil.py search/
 COPY search/model/ search/model/
+COPY search/index/__init__.py search/index/format.py search/index/
 RUN if [ -f /in/model/manifest.json ]; then mkdir -p /out && cp -r /in/model /out/model; \
     else python3 export_onnx.py --out /out/model; fi
 

@@ -135,7 +135,7 @@ def test_dockerignore_keeps_the_context_small_but_complete():
         "requirements.txt",
         "requirements-export.txt",
         "export_onnx.py",
-        "export_graph.py",
+        "export",
         "verification",
         "deploy",
     ]
