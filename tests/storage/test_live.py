@@ -289,3 +289,27 @@ def test_verification_is_off_unless_asked(two_versions):
     live = LiveIndex(str(two_versions["a"]))
     live.load()
     assert live.integrity is None and live.status()["integrity"] == "off"
+
+
+def test_repair_is_rate_limited_while_s3_fails(two_versions, bucket, moto_url, proxy, tmp_path):
+    uri = f"s3://{bucket}/damaged-down/"
+    storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
+    LiveIndex(uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url)).load()
+    cached = next(p for p in Path(tmp_path).rglob("embeddings.npy"))
+    flip_middle_byte(cached)
+    live = LiveIndex(
+        uri, cache_dir=str(tmp_path), client=storage.s3_client(endpoint_url=proxy.url), verify=True, repair_seconds=3600
+    )
+    live.load()
+    wait_for(lambda: live.integrity.state != "verifying", "the verification")
+    proxy.reset()
+    proxy.add(Fault("/", kind="status", status=403, code="AccessDenied"))  # S3 refuses (no retries)
+    for _ in range(5):
+        with pytest.raises(IndexCorruptError):
+            live.current()
+    wait_for(lambda: live._repair_thread is not None and not live._repair_thread.is_alive(), "the repair attempt")
+    attempts = len(proxy.calls("GET", "manifest.json"))
+    for _ in range(5):
+        with pytest.raises(IndexCorruptError):
+            live.current()  # within repair_seconds: no new attempt
+    assert live.corrupt and attempts >= 1 and len(proxy.calls("GET", "manifest.json")) == attempts
