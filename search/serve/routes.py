@@ -12,16 +12,13 @@ give location and type only, never the input; unexpected failures give no traceb
 CPU work (embedding, scoring) runs on the runtime's bounded executor; health routes never wait.
 """
 
-import platform
 import time
 import unicodedata
-from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from search import __version__
 from search.errors import IndexCorruptError, QueryError, SearchError
 from search.searcher import DEFAULT_MODE, MODES
 from search.serve.errors import (
@@ -36,6 +33,7 @@ from search.serve.errors import (
     error_response,
     search_error_status,
 )
+from search.serve.info import index_info, model_info, versions
 from search.serve.observability import logger, trace_stages
 from search.serve.runtime import REASONS, Overloaded, Runtime
 from search.serve.schemas import (
@@ -58,7 +56,6 @@ from search.serve.schemas import (
 from search.settings import Settings
 
 RESERVED_PARAMS = frozenset({"q", "k", "offset", "min_score", "mode"})  # GET /search: the rest are filters
-INFO_FIELD_VALUES = 50  # most common values per field shown by /info (the page's filter menus)
 
 
 # -- the router --------------------------------------------------------------------------------
@@ -330,59 +327,6 @@ def build_router(settings: Settings, runtime: Runtime) -> APIRouter:
         return JSONResponse(body)
 
     return router
-
-
-def model_info(runtime: Runtime) -> dict:
-    assert runtime.encoder is not None  # runtime.ready
-    bundle = runtime.encoder.bundle
-    return {
-        "name": bundle.source_model,
-        "dimension": bundle.dimension,
-        "quantization": bundle.quantization,
-        "quantized": bundle.quantized,
-        "pooling": bundle.pooling,
-        "max_seq_length": bundle.max_seq_length,
-        "fingerprint": bundle.fingerprint[:12],
-    }
-
-
-_index_info_cache: dict[tuple, dict] = {}
-
-
-def index_info(index) -> dict:
-    """Facts and the most common values per field; computed once per index version."""
-    key = (id(index), index.version)
-    cached = _index_info_cache.get(key)
-    if cached is None:
-        m = index.manifest
-        cached = {
-            "version": index.version,
-            "count": index.count,
-            "fields": index.fields,
-            "dimension": index.dimension,
-            "dtype": index.dtype,
-            "built_at": m.get("built_at"),
-            "filters": {
-                f: [{"value": v, "count": c} for v, c in index.metadata.field_values(f, INFO_FIELD_VALUES)]
-                for f in index.fields
-            },
-        }
-        _index_info_cache.clear()  # one version at a time
-        _index_info_cache[key] = cached
-    return cached
-
-
-@lru_cache(maxsize=1)
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"search": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "onnxruntime", "tokenizers", "fastapi"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def known_filters(index, filters: dict | None) -> None:
