@@ -551,6 +551,15 @@ def _env_changes(env: dict[str, str]) -> list[str]:
     return [f"ENV {k}={v}" for k, v in env.items()]
 
 
+def _remove_other_tags(engine: Engine, keep: dict[str, str]) -> None:
+    """Stand-in images of an older recipe, so the data root does not keep every version."""
+    for repo in (LAMBDA_TAG, BUILDER_TAG):
+        listed = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", repo, check=False).stdout
+        for tag in listed.decode().split():
+            if tag not in keep.values():
+                engine.docker("image", "rm", tag, check=False)
+
+
 def base_images(engine: Engine) -> dict[str, str]:
     """{"lambda": tag, "builder": tag}: built once per recipe hash, then found in the engine's data root."""
     recipe = base_recipe()
@@ -559,6 +568,7 @@ def base_images(engine: Engine) -> dict[str, str]:
     missing = {kind: tag for kind, tag in tags.items() if not engine.has_image(tag)}
     if not missing:
         return tags
+    _remove_other_tags(engine, tags)
     prefix = Path(recipe["python"]["prefix"])
     # The two debootstraps are mostly downloads and dpkg: run them side by side.
     from concurrent.futures import ThreadPoolExecutor
@@ -660,9 +670,6 @@ def runtime_wheels(python_version: str = PYTHON_VERSION) -> Path:
 def prepare_inputs(model: Path) -> dict[str, str]:
     """The offline inputs under build/image-inputs/ (hard links), as build arguments relative to the context."""
     wheels = runtime_wheels()
-    requirements = set()
-    for line in taskroot().requirement_lines(taskroot().REQUIREMENTS):
-        requirements.add(taskroot().normalize(line.split("==")[0]))
     _link_tree(wheels, INPUTS / "wheels")
     if not (model / "manifest.json").is_file():
         raise ImageError(f"{model}: no model bundle (manifest.json missing): run `make model`")

@@ -280,8 +280,9 @@ def test_sam_local_invoke(engine, built, tmp_path):
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     said = done.stdout + done.stderr
     rapid = built["tag"].split(":")[0] + ":rapid-x86_64"
-    if done.returncode == 0 and '"warm": true' in done.stdout.replace('"warm":true', '"warm": true'):
-        return  # SAM ran it: nothing to work around any more
+    if done.returncode == 0:  # a SAM release that runs it here: then its answer must be right
+        check_answer("warmup.json", json.loads(done.stdout.strip().splitlines()[-1]))
+        return
     assert "Timed out while attempting to establish a connection to the container" in said, said[-3000:]
     assert engine.has_image(rapid), f"SAM did not build its emulator image {rapid}:\n{said[-2000:]}"
     # The nearest thing that runs: SAM's own image and entry point, on the host network.
