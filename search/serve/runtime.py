@@ -35,6 +35,7 @@ from search.errors import (
 )
 from search.model.cpu import available_cpus
 from search.model.encoder import QUERY, Encoder
+from search.retry import RetryGate
 from search.searcher import Searcher
 from search.serve.errors import INDEX_CORRUPT
 from search.serve.observability import logger, tracer
@@ -58,18 +59,22 @@ class Runtime:
         self.encoder: Encoder | None = None
         self.live: LiveIndex | None = None
         self.searcher: Searcher | None = None
-        self.error: SearchError | None = None
+        self.retry = RetryGate(RETRY_SECONDS)  # a failed load is remembered, then tried again
         self.state = "cold"  # cold -> loading -> ready | failed
         self.load_ms: dict[str, float] = {}
         self.keyword_note: str | None = None  # why keyword/hybrid search is unavailable, if it is
         self.invocations = 0  # Lambda invocations seen by handler.py (cold start = the first)
         self.pending = 0  # CPU jobs submitted and not finished (queued + running)
-        self._failed_at = 0.0
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
     # -- loading ----------------------------------------------------------------------------
+    @property
+    def error(self) -> SearchError | None:
+        """Why the last load failed (None: it worked, or none was tried)."""
+        return self.retry.error
+
     @property
     def ready(self) -> bool:
         return self.searcher is not None
@@ -82,8 +87,7 @@ class Runtime:
         with self._lock:
             if self.searcher is not None:
                 return self.searcher
-            if self.error is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
-                raise self.error
+            self.retry.check()
             self.state = "loading"
             try:
                 self.searcher = self._load(deadline)
@@ -96,7 +100,8 @@ class Runtime:
                 error = SearchError(f"loading failed unexpectedly ({type(exc).__name__}); see the logs")
                 self._fail(error)
                 raise error from exc
-            self.error, self.state = None, "ready"
+            self.retry.succeeded()
+            self.state = "ready"
             assert self.live is not None  # set by _load
             logger.info("loaded", extra={"timings_ms": self.load_ms, "index_version": self.live.version})
             return self.searcher
@@ -136,7 +141,8 @@ class Runtime:
         self.keyword_note = searcher.keyword_status(index)
 
     def _fail(self, error: SearchError) -> None:
-        self.error, self.state, self._failed_at = error, "failed", time.monotonic()
+        self.retry.failed(error)
+        self.state = "failed"
 
     def start_loading(self) -> None:
         """Load in the background (server start, a readiness probe on a cold process)."""

@@ -33,6 +33,7 @@ from search.index.format import MANIFEST_NAME
 from search.index.manifest import check_model_match
 from search.index.reader import SearchIndex
 from search.index.verify import Integrity
+from search.retry import RetryGate
 from search.storage import s3 as storage
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class LiveIndex:
         self.model_fingerprint = model_fingerprint
         self.dimension = dimension
         self.page_in = page_in
-        self.retry_seconds = retry_seconds
+        self.retry = RetryGate(retry_seconds)  # after a failed first load (see search/retry.py)
         self.options = options
         self.is_s3 = storage.is_s3_uri(self.uri)
         self._client = client
@@ -75,8 +76,6 @@ class LiveIndex:
         self._load_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._refresh_thread: threading.Thread | None = None
-        self.error: SearchError | None = None  # why the last load or refresh failed (None: it worked)
-        self._failed_at = 0.0
         self._last_check = 0.0
         self.swaps = 0
         self.timings: dict[str, float] = {}  # ms of the last load/swap: s3_client, fetch|open, page_in
@@ -88,6 +87,23 @@ class LiveIndex:
         self._repair_thread: threading.Thread | None = None
 
     # -- public -------------------------------------------------------------------------------
+    @property
+    def error(self) -> SearchError | None:
+        """Why the last load or refresh failed (None: it worked)."""
+        return self.retry.error
+
+    @error.setter
+    def error(self, value: SearchError | None) -> None:  # a refresh's outcome: no retry timing
+        self.retry.error = value
+
+    @property
+    def retry_seconds(self) -> float:
+        return self.retry.seconds
+
+    @retry_seconds.setter
+    def retry_seconds(self, value: float) -> None:
+        self.retry.seconds = value
+
     @property
     def ready(self) -> bool:
         return self._index is not None
@@ -107,16 +123,15 @@ class LiveIndex:
         with self._load_lock:
             if self._index is not None:
                 return self._index
-            if self.error is not None and time.monotonic() - self._failed_at < self.retry_seconds:
-                raise self.error
+            self.retry.check()
             try:
                 index, stamp, cached = self._open_latest(deadline)
             except SearchError as exc:
-                self.error, self._failed_at = exc, time.monotonic()
+                self.retry.failed(exc)
                 raise
             self._index, self._stamp, self._cached_path = index, stamp, cached
             self._last_check = time.monotonic()
-            self.error = None
+            self.retry.succeeded()
             self._watch(index, verified=self.is_s3 and self.downloaded_bytes > 0)
             return index
 
