@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -99,7 +101,7 @@ def load_prefilter(rows: int, file_rows: int, source: str):
     from search.scoring.prefilter import Prefilter
 
     kernel = native.load()
-    if kernel is None or not kernel.has_int4:
+    if kernel is None:
         return None
     parts = {k: np.load(p, mmap_mode="r")[:rows] for k, p in _prefilter_paths(file_rows, source).items()}
     return Prefilter(parts["int4"], parts["scales"], parts["residuals"], kernel)
@@ -158,8 +160,14 @@ def measure(quick: bool) -> dict:
     return out
 
 
-def _child(args) -> None:
+def _matrix_index(manifest: dict, embeddings, scales=None, scan=None):
+    """A SearchIndex over bare matrices: no metadata, no fields (the figure is the scoring alone)."""
     from search.index.reader import SearchIndex
+
+    return SearchIndex(SYNTHETIC, manifest, embeddings, scales, {}, None, scan)  # type: ignore[arg-type]
+
+
+def _child(args) -> None:
     from search.scoring import kernels
 
     n, file_rows = args.rows, args.file_rows
@@ -168,7 +176,7 @@ def _child(args) -> None:
     indexes = {}
     for dtype, matrix in arrays.items():
         manifest = {"count": n, "dimension": DIM, "dtype": dtype, "fields": [], "version": "synthetic"}
-        indexes[dtype] = SearchIndex(SYNTHETIC, manifest, matrix, scales if dtype == "int8" else None, {}, None)
+        indexes[dtype] = _matrix_index(manifest, matrix, scales if dtype == "int8" else None)
         indexes[dtype].kernel = kernels.kernel_for(dtype)  # no scan copy here: the plain kernel of the dtype
         indexes[dtype].page_in()  # warm: the figure is compute, not disk
     # float32 storage with its scan copy (what `search build` writes by default): the int8 file is
@@ -176,14 +184,10 @@ def _child(args) -> None:
     residuals = np.load(SYNTHETIC / f"residuals-{file_rows}.npy", mmap_mode="r")[:n]
     scanned = kernels.scanned_kernel_for("float32")
     if scanned is not None:
-        indexes["float32_scan"] = SearchIndex(
-            SYNTHETIC,
+        indexes["float32_scan"] = _matrix_index(
             {**indexes["float32"].manifest},
             arrays["float32"],
-            None,
-            {},
-            None,
-            kernels.ScanBlock(arrays["float32"], arrays["int8"], scales, residuals),
+            scan=kernels.ScanBlock(arrays["float32"], arrays["int8"], scales, residuals),
         )
         indexes["float32_scan"].page_in()
     # what `search build` writes by default: the int4 prefilter copy beside each of these
@@ -191,24 +195,21 @@ def _child(args) -> None:
         prefilter = load_prefilter(n, file_rows, source) if name in indexes else None
         if prefilter is not None:
             base = indexes[name]
-            indexes[f"{name}_no_prefilter"] = SearchIndex(
-                SYNTHETIC, {**base.manifest}, base.embeddings, base.scales, {}, None, base.scan
-            )
+            indexes[f"{name}_no_prefilter"] = _matrix_index({**base.manifest}, base.embeddings, base.scales, base.scan)
             indexes[f"{name}_no_prefilter"].kernel = base.kernel
             base.prefilter = prefilter
             base.page_in()
     # the same int8 files scored by onnxruntime's MatMulInteger: what runs where int8dot.c is not built
-    fallback = SearchIndex(SYNTHETIC, {**indexes["int8"].manifest}, arrays["int8"], scales, {}, None)
+    fallback = _matrix_index({**indexes["int8"].manifest}, arrays["int8"], scales)
     fallback.kernel = kernels.Int8Kernel(native=None)
     indexes["int8_onnxruntime"] = fallback
     rng = np.random.default_rng(99)
     queries = rng.standard_normal((args.queries, DIM)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     plain = arrays["float32"]
-    sides = {
-        "numpy_float32": lambda q: plain @ q,
-        **{d: (lambda q, i=i: i.search(q, k=10)) for d, i in indexes.items()},
-    }
+    sides: dict[str, Callable[[np.ndarray], object]] = {"numpy_float32": lambda q: plain @ q}
+    for name, index in indexes.items():
+        sides[name] = partial(index.search, k=10)
     # Sides take turns in blocks of queries, each block after one untimed query: a server scans one
     # index again and again, so a side is timed warm (caches, TLB) and not right after another
     # side's gigabyte scan; rounds alternate so drift hits every side alike.
@@ -221,7 +222,7 @@ def _child(args) -> None:
                 t0 = time.perf_counter()
                 fn(q)
                 times[side].append(time.perf_counter() - t0)
-    out = {f"scale.{n}.{s}_ms": round(statistics.median(ts) * 1000, 3) for s, ts in times.items()}
+    out: dict[str, object] = {f"scale.{n}.{s}_ms": round(statistics.median(ts) * 1000, 3) for s, ts in times.items()}
     # batched: 8 queries per pass over the matrix (batch requests)
     batch = queries[:8] if len(queries) >= 8 else np.resize(queries, (8, DIM))
     for dtype, matrix in arrays.items():
@@ -233,7 +234,8 @@ def _child(args) -> None:
             kernels.search_many(matrix, sc, batch, 10)
             ts.append(time.perf_counter() - t0)
         out[f"scale.{n}.{dtype}_batch8_ms_per_query"] = round(statistics.median(ts) * 1000 / 8, 3)
-    native_kernel = indexes["int8"].kernel.native
+    int8_kernel = indexes["int8"].kernel
+    native_kernel = int8_kernel.native if isinstance(int8_kernel, kernels.Int8Kernel) else None
     out["scale.int8_kernel"] = native_kernel.path(DIM) if native_kernel is not None else "onnxruntime"
     out[f"scale.{n}.rss_anon_mb"] = proc_status()["RssAnon"]
     emit(out)

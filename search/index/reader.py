@@ -48,8 +48,9 @@ from search.index.format import (
 from search.index.manifest import check_manifest, check_model_match, load_matrix
 from search.index.metadata import MetadataReader
 from search.index.verify import ScoreGuard, verify_files
-from search.scoring.kernels import ScanBlock, kernel_for, scanned_kernel_for
-from search.scoring.kernels import top_rows as _top
+from search.scoring.kernel_protocol import Kernel, ScanBlock, Stored
+from search.scoring.kernel_protocol import top_rows as _top
+from search.scoring.kernels import kernel_for, scanned_kernel_for
 from search.scoring.prefilter import PassRate, Prefilter
 
 CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of products at most
@@ -90,9 +91,8 @@ class SearchIndex:
         self.guard = ScoreGuard(path)  # no NaN or out-of-range score is ever returned (verify.py)
         self.pass_rate = PassRate()  # whether the first pass pays on this index's data (see prefilter.py)
         # per dtype, see kernels.py; the scan copy is used where the compiled int8 kernel is built
-        self.kernel = (scan is not None and scanned_kernel_for(str(manifest["dtype"]))) or kernel_for(
-            str(manifest["dtype"])
-        )
+        scanned = scanned_kernel_for(str(manifest["dtype"])) if scan is not None else None
+        self.kernel: Kernel = scanned or kernel_for(str(manifest["dtype"]))
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -264,17 +264,16 @@ class SearchIndex:
                 rows = start + np.flatnonzero(mask[start:stop])
                 if rows.size == 0:
                     continue
-                rows, scores = self._score_rows(rows, query, need=need, floor=floor, prepared=prepared)
+                rows, scores = self._score_listed(rows, query, need=need, floor=floor, prepared=prepared)
             else:
                 rows, scores = self._score_range(start, stop, query, need=need, floor=floor, prepared=prepared)
             best_rows, best_scores = _keep_top(best_rows, best_scores, *self.guard.keep(rows, scores), need, min_score)
         return [Hit(int(r), float(s)) for r, s in zip(best_rows[offset:need], best_scores[offset:need])]
 
-    def _first_pass(self, query: np.ndarray, prepared):
-        """The query as the int4 pass reads it: (quantised columns, ||query||), once per search."""
-        columns = getattr(self.kernel, "query_columns", None)
-        columns = columns(prepared) if columns else kernel_for("int8").quantize_queries(query[None, :])
-        return columns, float(np.linalg.norm(query))
+    @property
+    def stored(self) -> Stored:
+        """What the kernel scores (read at each search: tests and benchmarks swap the parts)."""
+        return Stored(self.embeddings, self.scales, self.scan)
 
     def _search_first_pass(
         self, query: np.ndarray, mask: np.ndarray | None, pool: int, need: int, min_score: float | None, prepared
@@ -286,7 +285,7 @@ class SearchIndex:
         than per chunk lets ~5% instead of ~9% of 1M random rows through (measured)."""
         prefilter = self.prefilter
         assert prefilter is not None  # search() takes this path only with one
-        columns, query_norm = self._first_pass(query, prepared)
+        columns, query_norm = self.kernel.query_columns(query, prepared), float(np.linalg.norm(query))
         seeds = min(pool, SEED_FACTOR * need) if pool > need else 0
         # One call for the whole index: the kernel also keeps the rows with the highest int4 scores,
         # the seeds (ranking by the bound instead would favour loosely quantised rows and give a
@@ -314,7 +313,9 @@ class SearchIndex:
             if best_scores.size >= need:
                 floor = max(floor, float(best_scores[need - 1]))
             upper[seed] = -np.inf  # scored already
-            candidates = np.flatnonzero(upper >= np.float32(floor))
+            # -inf marks seeds (scored) and filtered-out rows: never candidates, even while the floor is
+            # still -inf (fewer than ``need`` seeds kept, e.g. rows the score guard ranked out)
+            candidates = np.flatnonzero((upper >= np.float32(floor)) & (upper > -np.inf))
         for piece in range(0, candidates.size, CHUNK_ROWS):
             if best_scores.size >= need:
                 floor = max(floor, float(best_scores[need - 1]))
@@ -326,36 +327,12 @@ class SearchIndex:
         return best_rows, best_scores
 
     def _score_listed(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float, prepared):
-        """``_score_rows`` for a sorted list of rows; int8 rows (stored or the scan copy) are read in
-        place by the compiled kernel instead of being gathered."""
-        if self.kernel.scanned:
-            return self.kernel.score_at(self.scan, rows, query, need=need, floor=floor, prepared=prepared)
-        if self.scales is not None and getattr(self.kernel, "native", None) is not None:
-            return self.kernel.score_at(
-                self.embeddings, self.scales, rows, query, need=need, floor=floor, prepared=prepared
-            )
-        return self._score_rows(rows, query, need=need, floor=floor, prepared=prepared)
+        """(rows, exact scores) of the listed (sorted) rows that may still enter the top ``need``."""
+        return self.kernel.score(self.stored, rows, query, need=need, floor=floor, prepared=prepared)
 
-    def _block(self, rows):
-        """What the kernel scores for ``rows`` (a slice or row numbers)."""
-        if self.kernel.scanned:  # stored vectors stay unread except for the rows rescored
-            vectors, scan, scales, residuals, _ = self.scan
-            return ScanBlock(vectors, scan[rows], scales[rows], residuals[rows], rows)
-        return self.embeddings[rows]
-
-    def _score_range(self, start: int, stop: int, query: np.ndarray, *, need: int, floor: float, prepared=None):
+    def _score_range(self, start: int, stop: int, query: np.ndarray, *, need: int, floor: float, prepared):
         """(rows, exact scores) of the rows in [start, stop) that may still enter the top ``need``."""
-        scales = None if self.scales is None else self.scales[start:stop]
-        keep, scores = self.kernel.score(
-            self._block(slice(start, stop)), scales, query, need=need, floor=floor, prepared=prepared
-        )
-        rows = np.arange(start, stop, dtype=np.int64) if keep is None else start + np.asarray(keep, dtype=np.int64)
-        return rows, scores
-
-    def _score_rows(self, rows: np.ndarray, query: np.ndarray, *, need: int, floor: float, prepared=None):
-        scales = None if self.scales is None else self.scales[rows]
-        keep, scores = self.kernel.score(self._block(rows), scales, query, need=need, floor=floor, prepared=prepared)
-        return (rows if keep is None else rows[keep]), scores
+        return self.kernel.score(self.stored, slice(start, stop), query, need=need, floor=floor, prepared=prepared)
 
 
 def _keep_top(best_rows, best_scores, rows, scores, need: int, min_score: float | None):
@@ -374,6 +351,6 @@ def _load_prefilter(path: Path, count: int, dim: int) -> Prefilter | None:
     scales = load_matrix(path / PREFILTER_SCALES_NAME, "float32", (count,))
     residuals = load_matrix(path / PREFILTER_RESIDUALS_NAME, "float32", (count,))
     kernel = native.load()
-    if kernel is None or not kernel.has_int4 or dim % 2:
+    if kernel is None or dim % 2:
         return None
     return Prefilter(packed, scales, residuals, kernel)

@@ -24,11 +24,14 @@ Only the compiled kernel reads this copy; without it the index searches as befor
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from search.scoring.quantize import NIBBLE_MAX
+
+if TYPE_CHECKING:
+    from search.scoring.native import NativeInt8Dot
 
 FLOAT_SLACK = 1e-5  # float32 rounding allowance, as kernels.FLOAT_SLACK
 # Above this share of rows let through, the first pass costs more than it saves.  Measured on random
@@ -45,7 +48,7 @@ class Prefilter(NamedTuple):
     packed: np.ndarray  # (count, d/2) uint8
     scales: np.ndarray  # (count,) float32
     residuals: np.ndarray  # (count,) float32, ||x - t n|| rounded up
-    native: object  # search.scoring.native.NativeInt8Dot with int4 support
+    native: NativeInt8Dot  # the compiled kernel: only it reads this copy
 
     @property
     def dimension(self) -> int:

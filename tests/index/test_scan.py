@@ -40,7 +40,7 @@ def test_builder_writes_the_scan_copy(pair):
     assert scanned.manifest["scan"] == {"dtype": "int8", "files": list(SCAN_FILES)}
     assert all(name in scanned.manifest["files"] for name in SCAN_FILES)
     assert isinstance(scanned.kernel, kernels.ScannedKernel) and not plain.kernel.scanned
-    vectors, scan, scales, residuals, _ = scanned.scan
+    vectors, scan, scales, residuals = scanned.scan
     stored = np.asarray(vectors, dtype=np.float32)
     for row in (0, 1, 1234, len(stored) - 1):  # the builder's per-row int8 format, and a true bound
         q, s = quantize_int8(stored[row])

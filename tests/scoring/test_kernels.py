@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import search.index.reader as index_module
+import search.scoring.int8 as int8
 import search.scoring.kernels as kernels
 from search.index.reader import SearchIndex
 from search.scoring import onnx_graph
@@ -63,7 +64,7 @@ def test_top_k_equals_brute_force_on_stored_vectors(indexes, dtype, monkeypatch)
     queries = [matrix[7], matrix[10], *unit_rows(rng, 6, 48)]
     for chunk_rows, sub_rows in ((65536, 4096), (700, 128)):  # one block, then many blocks and sub-blocks
         monkeypatch.setattr(index_module, "CHUNK_ROWS", chunk_rows)
-        monkeypatch.setattr(kernels, "INT8_SUB_BLOCK_ROWS", sub_rows)
+        monkeypatch.setattr(int8, "INT8_SUB_BLOCK_ROWS", sub_rows)
         monkeypatch.setattr(kernels, "FLOAT16_SUB_BLOCK_ROWS", sub_rows)
         for query in queries:
             for k in (1, 10, 57):

@@ -111,12 +111,14 @@ def test_int8_kernel_gives_the_same_candidates_with_or_without_native(kernel):
     np.testing.assert_allclose(
         with_native.approx(block, scales, prepared), with_ort.approx(block, scales, prepared), rtol=1e-5, atol=1e-6
     )
+    stored = kernels.Stored(block, scales)
     for query in queries:
-        a = with_native.score(block, scales, query, need=10, floor=-np.inf)
-        b = with_ort.score(block, scales, query, need=10, floor=-np.inf)
-        top_a, top_b = (kernels.top_rows(np.asarray(keep), exact, 10) for keep, exact in (a, b))
-        assert top_a[0].tolist() == top_b[0].tolist()
-        np.testing.assert_array_equal(top_a[1], top_b[1])
+        for rows in (slice(None), np.arange(0, 3000, 3)):  # a range, and listed rows (read in place by native)
+            a = with_native.score(stored, rows, query, need=10, floor=-np.inf, prepared=with_native.prepare(query))
+            b = with_ort.score(stored, rows, query, need=10, floor=-np.inf, prepared=with_ort.prepare(query))
+            top_a, top_b = (kernels.top_rows(found, exact, 10) for found, exact in (a, b))
+            assert top_a[0].tolist() == top_b[0].tolist()
+            np.testing.assert_array_equal(top_a[1], top_b[1])
 
 
 def test_index_search_equal_with_either_kernel(kernel, tmp_path, monkeypatch):
@@ -126,6 +128,7 @@ def test_index_search_equal_with_either_kernel(kernel, tmp_path, monkeypatch):
     index = SearchIndex.open(index_from_vectors(tmp_path / "idx", matrix, dtype="int8"))
     assert isinstance(index.kernel, kernels.Int8Kernel) and index.kernel.native is not None
     queries = matrix[:20] + rng.standard_normal((20, 48)).astype(np.float32) * 0.05
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)  # unit, as the encoder gives (the score guard)
     native_hits = [[(h.row, h.score) for h in index.search(q, k=10)] for q in queries]
     index.kernel, index.prefilter = kernels.Int8Kernel(native=None), None
     ort_hits = [[(h.row, h.score) for h in index.search(q, k=10)] for q in queries]

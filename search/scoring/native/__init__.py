@@ -24,7 +24,8 @@ PATHS = {1: "generic", 2: "avx2", 3: "avx512_vnni"}
 PATH_LIMITS = {name: number for number, name in PATHS.items()}
 MAX_QUERIES = 16
 
-_LIBRARY = None  # loaded once per process; False after a failed load
+_LIBRARY: ctypes.CDLL | None = None  # loaded once per process
+_LOAD_FAILED = False
 
 
 class NativeInt8Dot:
@@ -47,26 +48,21 @@ class NativeInt8Dot:
         self._path = library.int8dot_path
         self._path.restype = ctypes.c_int
         self._path.argtypes = [ctypes.c_int64, ctypes.c_int]
-        # int4 prefilter rows (search/prefilter.py); None in a shared object built before they existed
-        self._int4 = getattr(library, "int4dot_scores", None)
-        self._int4_path = getattr(library, "int4dot_path", None)
-        self._int4_upper = getattr(library, "int4dot_upper", None)
-        self._at = getattr(library, "int8dot_scores_at", None)
-        if self.has_int4:
-            self._int4.restype = self._int4_path.restype = self._int4_upper.restype = self._at.restype = ctypes.c_int
-            self._int4.argtypes = self._fn.argtypes
-            self._int4_path.argtypes = self._path.argtypes
-            p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-            self._int4_upper.argtypes = [p, i64, i64, p, p, p, p, f32, f32, f32, p, i64, p, p, ctypes.c_int]
-            self._at.argtypes = [p, p, i64, i64, p, p, p, p, ctypes.c_int]
+        # int4 prefilter rows (search/scoring/prefilter.py) and rows read in place by number
+        self._int4 = library.int4dot_scores
+        self._int4_path = library.int4dot_path
+        self._int4_upper = library.int4dot_upper
+        self._at = library.int8dot_scores_at
+        self._int4.restype = self._int4_path.restype = self._int4_upper.restype = self._at.restype = ctypes.c_int
+        self._int4.argtypes = self._fn.argtypes
+        self._int4_path.argtypes = self._path.argtypes
+        p, i64, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        self._int4_upper.argtypes = [p, i64, i64, p, p, p, p, f32, f32, f32, p, i64, p, p, ctypes.c_int]
+        self._at.argtypes = [p, p, i64, i64, p, p, p, p, ctypes.c_int]
         self.limit = limit
 
     def path(self, dim: int) -> str:
         return PATHS[self._path(dim, self.limit)]
-
-    @property
-    def has_int4(self) -> bool:
-        return None not in (self._int4, self._int4_path, self._int4_upper, self._at)
 
     def int4_path(self, dim: int) -> str:
         return PATHS[self._int4_path(dim, self.limit)]
@@ -208,13 +204,15 @@ def load(limit: str | None = None) -> NativeInt8Dot | None:
     """The kernel, or None when the shared object is missing or cannot load (callers fall back).
 
     ``limit`` caps the SIMD path ("generic", "avx2", "avx512_vnni"); the CPU may allow less."""
-    global _LIBRARY
-    if _LIBRARY is None:
+    global _LIBRARY, _LOAD_FAILED
+    if _LIBRARY is None and not _LOAD_FAILED:
         try:
-            _LIBRARY = ctypes.CDLL(str(library_path()))
-        except OSError:
-            _LIBRARY = False
-    if _LIBRARY is False:
+            library = ctypes.CDLL(str(library_path()))
+            NativeInt8Dot(library)  # every entry point present (a library older than int8dot.c lacks some)
+            _LIBRARY = library
+        except (OSError, AttributeError):
+            _LOAD_FAILED = True
+    if _LIBRARY is None:
         return None
     return NativeInt8Dot(_LIBRARY, PATH_LIMITS[limit] if limit else 0)
 
