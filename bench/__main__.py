@@ -33,6 +33,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from bench.common import RESULTS, ROOT, log
 
@@ -64,7 +65,7 @@ def _figures() -> dict:
 
         ensure_index(INDEX_64K)
         ensure_index(TEXT_INDEX_64K, no_title=True)
-        sizes = {"name_sample": 200, "known_item_sample": 300, "latency_queries": 60} if quick else {}
+        sizes: dict[str, Any] = {"name_sample": 200, "known_item_sample": 300, "latency_queries": 60} if quick else {}
         return hybrid_quality.run(INDEX_64K, MODEL, TEXT_INDEX_64K, progress=log, **sizes)
 
     def heldout(quick: bool) -> dict:

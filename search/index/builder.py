@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,11 +47,28 @@ from search.index.lines import MAX_RECORD_BYTES
 from search.index.metadata import MetadataWriter
 from search.index.records import HashColumn, text_hash
 from search.index.reuse import write_vectors
-from search.model.encoder import Encoder
 from search.progress import Progress
 from search.scoring.quantize import quantize_int4_rows, quantize_int8_rows, residual_norms
 
 INSERT_BATCH = 1000
+
+
+class VectorSource(Protocol):
+    """What the builder needs from an encoder: the real ``Encoder``, or precomputed vectors in row
+    order (tests/vectors.py, bench/hybrid_quality.py), so their index files come from this code."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def bundle(self) -> Any: ...  # source_model, quantization (and document_prefix, path for Encoder)
+
+    def embed_stream(
+        self, texts: Iterable[str], *, workers: int = 1, kind: str = "document"
+    ) -> Iterator[np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -66,7 +85,7 @@ class BuildOptions:
 
 
 def build_index(
-    corpus: str | Path, encoder: Encoder, out: str | Path, spec: CorpusSpec, options: BuildOptions = BuildOptions()
+    corpus: str | Path, encoder: VectorSource, out: str | Path, spec: CorpusSpec, options: BuildOptions = BuildOptions()
 ) -> dict:
     """Build and publish the index at ``out``; returns its manifest."""
     if options.dtype not in DTYPES:
@@ -86,7 +105,7 @@ def build_index(
         raise
 
 
-def _build_into(corpus: Path | str, encoder: Encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:
+def _build_into(corpus: Path | str, encoder: VectorSource, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:
     started = time.monotonic()
     stats = ReadStats()
     digest = hashlib.sha256()
@@ -121,7 +140,7 @@ def _build_into(corpus: Path | str, encoder: Encoder, tmp: Path, spec: CorpusSpe
     return finish_index(tmp, writer, count, encoder.dimension, model, spec, options, corpus_info, build, started)
 
 
-def ingest(records, writer: MetadataWriter, encoder: Encoder, spec: CorpusSpec, options: BuildOptions, key):
+def ingest(records, writer: MetadataWriter, encoder: VectorSource, spec: CorpusSpec, options: BuildOptions, key):
     """Records -> metadata rows (``key(n, record)`` is the stored row number) and their text hashes."""
     progress = Progress("reading", unit="records", enabled=options.show_progress)
     prefix = getattr(encoder.bundle, "document_prefix", "")  # what Encoder.embed puts before a document
@@ -140,7 +159,7 @@ def ingest(records, writer: MetadataWriter, encoder: Encoder, spec: CorpusSpec, 
     return hashes
 
 
-def model_info(encoder: Encoder) -> dict:
+def model_info(encoder: VectorSource) -> dict:
     return {
         "fingerprint": encoder.fingerprint,
         "source_model": encoder.bundle.source_model,
