@@ -113,7 +113,7 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
         return _ranked({r: w * c.cosine[r] + (1 - w) * rel.get(r, 0.0) for r in rows}, c)
 
     f["old relative 0.6/0.4"] = old
-    for w in (0.25, 0.35, 0.5, 0.75, 1.0):
+    for w in (0.25, 0.4, 0.5, 0.75, 1.0):
 
         def fixed(c: Candidates, w: float = w) -> list[int]:
             fused = weighted_fuse(
@@ -153,6 +153,25 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
             return [x.row for x in fused]
 
         f[f"coverage w={short_w}/{long_w} (4+ words)"] = by_length
+
+    def capped(c: Candidates, floor: float, w: float) -> list[int]:  # BM25 over max(best, floor x ideal)
+        best = c.keyword[0][1] if c.keyword else 1.0
+        norm = max(best, floor * c.ideal)
+        kw = {r: min(1.0, s / norm) for r, s in c.keyword}
+        rows = {r for r, _ in c.semantic} | set(kw)
+        return _ranked({r: (c.cosine[r] + w * kw.get(r, 0.0)) / (1 + w) for r in rows}, c)
+
+    def scaled(c: Candidates, scale: float, w: float) -> list[int]:  # coverage against a smaller ideal
+        kw = {r: min(1.0, scale * s / c.ideal) for r, s in c.keyword}
+        rows = {r for r, _ in c.semantic} | set(kw)
+        return _ranked({r: (c.cosine[r] + w * kw.get(r, 0.0)) / (1 + w) for r in rows}, c)
+
+    for floor in (0.3,):
+        for w in (0.5, 0.67):
+            f[f"capped floor={floor} w={w}"] = lambda c, a=floor, b=w: capped(c, a, b)
+    for scale in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0):
+        for w in (0.4, 0.5, 0.67):
+            f[f"scaled {scale} w={w}"] = lambda c, a=scale, b=w: scaled(c, a, b)
 
     def rerank(c: Candidates, w: float = 0.5) -> list[int]:  # keyword evidence only inside semantic candidates
         cov = {r: coverage(s, c.ideal) for r, s in c.keyword}

@@ -122,9 +122,9 @@ class Searcher:
         """The ``k`` results after ``offset``, best first, each with the ``signals`` that found it.
 
         ``min_score`` drops results scoring below it, and what a score is depends on the mode:
-        semantic: cosine similarity (-1..1); keyword: coverage, the item's BM25 over the query's
-        ideal BM25, capped at 1 (0..1]; hybrid: (cosine + 0.5 x coverage) / 1.5 (-0.67..1), see
-        hybrid.py.
+        semantic: cosine similarity (-1..1); keyword: coverage, the item's BM25 over half the
+        query's ideal BM25, capped at 1 (0..1]; hybrid: (cosine + 0.4 x coverage) / 1.4
+        (-0.71..1), see hybrid.py.
         In keyword and hybrid mode an exact name match comes first with score 1.0."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}")

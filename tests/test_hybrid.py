@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from search.cli import main as cli_main
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
-from search.hybrid import coverage, weighted_fuse
+from search.hybrid import FULL_MATCH_SHARE, coverage, weighted_fuse
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
 from search.index.keyword import (
@@ -281,21 +281,23 @@ def test_coverage_is_the_share_of_the_ideal_score(tmp_path):
     try:
         lexical = lexical_for(index)
         hits, ideal = lexical.ranked("alpha beta", limit=10)
-        share = {h.row: coverage(h.score, ideal) for h in hits}
+        share = {h.row: h.score / ideal for h in hits}
         assert hits[0].row == 0 and len(hits) == 7
         # item 0 holds both words once in one column of weight 2 (the ideal: once in every column)
         assert 0.5 < share[0] < 1.0 and share[1] == pytest.approx(share[0] / 2)
         assert all(share[r] == pytest.approx(share[1]) for r in (2, 3, 4, 5, 6))
+        assert coverage(hits[0].score, ideal) == 1.0  # over FULL_MATCH_SHARE of the ideal: a full match
+        assert coverage(hits[1].score, ideal) == pytest.approx(share[1] / FULL_MATCH_SHARE)
     finally:
         index.close()
 
 
 def test_fusion_weighs_cosine_and_coverage_and_promotes_exact_matches():
     cosine = {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.2}
-    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ideal=8.0, keyword_weight=0.5)
-    assert [f.row for f in fused] == [3, 1, 2, 4]  # (.6+.5)/1.5 = .733 > .6 > .333 > (.2+.125)/1.5
+    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ideal=8.0, keyword_weight=0.4)
+    assert [f.row for f in fused] == [3, 1, 2, 4]  # (.6+.4)/1.4 = .714 > .643 > .357 > (.2+.4*.5)/1.4
     assert fused[0].signals == ["semantic", "keyword"] and fused[3].signals == ["keyword"]
-    assert fused[0].score == pytest.approx(1.1 / 1.5) and fused[3].score == pytest.approx(0.325 / 1.5)
+    assert fused[0].score == pytest.approx(1.0 / 1.4) and fused[3].score == pytest.approx(0.4 / 1.4)
     assert [f.row for f in weighted_fuse([1, 2, 3], [], cosine, ideal=1.0)] == [1, 3, 2]  # cosine order
     fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ([], [9], [2, 4]), ideal=8.0)
     assert [f.row for f in fused] == [9, 2, 4, 3, 1] and fused[0].signals == ["exact"]
