@@ -1,11 +1,16 @@
 """Embedding worker processes for builds: one encoder per process, one onnxruntime thread each.
 
-Why processes: with threads, each text spends part of its time in Python under the GIL
-(tokenizer call, input arrays, pooling, normalisation, the future, the main thread's row write),
-and on short texts that part is a large share of the ~1.4 ms run, so two threads ran at about
-one core.  Processes share nothing: each embeds its chunk of texts on its own core, and the
-build process only reads texts from SQLite and writes rows.  Vectors are the same bits as in
-process (same model, same session settings, one text per run).
+What the threads did (measured on the 2-core machine here, short texts, 2 worker threads; from
+/proc/<pid>/task/<tid>/schedstat and ``py-spy record --gil``): each worker thread was on a CPU
+25-27% of the time, waiting on the run queue 71-72% and blocked (GIL, locks) only 3%; some thread
+held the GIL 19% of the embedding time; the build's main thread (SQLite reads, row writes) used
+2%.  So on this machine neither the GIL, nor the writer, nor onnxruntime (one intra-op thread per
+run, runs in parallel) held two threads to one core: the run-queue waits were other processes on
+a busy machine.  The GIL share does grow with the worker count: each worker holds it ~10% of its
+time on short texts, so 6 threads (a 10 GB Lambda's 6 vCPUs) would want it ~60% of the time.
+Processes share nothing: each embeds its chunk of texts on its own core, and the build process
+only reads texts from SQLite and writes rows.  Vectors are the same bits as in process (same
+model, same session settings, one text per run).
 
 Protocol over the child's stdin/stdout (no pickle): a request is a 4-byte big-endian length and a
 UTF-8 JSON array of texts; the child first writes ``R`` once loaded; an answer is a status byte and a length, then float32 rows (``V``) or
