@@ -98,10 +98,10 @@ def role_of(path: Path) -> str:
         first = fh.readline()
     if first.startswith("#"):
         head = first.upper()
+        if "HELD-OUT" in head or "HELD OUT" in head:  # first: a held-out note may mention tuning sets
+            return "held-out"
         if "TUNING" in head:
             return "tuning"
-        if "HELD-OUT" in head or "HELD OUT" in head:
-            return "held-out"
     return "tuning" if path.stem.endswith("-tune") else "held-out"
 
 
