@@ -99,3 +99,23 @@ def test_missing_object_and_bucket_are_one_line(moto_url, bucket, via_proxy):
         list(read_corpus(f"s3://{bucket}/", SPEC))
     with pytest.raises(CorpusError, match="unknown corpus format"):
         list(read_corpus(f"s3://{bucket}/catalogue.parquet", SPEC))
+
+
+def test_cli_builds_from_an_s3_corpus_to_an_s3_index(tmp_path, demo_records, moto_url, bucket, model_dir):
+    import subprocess
+    import sys
+
+    from search.storage.objects import download_files
+    from tests.conftest import ROOT
+    from tests.s3helpers import subprocess_env
+
+    uri = put(moto_url, bucket, "corpus/games.jsonl", jsonl(demo_records[::80]))
+    cmd = [sys.executable, "-m", "search", "build", "--corpus", uri, "--model", str(model_dir)]
+    cmd += ["--out", f"s3://{bucket}/index/", "--fields", "section", "--quiet", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(moto_url), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"built s3://{bucket}/index/ (uploaded): {len(demo_records[::80])} items")
+    again = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(moto_url), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"{len(demo_records[::80])} vectors reused, 0 embedded" in again.stdout
+    manifest = download_files(f"s3://{bucket}/index/", tmp_path / "i", client=boto3.client("s3", endpoint_url=moto_url))
+    assert manifest["corpus"]["file"] == "games.jsonl" and manifest["build"]["reused"] == len(demo_records[::80])
