@@ -80,7 +80,15 @@ def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: Bui
     stats = ReadStats()
     digest = hashlib.sha256()
     writer = MetadataWriter(tmp / RECORDS_NAME)
-    records = read_corpus(corpus, spec, skip_bad=options.skip_bad, stats=stats, shard=shard, digest=digest)
+    records = read_corpus(
+        corpus,
+        spec,
+        skip_bad=options.skip_bad,
+        stats=stats,
+        shard=shard,
+        digest=digest,
+        max_record_bytes=options.max_record_bytes,
+    )
     hashes = ingest(records, writer, encoder, spec, options, key=lambda n, record: record.line)
     try:
         build = write_vectors(tmp, encoder, writer, spec, hashes, options)
@@ -105,7 +113,7 @@ def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: Bui
             "first_errors": stats.first_errors,
         },
         "files": files,
-        "build": dict(build, skip_bad=options.skip_bad),
+        "build": dict(build, skip_bad=options.skip_bad, max_record_bytes=options.max_record_bytes),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.monotonic() - started, 1),
     }
