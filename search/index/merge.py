@@ -54,6 +54,9 @@ def load_shards(folders: list[Path]) -> list[tuple[Path, dict]]:
         for key in same:
             if m.get(key) != first.get(key):
                 raise IndexBuildError(f"{folder}: its {key} differs from {found[0][0]}'s; build every shard alike")
+        for key in ("skip_bad", "max_record_bytes"):
+            if m["build"].get(key) != first["build"].get(key):
+                raise IndexBuildError(f"{folder}: built with another {key} than {found[0][0]}; build every shard alike")
         if m["corpus"]["sha256"] != first["corpus"]["sha256"]:
             raise IndexBuildError(f"{folder}: built from another corpus (sha256 differs from {found[0][0]}'s)")
         if int(m["shard"]["count"]) != total:
