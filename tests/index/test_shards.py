@@ -88,9 +88,12 @@ def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, corpus, enco
     with pytest.raises(IndexBuildError, match=r"shard 1/3 given twice"):
         merge_shards([tmp_path / "s0", tmp_path / "s1", tmp_path / "s1"], tmp_path / "m", options())
     other = write_jsonl(tmp_path / "other.jsonl", demo_records[1:40:12])
-    run_build(other, tmp_path / "o2", encoder, shard=(2, 3))
+    run_build(other, tmp_path / "o2", encoder, shard=(2, 3), skip_bad=True)
     with pytest.raises(IndexBuildError, match=r"o2: built from another corpus"):
         merge_shards([tmp_path / "s0", tmp_path / "s1", tmp_path / "o2"], tmp_path / "m", options())
+    run_build(corpus, tmp_path / "strict2", encoder, shard=(2, 3), skip_bad=True, max_record_bytes=4096)
+    with pytest.raises(IndexBuildError, match=r"strict2: built with another max_record_bytes"):
+        merge_shards([tmp_path / "s0", tmp_path / "s1", tmp_path / "strict2"], tmp_path / "m", options())
     with pytest.raises(IndexBuildError, match=r"not a shard folder"):
         merge_shards([tmp_path / "s0", tmp_path], tmp_path / "m", options())
     assert not (tmp_path / "m").exists()
