@@ -184,3 +184,17 @@ def test_set_index_is_rebuilt_when_the_index_code_changes(model_dir, demo_record
     assert heldout.ensure_set_index(qs, model_dir, cache) == folder
     assert (folder / "manifest.json").stat().st_ino != inode
     assert folder.with_name(folder.name + ".code").read_text().strip() == "other-code"
+
+
+def test_bench_report_shows_the_sets(tmp_path, monkeypatch):
+    from bench import report
+
+    r = heldout.figures("toy", _evaluation(), "held-out", 4, {"corpus": "toy"})
+    rows = report.rows(r)
+    ours = [row for row in rows if row[0].startswith("toy (held-out")]
+    assert len(ours) == 4 and ours[1][3] == "**missed**" and ours[0][3] == "met"
+    assert all(row[4] == f"`{heldout.COMMAND}`" for row in ours)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    data = {"results": r, "meta": {"finished": "now", "commit": "x", "python": "3", "cpus": 2}, "runs": {}}
+    text = report.write_readme(data).read_text(encoding="utf-8")
+    assert "## Quality on the judged query sets (eval/)" in text and "### toy (HELD-OUT)" in text
