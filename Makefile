@@ -19,10 +19,11 @@ SAM_VENV := .venv-sam
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
 
-$(VENV)/.installed: requirements.txt requirements-export.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-export.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .  # the `search` console script
 	touch $@
 
 deps: $(VENV)/.installed  ## create .venv with the pinned dependencies
@@ -73,7 +74,14 @@ image-engine:  ## install Debian's docker.io and debootstrap for the image test 
 image-test: $(INDEX)/manifest.json image-engine $(SAM_VENV)/.installed  ## build the Dockerfile in Debian's engine (stand-in bases, offline) and run it: tests/deploy/test_image.py
 	$(PY) -m pytest -q tests/deploy/test_image.py
 
-test: $(INDEX)/manifest.json $(NATIVE_LIB) browser image-engine $(SAM_VENV)/.installed  ## run the whole test suite
+# ruff (lint and format) on everything, mypy on the code that ships and the tools around it.
+MYPY_PATHS := search handler.py export_onnx.py $(wildcard export) bench
+lint: | $(VENV)/.installed  ## ruff check, ruff format --check, mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy $(MYPY_PATHS)
+
+test: lint $(INDEX)/manifest.json $(NATIVE_LIB) browser image-engine $(SAM_VENV)/.installed  ## lint, then the whole test suite
 	$(PY) -m pytest -q
 
 # The unit tier: no exported model, no S3 server, nothing marked slow (tests/conftest.py marks them).

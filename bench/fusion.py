@@ -15,6 +15,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from search.hybrid import coverage, promote_exact, weighted_fuse
@@ -168,10 +169,10 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
 
     for floor in (0.3,):
         for w in (0.5, 0.67):
-            f[f"capped floor={floor} w={w}"] = lambda c, a=floor, b=w: capped(c, a, b)
+            f[f"capped floor={floor} w={w}"] = partial(capped, floor=floor, w=w)
     for scale in (1.0, 1.5, 2.0, 2.5, 3.0, 4.0):
         for w in (0.4, 0.5, 0.67):
-            f[f"scaled {scale} w={w}"] = lambda c, a=scale, b=w: scaled(c, a, b)
+            f[f"scaled {scale} w={w}"] = partial(scaled, scale=scale, w=w)
 
     def rerank(c: Candidates, w: float = 0.5) -> list[int]:  # keyword evidence only inside semantic candidates
         cov = {r: coverage(s, c.ideal) for r, s in c.keyword}
