@@ -29,12 +29,12 @@ def manifest(folder):
     return json.loads((folder / "manifest.json").read_text())
 
 
-def run(corpus, out, encoder, *, reuse=DEFAULT, dtype="float32", progress=False):
+def run(corpus, out, tiny_encoder, *, reuse=DEFAULT, dtype="float32", progress=False):
     stream = io.StringIO()
     outcome = build(
         str(corpus),
         str(out),
-        encoder,
+        tiny_encoder,
         SPEC,
         BuildOptions(dtype=dtype, show_progress=progress, workers=1),
         reuse=reuse,
@@ -63,12 +63,12 @@ def records(demo_records):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "int8"])
-def test_incremental_rebuild_is_byte_identical_to_a_full_one(tmp_path, encoder, records, dtype):
+def test_incremental_rebuild_is_byte_identical_to_a_full_one(tmp_path, tiny_encoder, records, dtype):
     old = write_jsonl(tmp_path / "old.jsonl", records)
     new = write_jsonl(tmp_path / "new.jsonl", edited(records))
-    run(old, tmp_path / "index", encoder, dtype=dtype, reuse=None)
-    outcome, _ = run(new, tmp_path / "index", encoder, dtype=dtype)  # reuses what is at --out
-    full, _ = run(new, tmp_path / "full", encoder, dtype=dtype, reuse=None)
+    run(old, tmp_path / "index", tiny_encoder, dtype=dtype, reuse=None)
+    outcome, _ = run(new, tmp_path / "index", tiny_encoder, dtype=dtype)  # reuses what is at --out
+    full, _ = run(new, tmp_path / "full", tiny_encoder, dtype=dtype, reuse=None)
 
     assert data_files(tmp_path / "index") == data_files(tmp_path / "full")
     assert {"embeddings.npy", HASHES_NAME, "prefilter-int4.npy", "metadata.sqlite"} <= set(
@@ -81,10 +81,10 @@ def test_incremental_rebuild_is_byte_identical_to_a_full_one(tmp_path, encoder, 
     assert full.manifest["build"] == {"reused": 0, "embedded": len(records) + 0, "reuse_source": None}
 
 
-def test_each_row_stores_the_hash_of_its_embedded_text(tmp_path, encoder, records):
-    run(write_jsonl(tmp_path / "c.jsonl", records), tmp_path / "i", encoder, reuse=None)
+def test_each_row_stores_the_hash_of_its_embedded_text(tmp_path, tiny_encoder, records):
+    run(write_jsonl(tmp_path / "c.jsonl", records), tmp_path / "i", tiny_encoder, reuse=None)
     hashes = np.load(tmp_path / "i" / HASHES_NAME)
-    prefix = encoder.bundle.document_prefix
+    prefix = tiny_encoder.bundle.document_prefix
     expected = [text_hash(prefix + SPEC.document_text(r["title"], r["text"])) for r in records]
     assert hashes.shape == (len(records), 32) and [bytes(h) for h in hashes] == expected
 
@@ -96,11 +96,11 @@ def test_match_rows_finds_moved_rows_and_misses_new_ones():
     assert match_rows(old[:0], new).tolist() == [-1] * 4
 
 
-def test_reuse_from_another_folder_and_the_progress_line(tmp_path, encoder, records, capsys):
+def test_reuse_from_another_folder_and_the_progress_line(tmp_path, tiny_encoder, records, capsys):
     old = write_jsonl(tmp_path / "old.jsonl", records)
     new = write_jsonl(tmp_path / "new.jsonl", edited(records))
-    run(old, tmp_path / "yesterday", encoder, reuse=None)
-    outcome, _ = run(new, tmp_path / "today", encoder, reuse=str(tmp_path / "yesterday"), progress=True)
+    run(old, tmp_path / "yesterday", tiny_encoder, reuse=None)
+    outcome, _ = run(new, tmp_path / "today", tiny_encoder, reuse=str(tmp_path / "yesterday"), progress=True)
     err = capsys.readouterr().err
     assert f"reusing {len(records) - 5} vectors from {tmp_path / 'yesterday'}; embedding 5 new or changed texts" in err
     assert "embedding: 5/5 docs" in err
@@ -115,43 +115,43 @@ def test_reuse_from_another_folder_and_the_progress_line(tmp_path, encoder, reco
         (lambda m: m["files"].pop(HASHES_NAME), f"has no {HASHES_NAME}"),
     ],
 )
-def test_an_incompatible_index_is_not_reused_and_the_build_says_so(tmp_path, encoder, records, change, reason):
+def test_an_incompatible_index_is_not_reused_and_the_build_says_so(tmp_path, tiny_encoder, records, change, reason):
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
-    run(corpus, tmp_path / "old", encoder, reuse=None)
+    run(corpus, tmp_path / "old", tiny_encoder, reuse=None)
     m = manifest(tmp_path / "old")
     change(m)
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(m))
-    outcome, said = run(corpus, tmp_path / "new", encoder, reuse=str(tmp_path / "old"))
+    outcome, said = run(corpus, tmp_path / "new", tiny_encoder, reuse=str(tmp_path / "old"))
     assert said.count("\n") == 1 and said.startswith(f"not reusing {tmp_path / 'old'}: ") and reason in said
     assert outcome.manifest["build"] == {"reused": 0, "embedded": len(records), "reuse_source": None}
     assert outcome.reuse_note == said.strip()
 
 
-def test_another_dtype_is_not_reused(tmp_path, encoder, records):
+def test_another_dtype_is_not_reused(tmp_path, tiny_encoder, records):
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
-    run(corpus, tmp_path / "i", encoder, reuse=None, dtype="float16")
-    outcome, said = run(corpus, tmp_path / "i", encoder, dtype="int8")
+    run(corpus, tmp_path / "i", tiny_encoder, reuse=None, dtype="float16")
+    outcome, said = run(corpus, tmp_path / "i", tiny_encoder, dtype="int8")
     assert "stores float16 vectors, this build int8" in said
     assert outcome.manifest["build"]["embedded"] == len(records)
     assert SearchIndex.open(tmp_path / "i", verify=True).embeddings.dtype == np.int8
 
 
-def test_no_index_at_out_yet_is_not_worth_a_word(tmp_path, encoder, records):
-    outcome, said = run(write_jsonl(tmp_path / "c.jsonl", records), tmp_path / "first", encoder)
+def test_no_index_at_out_yet_is_not_worth_a_word(tmp_path, tiny_encoder, records):
+    outcome, said = run(write_jsonl(tmp_path / "c.jsonl", records), tmp_path / "first", tiny_encoder)
     assert said == "" and outcome.manifest["build"]["reused"] == 0
 
 
-def test_reuse_from_s3(tmp_path, encoder, records, moto_url, bucket, monkeypatch):
+def test_reuse_from_s3(tmp_path, tiny_encoder, records, moto_url, bucket, monkeypatch):
     from search.storage.objects import upload_folder
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_url)
     old = write_jsonl(tmp_path / "old.jsonl", records)
     new = write_jsonl(tmp_path / "new.jsonl", edited(records))
-    run(old, tmp_path / "old", encoder, reuse=None, dtype="int8")
+    run(old, tmp_path / "old", tiny_encoder, reuse=None, dtype="int8")
     upload_folder(tmp_path / "old", f"s3://{bucket}/live/", show_progress=False)
     shutil.rmtree(tmp_path / "old")
-    outcome, _ = run(new, tmp_path / "new", encoder, reuse=f"s3://{bucket}/live/", dtype="int8")
-    run(new, tmp_path / "full", encoder, reuse=None, dtype="int8")
+    outcome, _ = run(new, tmp_path / "new", tiny_encoder, reuse=f"s3://{bucket}/live/", dtype="int8")
+    run(new, tmp_path / "full", tiny_encoder, reuse=None, dtype="int8")
     assert outcome.manifest["build"]["reused"] == len(records) - 5
     assert data_files(tmp_path / "new") == data_files(tmp_path / "full")
 

@@ -33,11 +33,11 @@ def via_proxy(proxy, monkeypatch):
     return proxy
 
 
-def run(corpus, out, encoder):
+def run(corpus, out, tiny_encoder):
     return build(
         str(corpus),
         str(out),
-        encoder,
+        tiny_encoder,
         SPEC,
         BuildOptions(show_progress=False, workers=1),
         reuse=None,
@@ -50,13 +50,13 @@ def data_files(folder):
 
 
 def test_an_s3_corpus_builds_the_same_index_as_the_local_file(
-    tmp_path, encoder, demo_records, moto_url, bucket, via_proxy
+    tmp_path, tiny_encoder, demo_records, moto_url, bucket, via_proxy
 ):
     body = gzip.compress(jsonl(demo_records[::60]), mtime=0)
     (tmp_path / "games.jsonl.gz").write_bytes(body)
     uri = put(moto_url, bucket, "catalogue/games.jsonl.gz", body)
-    remote = run(uri, tmp_path / "remote", encoder)
-    local = run(tmp_path / "games.jsonl.gz", tmp_path / "local", encoder)
+    remote = run(uri, tmp_path / "remote", tiny_encoder)
+    local = run(tmp_path / "games.jsonl.gz", tmp_path / "local", tiny_encoder)
     assert data_files(tmp_path / "remote") == data_files(tmp_path / "local")
     assert remote.manifest["corpus"] == local.manifest["corpus"]  # same file name, sha256 and counts
     assert via_proxy.calls("GET", "catalogue/games.jsonl.gz")
@@ -101,7 +101,7 @@ def test_missing_object_and_bucket_are_one_line(moto_url, bucket, via_proxy):
         list(read_corpus(f"s3://{bucket}/catalogue.parquet", SPEC))
 
 
-def test_cli_builds_from_an_s3_corpus_to_an_s3_index(tmp_path, demo_records, moto_url, bucket, model_dir):
+def test_cli_builds_from_an_s3_corpus_to_an_s3_index(tmp_path, demo_records, moto_url, bucket, tiny_model_dir):
     import subprocess
     import sys
 
@@ -110,7 +110,7 @@ def test_cli_builds_from_an_s3_corpus_to_an_s3_index(tmp_path, demo_records, mot
     from tests.s3helpers import subprocess_env
 
     uri = put(moto_url, bucket, "corpus/games.jsonl", jsonl(demo_records[::80]))
-    cmd = [sys.executable, "-m", "search", "build", "--corpus", uri, "--model", str(model_dir)]
+    cmd = [sys.executable, "-m", "search", "build", "--corpus", uri, "--model", str(tiny_model_dir)]
     cmd += ["--out", f"s3://{bucket}/index/", "--fields", "section", "--quiet", "--threads", "1"]
     done = subprocess.run(cmd, cwd=ROOT, env=subprocess_env(moto_url), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

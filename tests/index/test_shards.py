@@ -27,8 +27,10 @@ def options(**kw):
     return BuildOptions(show_progress=False, workers=1, **kw)
 
 
-def run_build(corpus, out, encoder, *, shard=None, reuse=None, **kw):
-    return build(str(corpus), str(out), encoder, SPEC, options(**kw), shard=shard, reuse=reuse, stream=io.StringIO())
+def run_build(corpus, out, tiny_encoder, *, shard=None, reuse=None, **kw):
+    return build(
+        str(corpus), str(out), tiny_encoder, SPEC, options(**kw), shard=shard, reuse=reuse, stream=io.StringIO()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +40,20 @@ def corpus(tmp_path_factory, demo_records):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, corpus, encoder):
+def single(tmp_path_factory, corpus, tiny_encoder):
     out = tmp_path_factory.mktemp("single") / "index"
-    run_build(corpus, out, encoder, skip_bad=True)
+    run_build(corpus, out, tiny_encoder, skip_bad=True)
     return out
 
 
 @pytest.mark.parametrize("n, reuse", [(1, True), (3, False), (7, True)])
-def test_merged_shards_are_byte_identical_to_a_single_build(tmp_path, corpus, single, encoder, n, reuse):
+def test_merged_shards_are_byte_identical_to_a_single_build(tmp_path, corpus, single, tiny_encoder, n, reuse):
     folders = []
     for i in range(n):
         folder = tmp_path / f"shard-{i}"
-        outcome = run_build(corpus, folder, encoder, shard=(i, n), reuse=str(single) if reuse else None, skip_bad=True)
+        outcome = run_build(
+            corpus, folder, tiny_encoder, shard=(i, n), reuse=str(single) if reuse else None, skip_bad=True
+        )
         assert outcome.manifest["build"]["embedded" if not reuse else "reused"] == outcome.manifest["count"]
         folders.append(folder)
     merged = merge_shards(list(reversed(folders)), tmp_path / "merged", options())  # any order
@@ -60,17 +64,17 @@ def test_merged_shards_are_byte_identical_to_a_single_build(tmp_path, corpus, si
     assert merged["corpus"]["skipped"] == 2 and merged["build"]["shards"] == n
 
 
-def test_empty_shards_are_fine(tmp_path, encoder, demo_records):
+def test_empty_shards_are_fine(tmp_path, tiny_encoder, demo_records):
     path = write_jsonl(tmp_path / "two.jsonl", demo_records[:2])
-    run_build(path, tmp_path / "single", encoder)
-    counts = [run_build(path, tmp_path / f"s{i}", encoder, shard=(i, 7)).manifest["count"] for i in range(7)]
+    run_build(path, tmp_path / "single", tiny_encoder)
+    counts = [run_build(path, tmp_path / f"s{i}", tiny_encoder, shard=(i, 7)).manifest["count"] for i in range(7)]
     assert sorted(counts) == [0, 0, 0, 0, 0, 1, 1]
     merge_shards([tmp_path / f"s{i}" for i in range(7)], tmp_path / "m", options())
     assert data_files(tmp_path / "m") == data_files(tmp_path / "single")
 
 
-def test_records_go_to_the_shard_of_their_id(tmp_path, corpus, encoder, demo_records):
-    run_build(corpus, tmp_path / "s", encoder, shard=(2, 5), skip_bad=True, reuse=None)
+def test_records_go_to_the_shard_of_their_id(tmp_path, corpus, tiny_encoder, demo_records):
+    run_build(corpus, tmp_path / "s", tiny_encoder, shard=(2, 5), skip_bad=True, reuse=None)
     from search.index.metadata import MetadataReader
 
     reader = MetadataReader(tmp_path / "s" / "records.sqlite")
@@ -80,18 +84,18 @@ def test_records_go_to_the_shard_of_their_id(tmp_path, corpus, encoder, demo_rec
     assert ids == expected and ids
 
 
-def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, corpus, encoder, demo_records):
+def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, corpus, tiny_encoder, demo_records):
     for i in range(3):
-        run_build(corpus, tmp_path / f"s{i}", encoder, shard=(i, 3), skip_bad=True)
+        run_build(corpus, tmp_path / f"s{i}", tiny_encoder, shard=(i, 3), skip_bad=True)
     with pytest.raises(IndexBuildError, match=r"shard 2/3 missing"):
         merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m", options())
     with pytest.raises(IndexBuildError, match=r"shard 1/3 given twice"):
         merge_shards([tmp_path / "s0", tmp_path / "s1", tmp_path / "s1"], tmp_path / "m", options())
     other = write_jsonl(tmp_path / "other.jsonl", demo_records[1:40:12])
-    run_build(other, tmp_path / "o2", encoder, shard=(2, 3), skip_bad=True)
+    run_build(other, tmp_path / "o2", tiny_encoder, shard=(2, 3), skip_bad=True)
     with pytest.raises(IndexBuildError, match=r"o2: built from another corpus"):
         merge_shards([tmp_path / "s0", tmp_path / "s1", tmp_path / "o2"], tmp_path / "m", options())
-    run_build(corpus, tmp_path / "strict2", encoder, shard=(2, 3), skip_bad=True, max_record_bytes=4096)
+    run_build(corpus, tmp_path / "strict2", tiny_encoder, shard=(2, 3), skip_bad=True, max_record_bytes=4096)
     with pytest.raises(IndexBuildError, match=r"strict2: built with another max_record_bytes"):
         merge_shards([tmp_path / "s0", tmp_path / "s1", tmp_path / "strict2"], tmp_path / "m", options())
     with pytest.raises(IndexBuildError, match=r"not a shard folder"):
@@ -99,23 +103,23 @@ def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, corpus, enco
     assert not (tmp_path / "m").exists()
 
 
-def test_a_duplicate_id_fails_the_shard_that_holds_it(tmp_path, encoder, demo_records):
+def test_a_duplicate_id_fails_the_shard_that_holds_it(tmp_path, tiny_encoder, demo_records):
     rows = demo_records[:6] + [dict(demo_records[2], text="again")]
     path = write_jsonl(tmp_path / "dup.jsonl", rows)
     owner = shard_of(demo_records[2]["id"], 2)
     with pytest.raises(CorpusError, match=rf"dup\.jsonl:7: duplicate id {demo_records[2]['id']!r}"):
-        run_build(path, tmp_path / "a", encoder, shard=(owner, 2))
-    run_build(path, tmp_path / "b", encoder, shard=(1 - owner, 2))  # the other shard is fine
+        run_build(path, tmp_path / "a", tiny_encoder, shard=(owner, 2))
+    run_build(path, tmp_path / "b", tiny_encoder, shard=(1 - owner, 2))  # the other shard is fine
 
 
-def test_a_duplicate_id_across_shards_is_an_error_at_merge(tmp_path, encoder, demo_records):
+def test_a_duplicate_id_across_shards_is_an_error_at_merge(tmp_path, tiny_encoder, demo_records):
     """Shards of one corpus cannot disagree; a tampered shard (an id moved into another shard's
     records) still cannot produce an index with two rows of one id."""
     import sqlite3
 
     path = write_jsonl(tmp_path / "c.jsonl", demo_records[:8])
     for i in range(2):
-        run_build(path, tmp_path / f"s{i}", encoder, shard=(i, 2))
+        run_build(path, tmp_path / f"s{i}", tiny_encoder, shard=(i, 2))
     conn = sqlite3.connect(tmp_path / "s1" / "records.sqlite")
     taken = conn.execute("SELECT id FROM items LIMIT 1").fetchone()[0]
     conn.close()
@@ -127,7 +131,7 @@ def test_a_duplicate_id_across_shards_is_an_error_at_merge(tmp_path, encoder, de
         merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m", options())
 
 
-def test_shards_and_merge_through_s3(tmp_path, corpus, single, encoder, bucket, moto_url, monkeypatch):
+def test_shards_and_merge_through_s3(tmp_path, corpus, single, tiny_encoder, bucket, moto_url, monkeypatch):
     """Shards written to s3:// prefixes, merged from them into an s3:// index (moto's server)."""
     from search.storage.objects import download_files
 
@@ -135,9 +139,9 @@ def test_shards_and_merge_through_s3(tmp_path, corpus, single, encoder, bucket, 
     n = 3
     prefixes = [f"s3://{bucket}/build/shards/{i}-of-{n}/" for i in range(n)]
     for i, prefix in enumerate(prefixes):
-        outcome = run_build(corpus, prefix, encoder, shard=(i, n), reuse=str(single), skip_bad=True)
+        outcome = run_build(corpus, prefix, tiny_encoder, shard=(i, n), reuse=str(single), skip_bad=True)
         assert outcome.uploaded is not None and outcome.uploaded.uri == prefix
-    again = run_build(corpus, prefixes[0], encoder, shard=(0, n), reuse="default", skip_bad=True)
+    again = run_build(corpus, prefixes[0], tiny_encoder, shard=(0, n), reuse="default", skip_bad=True)
     assert again.manifest["build"]["reused"] == again.manifest["count"]  # --reuse per shard: its own prefix
     outcome = merge(prefixes, f"s3://{bucket}/live/", options())
     assert outcome.uploaded.uri == f"s3://{bucket}/live/"
@@ -145,12 +149,12 @@ def test_shards_and_merge_through_s3(tmp_path, corpus, single, encoder, bucket, 
     assert data_files(tmp_path / "fetched") == data_files(single)
 
 
-def test_cli_shard_and_merge(tmp_path, corpus, single, model_dir):
+def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
     env = subprocess_env("http://127.0.0.1:9")  # nothing may reach S3
     cmd = [sys.executable, "-m", "search"]
     for i in range(2):
         done = subprocess.run(
-            [*cmd, "build", "--corpus", str(corpus), "--model", str(model_dir), "--out", str(tmp_path / f"s{i}")]
+            [*cmd, "build", "--corpus", str(corpus), "--model", str(tiny_model_dir), "--out", str(tmp_path / f"s{i}")]
             + ["--shard", f"{i}/2", "--fields", "section,version", "--skip-bad", "--quiet", "--threads", "1"]
             + ["--reuse", str(single)],
             cwd=ROOT,
