@@ -114,6 +114,20 @@ class ImageError(Exception):
     """A step of the image build failed; the message names the step and ends with its output."""
 
 
+def unmount_under(top: Path) -> None:
+    """Unmount whatever is still mounted below ``top`` (deepest first): dockerd leaves its network
+    namespace under its exec root, and debootstrap can leave the target's /proc mounted when its
+    exit trap fails to resolve the path."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = str(top).rstrip("/") + "/"
+    for point in sorted((m.split()[1] for m in mounts if len(m.split()) > 1), reverse=True):
+        if point.startswith(prefix):
+            subprocess.run(["umount", "-l", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def log(msg: str) -> None:
     print(f"image: {msg}", file=sys.stderr, flush=True)
 
@@ -327,16 +341,7 @@ class Engine:
         self._close_log()
 
     def _unmount_leftovers(self) -> None:
-        """dockerd leaves its default network namespace bind-mounted under the exec root; unmount
-        what is still mounted there (ours only), so build/ can be removed."""
-        try:
-            mounts = Path("/proc/self/mounts").read_text().splitlines()
-        except OSError:
-            return
-        prefix = str(self.exec_root) + "/"
-        for point in sorted((m.split()[1] for m in mounts if len(m.split()) > 1), reverse=True):
-            if point.startswith(prefix):
-                subprocess.run(["umount", "-l", point], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        unmount_under(self.exec_root)
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -377,6 +382,7 @@ def debootstrap(kind: str, packages: tuple[str, ...]) -> Path:
     key = digest({"suite": SUITE, "variant": "minbase", "packages": sorted(packages)})
     rootfs = CACHE / f"rootfs-{kind}-{key}"
     if (rootfs / ".complete").is_file():
+        unmount_under(rootfs)
         return rootfs
     shutil.rmtree(rootfs, ignore_errors=True)
     debs = CACHE / "debs"
@@ -394,8 +400,11 @@ def debootstrap(kind: str, packages: tuple[str, ...]) -> Path:
         cmd.append(mirror)
     log(f"debootstrap {SUITE} minbase + {len(packages)} packages -> {rootfs.name}")
     logfile = CACHE / f"debootstrap-{kind}.log"
-    with open(logfile, "wb") as out:
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with open(logfile, "wb") as out:
+            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=1200)
+    finally:
+        unmount_under(rootfs)
     if done.returncode != 0:
         raise ImageError(f"debootstrap failed (exit {done.returncode}):\n{logfile.read_text()[-3000:]}")
     for rel in (
@@ -516,6 +525,7 @@ def _import(engine: Engine, rootfs: Path, extra: Path, tag: str, changes: list[s
         [
             "tar",
             "--numeric-owner",
+            "--one-file-system",
             "--exclude=./.complete",
             "-c",
             "-f",
@@ -534,7 +544,7 @@ def _import(engine: Engine, rootfs: Path, extra: Path, tag: str, changes: list[s
     )
     try:
         done = subprocess.run(
-            [engine.client, *args, "-", tag], env=engine.env, stdin=tar.stdout, capture_output=True, timeout=900
+            [engine.client, *args, "-", tag], env=engine.env, stdin=tar.stdout, capture_output=True, timeout=600
         )
     finally:
         assert tar.stdout is not None and tar.stderr is not None
