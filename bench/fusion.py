@@ -174,6 +174,19 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
         for w in (0.4, 0.5, 0.67):
             f[f"scaled {scale} w={w}"] = partial(scaled, scale=scale, w=w)
 
+    def decay(c: Candidates, share: float, w: float, words: int, power: float = 1.0) -> list[int]:
+        weight = w * min(1.0, words / max(c.words, 1)) ** power  # the weight falls past `words` words
+        kw = {r: min(1.0, s / (share * c.ideal)) for r, s in c.keyword}
+        rows = {r for r, _ in c.semantic} | set(kw)
+        return _ranked({r: (c.cosine[r] + weight * kw.get(r, 0.0)) / (1 + weight) for r in rows}, c)
+
+    for share in (0.5,):
+        for words in (3, 4, 5):
+            for power in (1.0, 2.0):
+                f[f"decay share={share} w=0.4 past {words} ^{power:g}"] = lambda c, a=share, b=words, e=power: decay(
+                    c, a, 0.4, b, e
+                )
+
     def rerank(c: Candidates, w: float = 0.5) -> list[int]:  # keyword evidence only inside semantic candidates
         cov = {r: coverage(s, c.ideal) for r, s in c.keyword}
         return _ranked({r: cos + w * cov.get(r, 0.0) for r, cos in c.semantic}, c)

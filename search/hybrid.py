@@ -2,7 +2,7 @@
 
 Each side proposes its own top N (SEARCH_HYBRID_CANDIDATES); every candidate gets
 
-    score = (cosine + KEYWORD_WEIGHT * coverage) / (1 + KEYWORD_WEIGHT)
+    score = (cosine + w * coverage) / (1 + w),   w = KEYWORD_WEIGHT * min(1, 5 / query words)
 
 where cosine is the item's exact cosine with the query (computed for keyword-only candidates
 too) and coverage = min(1, bm25 / (FULL_MATCH_SHARE * ideal)), 0 when the keyword side did not
@@ -37,10 +37,19 @@ KEYWORD_WEIGHT = 0.4  # a full keyword match is worth 0.4 of a cosine of 1
 # An item reaching half the ideal BM25 counts as a full keyword match: few items hold every query
 # word in every column, and on the tuning sets 1/2 beat 1, 2/3, 1/2.5, 1/3 and 1/4.
 FULL_MATCH_SHARE = 0.5
+# Queries longer than this many words give the keyword side proportionally less weight
+# (KEYWORD_WEIGHT x 5 / words): chosen on the tuning sets, see the decision record.
+FULL_WEIGHT_WORDS = 5
 SEMANTIC = "semantic"
 KEYWORD = "keyword"
 EXACT = "exact"
 EXACT_SCORE = 1.0  # the highest a fused score can be (cosine 1 and full coverage)
+
+
+def keyword_weight_for(query: str) -> float:
+    """KEYWORD_WEIGHT, shrinking past FULL_WEIGHT_WORDS words: in a sentence most words only
+    carry meaning, so a partial keyword match says less about what the user wants."""
+    return KEYWORD_WEIGHT * min(1.0, FULL_WEIGHT_WORDS / max(len(query.split()), 1))
 
 
 def coverage(bm25: float, ideal: float) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from search.errors import QueryError
-from search.hybrid import KEYWORD, SEMANTIC, Fused, coverage, promote_exact, weighted_fuse
+from search.hybrid import KEYWORD, SEMANTIC, Fused, coverage, keyword_weight_for, promote_exact, weighted_fuse
 from search.index.keyword import LexicalUnavailable, lexical_for
 from search.index.reader import Hit, SearchIndex
 from search.model.encoder import Encoder
@@ -123,8 +123,8 @@ class Searcher:
 
         ``min_score`` drops results scoring below it, and what a score is depends on the mode:
         semantic: cosine similarity (-1..1); keyword: coverage, the item's BM25 over half the
-        query's ideal BM25, capped at 1 (0..1]; hybrid: (cosine + 0.4 x coverage) / 1.4
-        (-0.71..1), see hybrid.py.
+        query's ideal BM25, capped at 1 (0..1]; hybrid: (cosine + w x coverage) / (1 + w),
+        w = 0.4 for queries of up to 5 words, less for longer ones (-0.71..1), see hybrid.py.
         In keyword and hybrid mode an exact name match comes first with score 1.0."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}")
@@ -200,6 +200,7 @@ class Searcher:
             cosine,
             exact,
             ideal=ideal,
+            keyword_weight=keyword_weight_for(query),
         )
         results = self._page(fused, offset, need, min_score, index)
         t4 = time.perf_counter()

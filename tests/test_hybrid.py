@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from search.cli import main as cli_main
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
-from search.hybrid import FULL_MATCH_SHARE, coverage, weighted_fuse
+from search.hybrid import FULL_MATCH_SHARE, KEYWORD_WEIGHT, coverage, keyword_weight_for, weighted_fuse
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
 from search.index.keyword import (
@@ -290,6 +290,12 @@ def test_coverage_is_the_share_of_the_ideal_score(tmp_path):
         assert coverage(hits[1].score, ideal) == pytest.approx(share[1] / FULL_MATCH_SHARE)
     finally:
         index.close()
+
+
+def test_long_queries_give_the_keyword_side_less_weight():
+    assert keyword_weight_for("pdf merge") == keyword_weight_for("one two three four five") == KEYWORD_WEIGHT
+    assert keyword_weight_for("a b c d e f g h i j") == pytest.approx(KEYWORD_WEIGHT / 2)
+    assert keyword_weight_for("") == KEYWORD_WEIGHT
 
 
 def test_fusion_weighs_cosine_and_coverage_and_promotes_exact_matches():
