@@ -166,6 +166,15 @@ def runner(model_dir, demo_index, tmp_path_factory):
     return Runner(model_dir, demo_index, tmp_path_factory.mktemp("readme-cache"))
 
 
+def test_configuration_lists_every_setting():
+    """docs/configuration.md names every environment variable search/settings.py reads."""
+    from search.settings import SPEC
+
+    page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    missing = sorted(env for env, _, _ in SPEC.values() if f"`{env}`" not in page)
+    assert not missing, f"docs/configuration.md does not describe {missing}"
+
+
 def test_pages_have_examples():
     assert any(e.page.name == "README.md" for e in EXAMPLES), "README.md has no marked example"
 

@@ -39,12 +39,26 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _run_time_nodes(tree: ast.AST):
+    """Every node, except those under ``if TYPE_CHECKING:`` (never run)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            test = child.test if isinstance(child, ast.If) else None
+            if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+
+
 def local_imports(path: Path, seen: set[str] | None = None) -> set[str]:
     """Repo files (relative paths) a script needs, following absolute and relative imports (also inside
     functions) and every enclosing package's __init__.py."""
     seen = set() if seen is None else seen
     package = path.relative_to(ROOT).parent.parts
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _run_time_nodes(ast.parse(path.read_text())):
         names: list[str] = []
         if isinstance(node, ast.ImportFrom):
             if node.level:
