@@ -180,7 +180,18 @@ def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
     assert done.stdout.startswith(f"merged {tmp_path / 'm'}: 93 items")
     assert data_files(tmp_path / "m") == data_files(single)
     bad = subprocess.run(
-        [*cmd, "build", "--corpus", str(corpus), "--out", str(tmp_path / "x"), "--shard", "3/2"],
+        [
+            *cmd,
+            "build",
+            "--corpus",
+            str(corpus),
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "x"),
+            "--shard",
+            "3/2",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
