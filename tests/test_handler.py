@@ -61,9 +61,10 @@ def context(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def shared_runtime(model_dir, demo_index, tmp_path_factory):
-    """One 'execution environment' for most tests; tests that need a cold one install their own."""
-    rt = Runtime(lambda_settings(model_dir, demo_index, tmp_path_factory.mktemp("cache")))
+def shared_runtime(tiny_model_dir, tiny_index, tmp_path_factory):
+    """One 'execution environment' for most tests (the tiny model: event handling does not depend on it);
+    tests that need a cold one install their own."""
+    rt = Runtime(lambda_settings(tiny_model_dir, tiny_index, tmp_path_factory.mktemp("cache")))
     old = runtime.set_runtime(rt)
     yield rt
     runtime.set_runtime(old)
@@ -76,11 +77,11 @@ def env(shared_runtime):
 
 
 @pytest.fixture()
-def fresh(model_dir, demo_index, tmp_path, shared_runtime):
+def fresh(tiny_model_dir, tiny_index, tmp_path, shared_runtime):
     """A new execution environment: nothing loaded, no invocation seen."""
 
     def make(**overrides):
-        rt = Runtime(lambda_settings(model_dir, overrides.pop("index", demo_index), tmp_path, **overrides))
+        rt = Runtime(lambda_settings(tiny_model_dir, overrides.pop("index", tiny_index), tmp_path, **overrides))
         runtime.set_runtime(rt)
         return rt
 
