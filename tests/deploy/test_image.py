@@ -280,7 +280,7 @@ def test_sam_local_invoke(engine, built, tmp_path):
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     said = done.stdout + done.stderr
     rapid = built["tag"].split(":")[0] + ":rapid-x86_64"
-    if done.returncode == 0:  # a SAM release that runs it here: then its answer must be right
+    if done.stdout.strip():  # a SAM release that runs it here (it exits 0 on the timeout too): check its answer
         check_answer("warmup.json", json.loads(done.stdout.strip().splitlines()[-1]))
         return
     assert "Timed out while attempting to establish a connection to the container" in said, said[-3000:]
