@@ -80,6 +80,8 @@ def test_the_map_is_distributed_over_the_plans_items(definition):
         "ToleratedFailurePercentage" not in shards and shards["ResultPath"] is None
     )  # default 0: any failure fails the build
     assert definition["States"]["Merge"]["Parameters"]["Payload.$"] == "$.merge"
+    shard = shards["ItemProcessor"]["States"]["BuildShard"]
+    assert set(shard["ResultSelector"]) == {"shard.$", "count.$", "embedded.$"}  # small results, even at 1000 shards
 
 
 def test_every_lambda_task_retries_throttling(definition, template):
