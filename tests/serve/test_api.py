@@ -1,4 +1,7 @@
-"""The HTTP API in-process (FastAPI TestClient): shapes, limits, error bodies, determinism, OpenAPI."""
+"""The HTTP API in-process (FastAPI TestClient): shapes, limits, error bodies, determinism, OpenAPI.
+
+On the tiny model (tests/tiny_model.py) over the demo corpus: none of this depends on what the
+real model finds; tests/test_readme.py runs the documented examples on the real one."""
 
 import json
 import math
@@ -37,8 +40,8 @@ def ready_client(app) -> TestClient:
 
 
 @pytest.fixture(scope="module")
-def app(model_dir, demo_index, tmp_path_factory):
-    return create_app(make_settings(model_dir, demo_index, tmp_path_factory.mktemp("cache")))
+def app(tiny_model_dir, tiny_index, tmp_path_factory):
+    return create_app(make_settings(tiny_model_dir, tiny_index, tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +104,9 @@ def test_batch_answers_equal_single_answers(client):
         assert results == alone["results"], text
 
 
-def test_same_query_same_results_on_another_instance(client, model_dir, demo_index, tmp_path):
+def test_same_query_same_results_on_another_instance(client, tiny_model_dir, tiny_index, tmp_path):
     """A second app (its own runtime, model and index, query cache off) answers identically."""
-    other = ready_client(create_app(make_settings(model_dir, demo_index, tmp_path, query_cache_size=0)))
+    other = ready_client(create_app(make_settings(tiny_model_dir, tiny_index, tmp_path, query_cache_size=0)))
     for text in QUERIES:
         a = client.get("/search", params={"q": text, "k": 10}).json()["results"]
         b = other.get("/search", params={"q": text, "k": 10}).json()["results"]
@@ -261,8 +264,8 @@ def test_request_id_from_a_header_is_kept_when_sane(client):
     assert r.headers["x-request-id"] != "bad id\nwith newline" and len(r.headers["x-request-id"]) == 32
 
 
-def test_settings_change_the_limits_and_the_schema(model_dir, demo_index, tmp_path):
-    app = create_app(make_settings(model_dir, demo_index, tmp_path, max_k=5, max_query_chars=20, max_batch=2))
+def test_settings_change_the_limits_and_the_schema(tiny_model_dir, tiny_index, tmp_path):
+    app = create_app(make_settings(tiny_model_dir, tiny_index, tmp_path, max_k=5, max_query_chars=20, max_batch=2))
     client = ready_client(app)
     assert_error(client.get("/search", params={"q": "a", "k": 6}), 422, "invalid_request")
     assert_error(client.get("/search", params={"q": "x" * 21}), 422, "invalid_request")
@@ -294,12 +297,13 @@ def test_unknown_item_is_404(client):
 # -- health and info ------------------------------------------------------------------------------
 
 
-def test_livez_readyz_info(client):
+def test_livez_readyz_info(client, tiny_model_dir):
+    bundle = json.loads((tiny_model_dir / "manifest.json").read_text())
     assert client.get("/livez").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True and ready.json()["index"]["count"] == 1108
     info = client.get("/info").json()
-    assert info["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2" and info["model"]["dimension"] == 384
+    assert info["model"]["name"] == bundle["source_model"] and info["model"]["dimension"] == bundle["dimension"]
     assert "quantization" in info["model"]
     assert info["index"]["count"] == 1108 and info["index"]["fields"] == ["section", "version", "homepage"]
     assert info["index"]["version"] == ready.json()["index"]["version"] and info["index"]["built_at"]
@@ -307,8 +311,8 @@ def test_livez_readyz_info(client):
     assert info["limits"]["max_k"] == 100
 
 
-def test_not_loaded_answers_503_and_readyz_says_why(model_dir, tmp_path):
-    app = create_app(make_settings(model_dir, tmp_path / "no-index-here", tmp_path))
+def test_not_loaded_answers_503_and_readyz_says_why(tiny_model_dir, tmp_path):
+    app = create_app(make_settings(tiny_model_dir, tmp_path / "no-index-here", tmp_path))
     client = TestClient(app, raise_server_exceptions=False)
     assert client.get("/livez").status_code == 200
     r = client.get("/search", params={"q": "chess"})
@@ -321,8 +325,8 @@ def test_not_loaded_answers_503_and_readyz_says_why(model_dir, tmp_path):
     assert_error(client.get("/info"), 503, "not_ready")
 
 
-def test_unexpected_failure_is_500_without_traceback(model_dir, demo_index, tmp_path, caplog):
-    app = create_app(make_settings(model_dir, demo_index, tmp_path))
+def test_unexpected_failure_is_500_without_traceback(tiny_model_dir, tiny_index, tmp_path, caplog):
+    app = create_app(make_settings(tiny_model_dir, tiny_index, tmp_path))
     client = ready_client(app)
     app.state.runtime.live.current().close()  # a real fault: the index's arrays are gone
     r = client.get("/search", params={"q": "chess"})
@@ -413,9 +417,9 @@ def test_any_query_text_is_answered_without_5xx(client, text):
     assert r.status_code in (200, 400, 422), r.text
 
 
-def test_cors_when_origins_are_configured(model_dir, demo_index, tmp_path):
+def test_cors_when_origins_are_configured(tiny_model_dir, tiny_index, tmp_path):
     client = ready_client(
-        create_app(make_settings(model_dir, demo_index, tmp_path, cors_origins="https://shop.example"))
+        create_app(make_settings(tiny_model_dir, tiny_index, tmp_path, cors_origins="https://shop.example"))
     )
     preflight = client.options(
         "/search",
@@ -472,9 +476,9 @@ def test_query_of_only_control_or_zero_width_characters_is_400(client, text):
 # -- issue 16 item 8: nothing exposed on public routes ---------------------------------------------
 
 
-def test_info_has_no_versions_unless_asked(client, model_dir, demo_index, tmp_path):
+def test_info_has_no_versions_unless_asked(client, tiny_model_dir, tiny_index, tmp_path):
     assert "versions" not in client.get("/info").json()
-    shown = ready_client(create_app(make_settings(model_dir, demo_index, tmp_path, info_versions=True)))
+    shown = ready_client(create_app(make_settings(tiny_model_dir, tiny_index, tmp_path, info_versions=True)))
     assert shown.get("/info").json()["versions"]["onnxruntime"]
 
 
