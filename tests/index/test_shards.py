@@ -149,6 +149,7 @@ def test_shards_and_merge_through_s3(tmp_path, corpus, single, tiny_encoder, buc
     assert data_files(tmp_path / "fetched") == data_files(single)
 
 
+@pytest.mark.slow  # four CLI processes, each loading the model
 def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
     env = subprocess_env("http://127.0.0.1:9")  # nothing may reach S3
     cmd = [sys.executable, "-m", "search"]

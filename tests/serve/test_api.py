@@ -354,6 +354,7 @@ def test_openapi_and_docs_behind_a_prefix(app):
     assert "/prod/openapi.json" in client.get("/docs").text
 
 
+@pytest.mark.slow  # schemathesis generates and sends hundreds of requests
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_openapi_schema_holds_and_never_5xx(client, mode):
     """Requests generated from /openapi.json (valid ones, then invalid ones) never get a 5xx, and every
