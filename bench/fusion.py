@@ -183,8 +183,8 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
     for share in (0.5,):
         for words in (3, 4, 5):
             for power in (1.0, 2.0):
-                f[f"decay share={share} w=0.4 past {words} ^{power:g}"] = lambda c, a=share, b=words, e=power: decay(
-                    c, a, 0.4, b, e
+                f[f"decay share={share} w=0.4 past {words} ^{power:g}"] = partial(
+                    decay, share=share, w=0.4, words=words, power=power
                 )
 
     def rerank(c: Candidates, w: float = 0.5) -> list[int]:  # keyword evidence only inside semantic candidates
