@@ -278,8 +278,7 @@ WHEELS = ROOT / "build" / ".wheels"
 
 
 def taskroot():
-    sys.path.insert(0, str(ROOT))
-    from deploy import taskroot as module
+    from deploy import taskroot as module  # the repository root is on sys.path under pytest
 
     return module
 
