@@ -175,6 +175,18 @@ def test_configuration_lists_every_setting():
     assert not missing, f"docs/configuration.md does not describe {missing}"
 
 
+def test_links_between_pages_resolve():
+    """Every relative link in the README, the changelog and docs/ names a file that exists."""
+    pages = [*PAGES, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs" / "decisions").glob("*.md"))]
+    broken = [
+        f"{page.relative_to(ROOT)}: {target}"
+        for page in pages
+        for target in re.findall(r"\]\(([^)\s#]+)[^)]*\)", page.read_text(encoding="utf-8"))
+        if not target.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists()
+    ]
+    assert not broken, broken
+
+
 def test_pages_have_examples():
     assert any(e.page.name == "README.md" for e in EXAMPLES), "README.md has no marked example"
 
