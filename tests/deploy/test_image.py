@@ -54,6 +54,15 @@ def test_skips_say_what_is_missing():
     assert image.unavailable_reason(euid=0, which=everything, sam_rie=Path("/rie"), python=Path("/py")) is None
 
 
+def test_engine_that_cannot_start_says_why(tmp_path):
+    """An engine home whose socket path is too long for a unix socket: EngineUnavailable (the fixture
+    below turns it into a skip), before anything is started."""
+    engine = image.Engine(tmp_path / ("x" * 110))
+    with pytest.raises(image.EngineUnavailable, match="too long for a unix socket"):
+        engine.start()
+    assert engine.proc is None
+
+
 @pytest.fixture(scope="module")
 def engine():
     reason = image.unavailable_reason()
