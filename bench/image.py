@@ -8,6 +8,8 @@
   first answered invocation (an HTTP API search), the emulator's INIT REPORT (the init phase alone)
   and Lambda's REPORT line (Duration, Max Memory Used), with the container's real peak memory from
   its cgroup beside it (the emulator reports the memory size there, not a measurement);
+* the same cp312 task root run by the same emulator on the host, outside any container, for what
+  the container itself adds;
 * contents: nothing in the image imports torch, holds a compiler or carries tests, and the code in it
   is exactly deploy/files.txt's files.
 
@@ -69,6 +71,51 @@ def _cold_start(engine, tag: str) -> dict:
     }
 
 
+def _host_cold(runs: int) -> list[dict]:
+    """The same cp312 task root (build/task, by deploy/taskroot.py) run by the same RIE on the host,
+    outside any container: what the container itself adds to the cold start."""
+    import os
+    import subprocess
+    import tempfile
+
+    from deploy import image
+
+    tr = image.taskroot()
+    python = tr.find_python("3.12")
+    if python is None:
+        return []
+    tree = ROOT / "build" / "task"
+    tr.deps(tree, python_version="3.12", wheel_dir=image.WHEELS / "cp312")
+    tr.code(tree, python_version="3.12")
+    tr.data(tree, model=ROOT / "build" / "model", index=ROOT / "build" / "index")
+    ric = image.runtime_client()
+    results = []
+    for _ in range(runs):
+        port, api_port = image.free_port(), image.free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "HOME": tmp,
+                   "LAMBDA_TASK_ROOT": str(tree), "PYTHONPATH": f"{tree}:{ric}", "PYTHONDONTWRITEBYTECODE": "1",
+                   "SEARCH_MODEL_DIR": str(tree / "model"), "SEARCH_INDEX_URI": str(tree / "index"),
+                   "SEARCH_CACHE_DIR": f"{tmp}/cache", "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing",
+                   "AWS_SECRET_ACCESS_KEY": "testing", **ENV}  # fmt: skip
+            cmd = [str(image.find_rie()), "--runtime-interface-emulator-address", f"127.0.0.1:{port}",
+                   "--runtime-api-address", f"127.0.0.1:{api_port}", python, "-S", "-s", "-m", "awslambdaric",
+                   "handler.handler"]  # fmt: skip
+            with open(f"{tmp}/out.log", "wb") as out:
+                t0 = time.monotonic()
+                proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+                try:
+                    status, _ = image.invoke_rie(port, EVENT.read_bytes())
+                    first = time.monotonic() - t0
+                finally:
+                    proc.terminate()
+                    proc.wait(30)
+            logs = open(f"{tmp}/out.log", encoding="utf-8", errors="replace").read()
+        if status == 200:
+            results.append({"first_answer_s": first, "init_ms": image.init_report_ms(logs)})
+    return results
+
+
 def measure(quick: bool = False) -> dict:
     from deploy import image
 
@@ -112,6 +159,12 @@ def measure(quick: bool = False) -> dict:
         if values:
             result[f"image.cold_{key}_median"] = round(statistics.median(values), 3)
     result["image.cold_first_answer_s_all"] = [round(r["first_answer_s"], 3) for r in runs]
+    host = _host_cold(len(runs))
+    if host:
+        result["image.host_cold_first_answer_s_median"] = round(statistics.median(r["first_answer_s"] for r in host), 3)
+        inits = [r["init_ms"] for r in host if r["init_ms"] is not None]
+        if inits:
+            result["image.host_cold_init_ms_median"] = round(statistics.median(inits), 1)
     return result
 
 
