@@ -377,6 +377,9 @@ def apt_mirror() -> str | None:
     return None
 
 
+DEBOOTSTRAP_ATTEMPTS = 3
+
+
 def debootstrap(kind: str, packages: tuple[str, ...]) -> Path:
     """A cached Debian root filesystem (minbase + ``packages``), stripped of docs and apt lists."""
     key = digest({"suite": SUITE, "variant": "minbase", "packages": sorted(packages)})
@@ -385,7 +388,9 @@ def debootstrap(kind: str, packages: tuple[str, ...]) -> Path:
         unmount_under(rootfs)
         return rootfs
     shutil.rmtree(rootfs, ignore_errors=True)
-    debs = CACHE / "debs"
+    # One package cache per kind: the two debootstraps run side by side, and sharing one made
+    # each validate the other's half-written .deb ("Retrying failed download of adduser").
+    debs = CACHE / f"debs-{kind}"
     debs.mkdir(parents=True, exist_ok=True)
     cmd = [
         "debootstrap",
@@ -398,13 +403,18 @@ def debootstrap(kind: str, packages: tuple[str, ...]) -> Path:
     mirror = apt_mirror()
     if mirror:
         cmd.append(mirror)
-    log(f"debootstrap {SUITE} minbase + {len(packages)} packages -> {rootfs.name}")
     logfile = CACHE / f"debootstrap-{kind}.log"
-    try:
-        with open(logfile, "wb") as out:
-            done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=1200)
-    finally:
-        unmount_under(rootfs)
+    for attempt in range(1, DEBOOTSTRAP_ATTEMPTS + 1):  # a mirror hiccup should not fail a test run
+        log(f"debootstrap {SUITE} minbase + {len(packages)} packages -> {rootfs.name} (attempt {attempt})")
+        try:
+            with open(logfile, "wb") as out:
+                done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=1200)
+        finally:
+            unmount_under(rootfs)
+        if done.returncode == 0:
+            break
+        shutil.rmtree(rootfs, ignore_errors=True)
+        time.sleep(5 * attempt)
     if done.returncode != 0:
         raise ImageError(f"debootstrap failed (exit {done.returncode}):\n{logfile.read_text()[-3000:]}")
     for rel in (
