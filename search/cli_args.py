@@ -1,0 +1,76 @@
+"""Argument types of ``python -m search``: each turns one command-line value into what the commands
+use, or raises ``argparse.ArgumentTypeError`` (a usage error in one line, exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+from urllib.parse import urlsplit
+
+
+def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
+    """``["section=games", "section=x11", "lang=en"]`` -> ``{"section": ["games", "x11"], "lang": ["en"]}``."""
+    out: dict[str, list[str]] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"--filter {pair!r}: expected FIELD=VALUE")
+        out.setdefault(name.strip(), []).extend(v for v in value.split(",") if v != "" or value == "")
+    return out
+
+
+def _endpoint_url(raw: str) -> str:
+    """An S3 endpoint must be an http(s) URL with a host (boto3 raises a bare ValueError otherwise)."""
+    try:
+        parts = urlsplit(raw)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != -1
+    except ValueError:  # a port that is not a number, a bad IPv6 literal
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError("expected an http:// or https:// URL, such as http://localhost:9000")
+    return raw
+
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30}
+
+
+def _byte_size(raw: str) -> int:
+    """``4096``, ``512K``, ``4M``, ``1GiB`` (binary units) -> bytes, at least 1."""
+    text = raw.strip().lower()
+    number = text.rstrip("bgikm")
+    try:
+        size = int(float(number) * _UNITS[text[len(number) :].strip()])
+    except (KeyError, ValueError, OverflowError):
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError("expected a size such as 4096, 512K, 4M or 1G (bytes, binary units)")
+    return size
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("expected a port number from 0 to 65535")
+    return port
+
+
+def _eval_modes(value: str) -> list[str]:
+    from search.searcher import MODES
+
+    modes = list(dict.fromkeys(m.strip() for m in value.split(",") if m.strip()))
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"--mode {value!r}: choose from {', '.join(MODES)} (comma-separated)")
+    return modes
+
+
+def _eval_k(value: str) -> int:
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"-k {value!r}: expected a whole number >= 1")
+    return k
