@@ -17,7 +17,7 @@ and quotes are plain words or separators.  A query with no word characters gives
 keyword results.
 
 ``item_names`` maps a hash of each normalised id and title to rows, so "the query is this
-item's name" is one index probe instead of a scan.
+item's name" is one index probe instead of a scan (``names.py``).
 
 ``ranked()`` also returns the query's *ideal* BM25: what an item of average length holding
 every scored word once in each column would get.  ``bm25 / ideal`` (capped at 1) is how much
@@ -28,7 +28,6 @@ best match even when that match was one word of a sentence.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import sqlite3
@@ -40,11 +39,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.errors import IndexBuildError, IndexLoadError
+from search.index.names import MAX_EXACT_ROWS, NAMES_TABLE, exact_matches, name_hash, name_key, write_names  # noqa: F401 - imported from here too
+from search.index.names import WORD_RE as _TOKEN_RE
 
 ENGINE = "sqlite-fts5"
 FORMAT = 2  # 1: unicode61 without stemming, weights 10/4/1, a common_terms table only
 FTS_TABLE = "items_fts"
-NAMES_TABLE = "item_names"
 TERMS_TABLE = "term_docs"
 COLUMNS = ("id", "title", "text")
 # bm25 column weights (id, title, text).  Chosen on the tuning sets (eval/debian-tune.tsv,
@@ -68,12 +68,7 @@ ANCHOR_COMMON = True  # common words still add to the score of items matched by 
 # them next to no weight, yet seeking through their posting lists doubled the keyword time.
 ANCHOR_MAX_FRACTION = 0.2
 MAX_MATCH_TOKENS = 8  # deciding words sent to FTS5 at most
-MAX_EXACT_ROWS = 50  # an exact title shared by many items ("transitional package") stays bounded
 SCAN_BATCH = 256  # keyword rows fetched per step while filtering
-
-# unicode61 splits on everything that is not a letter, a number or a private-use character;
-# "_" is punctuation to it, so it splits there too.
-_TOKEN_RE = re.compile(r"[^\W_]+")
 
 
 class LexicalUnavailable(IndexLoadError):
@@ -140,18 +135,6 @@ def match_expression(tokens: list[str]) -> str:
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in tokens)
 
 
-def name_key(text: str) -> str:
-    """What counts as "the same name": the same words in the same order, ignoring case and the
-    punctuation between them, so "GIMP", "gimp data" and "g++ 12" name gimp, gimp-data and g++-12."""
-    return " ".join(_TOKEN_RE.findall(text.casefold()))
-
-
-def name_hash(key: str) -> int:
-    """A signed 64-bit hash of a name key: the name table stores these (a third of the size of
-    the keys themselves); lookups re-check the real id and title, so a collision costs nothing."""
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big", signed=True)
-
-
 # -- build ------------------------------------------------------------------------------------
 def fts5_available(conn: sqlite3.Connection) -> bool:
     try:
@@ -176,16 +159,8 @@ def write_lexical_index(conn: sqlite3.Connection, items_table: str = "items") ->
                                                      tokenize='{TOKENIZER}');
         INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild');
         INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('optimize');
-        CREATE TABLE {NAMES_TABLE} (hash INTEGER NOT NULL, row INTEGER NOT NULL,
-                                    PRIMARY KEY (hash, row)) WITHOUT ROWID;
     """)
-    names = conn.execute(f"SELECT row, id, title FROM {items_table}").fetchall()
-    keys = {
-        (name_hash(name_key(text)), row) for row, item_id, title in names for text in (item_id, title) if text.strip()
-    }
-    conn.executemany(f"INSERT INTO {NAMES_TABLE} (hash, row) VALUES (?, ?)", sorted(keys))
-
-    count = len(names)
+    count = write_names(conn, items_table)
     common_docs = max(COMMON_MIN_DOCS, int(COMMON_FRACTION * count))
     conn.executescript(f"""
         CREATE VIRTUAL TABLE temp.vocab USING fts5vocab(main, {FTS_TABLE}, 'row');
@@ -356,31 +331,8 @@ class LexicalIndex:
         return QueryPlan(match, tuple(int(docs[s]) for s in phrases))
 
     def exact_matches(self, text: str) -> tuple[list[int], list[int], list[int]]:
-        """Rows named by the query, in three tiers: the id as typed (ignoring case), the id as a
-        name (see name_key: "gimp data" names gimp-data), the title as a name.  At most
-        MAX_EXACT_ROWS in all."""
-        key = name_key(text)
-        if not key:
-            return [], [], []
-        typed = text.strip().casefold()
-        found = self.metadata.fetch(
-            f"SELECT n.row, i.id, i.title FROM {self.names_table} AS n JOIN items AS i ON i.row = n.row "
-            f"WHERE n.hash = ? ORDER BY n.row LIMIT ?",
-            (name_hash(key), MAX_EXACT_ROWS * 2),
-        )
-        tiers: tuple[list[int], list[int], list[int]] = ([], [], [])
-        for row, item_id, title in found:
-            if item_id.casefold() == typed:
-                tiers[0].append(row)
-            elif name_key(item_id) == key:
-                tiers[1].append(row)
-            elif name_key(title) == key:
-                tiers[2].append(row)
-        room = MAX_EXACT_ROWS
-        for tier in tiers:
-            del tier[room:]
-            room -= len(tier)
-        return tiers
+        """Rows named by the query in three tiers (names.exact_matches)."""
+        return exact_matches(self.metadata, self.names_table, text)
 
 
 _opened: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
