@@ -70,7 +70,7 @@ RUN mkdir -p /out/index && if [ "$DEMO_INDEX" = "1" ]; then \
 # ---- deps: the pruned runtime requirements, byte-compiled by the runtime's own Python
 FROM ${LAMBDA_BASE} AS deps
 COPY requirements.txt /tmp/build/
-COPY deploy/taskroot.py /tmp/build/deploy/
+COPY deploy/taskroot.py deploy/pipdeps.py /tmp/build/deploy/
 COPY --from=inputs /in/wheels/ /tmp/wheels/
 RUN python3 /tmp/build/deploy/taskroot.py deps --target /deps --python-version 3.12 --wheel-dir /tmp/wheels
 

@@ -30,16 +30,44 @@ import sys
 import zipfile
 from pathlib import Path
 
+# The dependencies half of the recipe (pip install and pruning).  Imported in both ways this file
+# is used; names the recipe does not call itself are read from here by deploy/image.py and the tests.
+if __package__:  # imported: `from deploy import taskroot` (the tests, deploy/image.py, bench/image.py)
+    from deploy.pipdeps import (  # noqa: F401
+        DROP_DISTRIBUTIONS,
+        PLATFORMS,
+        RecipeError,
+        droppable,
+        installed_distributions,
+        log,
+        normalize,
+        pip_args,
+        pip_install,
+        prune,
+        requirement_lines,
+    )
+else:  # run as a script: python3 deploy/taskroot.py (the Dockerfile's deps stage copies both files)
+    from pipdeps import (  # noqa: F401
+        DROP_DISTRIBUTIONS,
+        PLATFORMS,
+        RecipeError,
+        droppable,
+        installed_distributions,
+        log,
+        normalize,
+        pip_args,
+        pip_install,
+        prune,
+        requirement_lines,
+    )
+
 ROOT = Path(__file__).resolve().parent.parent
 FILES_LIST = ROOT / "deploy" / "files.txt"
 REQUIREMENTS = ROOT / "requirements.txt"
 DEV_REQUIREMENTS = ROOT / "requirements-dev.txt"
+RECIPE_FILES = (__file__, str(Path(__file__).with_name("pipdeps.py")))  # a change reinstalls the deps
 
 LAMBDA_PYTHON = "3.12"  # the python3.12 runtime and public.ecr.aws/lambda/python:3.12
-# Wheels for glibc up to 2.28: Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34), and
-# numpy 2.3+ publishes no manylinux2014 (glibc 2.17) wheels any more.
-MAX_GLIBC_MINOR = 28
-PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, MAX_GLIBC_MINOR + 1)]
 MODEL_DIR, INDEX_DIR = "model", "index"  # beside the code: /var/task/model, /var/task/index
 NATIVE_BUILD_SCRIPT, NATIVE_LIBRARY = "search/scoring/native/build.py", "_int8dot.so"
 DEPS_STAMP = ".taskroot-deps.json"
@@ -47,37 +75,6 @@ CODE_STAMP = ".taskroot-code.json"
 ZIP_LEVEL = 6
 # Lambda's limit for a zip function plus all its layers, unzipped (image functions have 10 GB).
 LAMBDA_UNZIPPED_LIMIT = 250 * 1024 * 1024
-
-# Distributions installed as dependencies but never imported at run time, and why.  Whatever
-# only they require goes too (computed from the installed metadata, never guessed).
-DROP_DISTRIBUTIONS = {
-    "huggingface-hub": "tokenizers requires it for Tokenizer.from_pretrained() downloads; "
-    "the model bundle ships tokenizer.json",
-}
-# Folders inside packages that the run time never imports.
-PRUNE_DIR_NAMES = {"__pycache__", "tests"}
-PRUNE_PATHS = [
-    "bin",  # console scripts with this machine's interpreter path
-    "onnxruntime/transformers",  # model conversion and optimisation tools
-    "onnxruntime/quantization",
-    "onnxruntime/tools",
-    "onnxruntime/datasets",
-]
-PRUNE_SUFFIXES = (".pyi",)
-# botocore ships the API model of every AWS service (~28 MB); keep the ones the code calls.
-BOTOCORE_SERVICES = {"s3", "sts"}
-
-
-class RecipeError(Exception):
-    """A bad input: printed as one line, exit 2."""
-
-
-def log(msg: str) -> None:
-    print(f"taskroot: {msg}", file=sys.stderr, flush=True)
-
-
-def normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -94,125 +91,6 @@ def pinned_requirement(name: str, path: Path = DEV_REQUIREMENTS) -> str:
         if line and normalize(re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0]) == normalize(name):
             return line
     raise RecipeError(f"{path}: no pin for {name}")
-
-
-def pip_args(python_version: str) -> list[str]:
-    args = ["--only-binary=:all:", "--implementation", "cp", "--python-version", python_version]
-    for platform in PLATFORMS:
-        args += ["--platform", platform]
-    return args
-
-
-def pip_install(requirements: list[str], target: Path, python_version: str, wheel_dir: Path | None) -> None:
-    """Install for Linux x86_64 + CPython ``python_version``; wheels cached in ``wheel_dir`` when given."""
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    common = pip_args(python_version)
-    install = (
-        pip + ["install", "--quiet", "--no-compile", "--no-warn-script-location", "--target", str(target)] + common
-    )
-    if wheel_dir is None:
-        subprocess.run(install + requirements, check=True)
-        return
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    offline = install + ["--no-index", "--find-links", str(wheel_dir)] + requirements
-    if subprocess.run(offline, stderr=subprocess.DEVNULL).returncode == 0:
-        return
-    log(f"downloading wheels for cp{python_version.replace('.', '')} into {wheel_dir}")
-    subprocess.run(pip + ["download", "--quiet", "--dest", str(wheel_dir)] + common + requirements, check=True)
-    shutil.rmtree(target, ignore_errors=True)
-    subprocess.run(offline, check=True)
-
-
-def requirement_lines(path: Path) -> list[str]:
-    """Requirement lines of a flat requirements file (``-r`` includes are not followed)."""
-    lines = []
-    for line in path.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.startswith("-"):
-            raise RecipeError(f"{path}: option lines such as {line!r} are not supported in the runtime requirements")
-        lines.append(line)
-    return lines
-
-
-def installed_distributions(target: Path) -> dict[str, dict]:
-    """name -> {"dist_info", "requires"} read from the METADATA files pip wrote."""
-    dists = {}
-    for info in target.glob("*.dist-info"):
-        name, requires = None, []
-        for line in (info / "METADATA").read_text(encoding="utf-8", errors="replace").splitlines():
-            if not line.strip():
-                break  # headers end at the first blank line
-            key, _, value = line.partition(":")
-            if key == "Name":
-                name = normalize(value.strip())
-            elif key == "Requires-Dist" and "extra ==" not in value:
-                # Markers other than extras are kept, so a requirement counts even if its marker
-                # is false here: that can only keep more, never drop something needed.
-                match = re.match(r"\s*([A-Za-z0-9._-]+)", value)
-                if match is None:
-                    raise RecipeError(f"{info}/METADATA: unreadable Requires-Dist {value.strip()!r}")
-                requires.append(normalize(match.group(1)))
-        if name:
-            dists[name] = {"dist_info": info, "requires": requires}
-    return dists
-
-
-def droppable(dists: dict[str, dict], roots: set[str], wanted: set[str]) -> set[str]:
-    """``roots`` plus every distribution required only by dropped ones (never a requested one)."""
-    dropped = {r for r in roots if r in dists}
-    changed = True
-    while changed:
-        changed = False
-        for name, _info in dists.items():
-            if name in dropped or name in wanted:
-                continue
-            requirers = {other for other, o in dists.items() if name in o["requires"]}
-            if requirers and requirers <= dropped:
-                dropped.add(name)
-                changed = True
-    return dropped
-
-
-def remove_distribution(target: Path, dist_info: Path) -> None:
-    record = dist_info / "RECORD"
-    for row in record.read_text(encoding="utf-8").splitlines():
-        rel = row.rsplit(",", 2)[0].strip('"')
-        path = (target / rel).resolve()
-        if rel and path.is_relative_to(target.resolve()) and path.is_file():
-            path.unlink()
-    shutil.rmtree(dist_info, ignore_errors=True)
-    remove_empty_dirs(target)
-
-
-def remove_empty_dirs(top: Path) -> None:
-    for dirpath, _dirnames, _filenames in os.walk(top, topdown=False):
-        if Path(dirpath) != top and not os.listdir(dirpath):
-            os.rmdir(dirpath)
-
-
-def prune(target: Path, wanted: set[str]) -> dict:
-    """Remove what the run time never imports; returns what went, for the stamp."""
-    dists = installed_distributions(target)
-    dropped = sorted(droppable(dists, set(DROP_DISTRIBUTIONS), wanted))
-    for name in dropped:
-        remove_distribution(target, dists[name]["dist_info"])
-    for rel in PRUNE_PATHS:
-        shutil.rmtree(target / rel, ignore_errors=True)
-    data = target / "botocore" / "data"
-    if data.is_dir():
-        for service in data.iterdir():
-            if service.is_dir() and service.name not in BOTOCORE_SERVICES:
-                shutil.rmtree(service)
-    for dirpath, dirnames, filenames in os.walk(target):
-        for d in [d for d in dirnames if d in PRUNE_DIR_NAMES]:
-            shutil.rmtree(Path(dirpath, d))
-            dirnames.remove(d)
-        for f in filenames:
-            if f.endswith(PRUNE_SUFFIXES):
-                os.unlink(Path(dirpath, f))
-    return {"dropped_distributions": dropped}
 
 
 def find_python(version: str) -> str | None:
@@ -278,7 +156,7 @@ def deps(
         "python_version": python_version,
         "platforms": PLATFORMS,
         "requirements": requirements,
-        "recipe_sha256": sha256_bytes(Path(__file__).read_bytes()),
+        "recipe_sha256": sha256_bytes(b"".join(Path(f).read_bytes() for f in RECIPE_FILES)),
         "compile": compile_,
     }
     stamp_path = target / DEPS_STAMP

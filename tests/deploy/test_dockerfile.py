@@ -134,6 +134,21 @@ def test_dockerfile_runtime_stage():
     assert "SEARCH_MODEL_DIR=/var/task/model" in env and "SEARCH_INDEX_URI=/var/task/index" in env
 
 
+def test_dockerfile_deps_stage_copies_the_recipe_modules():
+    """The deps stage copies deploy/taskroot.py alone, without the repository, and runs it as a script:
+    every sibling module it imports (``from deploy.x import``) must be copied beside it."""
+    recipe = (ROOT / "deploy" / "taskroot.py").read_text()
+    siblings = sorted(set(re.findall(r"^\s*from deploy\.(\w+) import", recipe, re.M)))
+    assert siblings == ["pipdeps"], siblings  # the walk finds the imports
+    for name in siblings:
+        assert f"from {name} import" in recipe, f"taskroot.py run as a script must import {name} as a sibling"
+    copies = [
+        line.split()[1:] for line in dockerfile_stages()["deps"] if line.startswith("COPY ") and "--from" not in line
+    ]
+    copied = {src for *sources, dest in copies if dest == "/tmp/build/deploy/" for src in sources}
+    assert {"deploy/taskroot.py", *(f"deploy/{name}.py" for name in siblings)} <= copied, copied
+
+
 def test_dockerignore_keeps_the_context_small_but_complete():
     rules = [
         line.strip()
