@@ -5,8 +5,9 @@ What the threads did (measured on the 2-core machine here, short texts, 2 worker
 25-27% of the time, waiting on the run queue 71-72% and blocked (GIL, locks) only 3%; some thread
 held the GIL 19% of the embedding time; the build's main thread (SQLite reads, row writes) used
 2%.  So on this machine neither the GIL, nor the writer, nor onnxruntime (one intra-op thread per
-run, runs in parallel) held two threads to one core: the run-queue waits were other processes on
-a busy machine.  The GIL share does grow with the worker count: each worker holds it ~10% of its
+run, runs in parallel) held two threads to one core: the run-queue waits were other sessions: Linux autogroup shares the CPUs per session, so
+while one other session is busy a build gets one core's share, threads or processes alike
+(bench/cores.py, docs/build-pipeline.md).  The GIL share does grow with the worker count: each worker holds it ~10% of its
 time on short texts, so 6 threads (a 10 GB Lambda's 6 vCPUs) would want it ~60% of the time.
 Processes share nothing: each embeds its chunk of texts on its own core, and the build process
 only reads texts from SQLite and writes rows.  Vectors are the same bits as in process (same
