@@ -36,6 +36,7 @@ MARKER = "<!-- example -->"
 BASE_URL = "http://127.0.0.1:8000"
 TIMING_KEYS = "queue|embed|search|keyword|keyword_wait|fetch|total|load|refresh|page_in|open|s3_client|verify"
 MASKS = [
+    (re.compile(r"\b\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:[+-]\d\d:\d\d|Z)?"), "#"),  # build times
     (re.compile(rf'("(?:{TIMING_KEYS})"\s*:\s*)-?[0-9.e-]+'), r"\1#"),  # timing_ms / timings_ms values
     (re.compile(r'("request_id"\s*:\s*)"[^"]*"'), r'\1"#"'),
     (re.compile(r"\b\d+(?:\.\d+)?(?= ?(?:ms|s|MB/s|records/s|docs/s|MB)\b)"), "#"),  # durations, rates
