@@ -29,10 +29,11 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # The dependencies half of the recipe (pip install and pruning).  Imported in both ways this file
 # is used; names the recipe does not call itself are read from here by deploy/image.py and the tests.
-if __package__:  # imported: `from deploy import taskroot` (the tests, deploy/image.py, bench/image.py)
+if TYPE_CHECKING or __package__:  # imported: `from deploy import taskroot` (tests, deploy/image.py, bench/image.py)
     from deploy.pipdeps import (  # noqa: F401
         DROP_DISTRIBUTIONS,
         PLATFORMS,
