@@ -219,10 +219,6 @@ def cmd_upload(args) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------------------------
-# `search eval`: search quality on the user's own queries (search/evaluation.py, docs/quality.md).
-# Kept in one block: the parser below only calls _add_eval_parser.
-
 # `search eval`: search quality on the user's own queries (search/evaluation.py, docs/quality.md).
 
 
