@@ -32,11 +32,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # The dependencies half of the recipe (pip install and pruning).  Imported in both ways this file
-# is used; names the recipe does not call itself are read from here by deploy/image.py and the tests.
+# is used; every name of pipdeps stays readable here (deploy/image.py, bench/image.py, the tests).
 if TYPE_CHECKING or __package__:  # imported: `from deploy import taskroot` (tests, deploy/image.py, bench/image.py)
     from deploy.pipdeps import (  # noqa: F401
+        BOTOCORE_SERVICES,
         DROP_DISTRIBUTIONS,
+        MAX_GLIBC_MINOR,
         PLATFORMS,
+        PRUNE_DIR_NAMES,
+        PRUNE_PATHS,
+        PRUNE_SUFFIXES,
         RecipeError,
         droppable,
         installed_distributions,
@@ -45,12 +50,19 @@ if TYPE_CHECKING or __package__:  # imported: `from deploy import taskroot` (tes
         pip_args,
         pip_install,
         prune,
+        remove_distribution,
+        remove_empty_dirs,
         requirement_lines,
     )
 else:  # run as a script: python3 deploy/taskroot.py (the Dockerfile's deps stage copies both files)
     from pipdeps import (  # noqa: F401
+        BOTOCORE_SERVICES,
         DROP_DISTRIBUTIONS,
+        MAX_GLIBC_MINOR,
         PLATFORMS,
+        PRUNE_DIR_NAMES,
+        PRUNE_PATHS,
+        PRUNE_SUFFIXES,
         RecipeError,
         droppable,
         installed_distributions,
@@ -59,6 +71,8 @@ else:  # run as a script: python3 deploy/taskroot.py (the Dockerfile's deps stag
         pip_args,
         pip_install,
         prune,
+        remove_distribution,
+        remove_empty_dirs,
         requirement_lines,
     )
 
