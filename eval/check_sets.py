@@ -58,6 +58,8 @@ class SetSpec:
 SETS = (
     SetSpec(EVAL / "debian-tune.tsv", DEBIAN, TUNING),
     SetSpec(EVAL / "npm-tune.tsv", NPM, TUNING),
+    SetSpec(EVAL / "debian-tune2.tsv", DEBIAN, TUNING),
+    SetSpec(EVAL / "pydocs-tune.tsv", PYDOCS, TUNING, dotted_names=True),
     SetSpec(EVAL / "debian.tsv", DEBIAN, HELD_OUT),
     SetSpec(EVAL / "npm.tsv", NPM, HELD_OUT),
     SetSpec(EVAL / "pydocs.tsv", PYDOCS, HELD_OUT, dotted_names=True),

@@ -50,8 +50,13 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     summaries, problems = check_sets.check_all(allow_missing_corpus=True)
     assert list(problems) == []
     roles = {s.path.name: s.role for s in check_sets.SETS}
-    assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == ["debian-tune.tsv", "npm-tune.tsv"]
-    assert len(summaries) == 5
+    assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == [
+        "debian-tune.tsv",
+        "debian-tune2.tsv",
+        "npm-tune.tsv",
+        "pydocs-tune.tsv",
+    ]
+    assert len(summaries) == 7
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -174,6 +179,8 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
     assert [line.split(":")[0] for line in out] == [
         "eval/debian-tune.tsv",
         "eval/npm-tune.tsv",
+        "eval/debian-tune2.tsv",
+        "eval/pydocs-tune.tsv",
         "eval/debian.tsv",
         "eval/npm.tsv",
         "eval/pydocs.tsv",
