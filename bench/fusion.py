@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from search.hybrid import coverage, promote_exact, weighted_fuse
+from search.hybrid import FULL_WEIGHT_WORDS, KEYWORD_WEIGHT, coverage, promote_exact, weighted_fuse
 from search.index.keyword import lexical_for
 from search.index.reader import SearchIndex
 from search.model.encoder import Encoder
@@ -100,10 +100,27 @@ def _norm(values: dict[int, float], how: str) -> dict[int, float]:
     return {r: (x - mu) / sd for r, x in values.items()}
 
 
+def _plain_coverage(c: Candidates, w: float) -> list[int]:
+    """The first coverage fusion: (cosine + w x coverage) / (1 + w), no power, no damping."""
+    kw = {r: coverage(s, c.ideal) for r, s in c.keyword}
+    rows = {r for r, _ in c.semantic} | set(kw)
+    return _ranked({r: (c.cosine[r] + w * kw.get(r, 0.0)) / (1 + w) for r in rows}, c)
+
+
+def shipped(c: Candidates) -> list[int]:
+    """search/hybrid.py as it is: what `mode=hybrid` ranks."""
+    weight = KEYWORD_WEIGHT * min(1.0, FULL_WEIGHT_WORDS / max(c.words, 1))
+    fused = weighted_fuse(
+        [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=weight
+    )
+    return [x.row for x in fused]
+
+
 def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
     f: dict[str, Callable[[Candidates], list[int]]] = {
         "semantic": lambda c: [r for r, _ in c.semantic],
         "keyword": lambda c: _ranked({r: s for r, s in c.keyword}, c),
+        "shipped (search/hybrid.py)": shipped,
     }
 
     def old(c: Candidates) -> list[int]:  # the previous default: 0.6 cos + 0.4 bm25/best (0.75 for 4+ words)
@@ -117,10 +134,7 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
     for w in (0.25, 0.4, 0.5, 0.75, 1.0):
 
         def fixed(c: Candidates, w: float = w) -> list[int]:
-            fused = weighted_fuse(
-                [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=w
-            )
-            return [x.row for x in fused]
+            return _plain_coverage(c, w)
 
         f[f"coverage w={w}"] = fixed
     for how in ("minmax", "zscore"):
@@ -147,11 +161,7 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
     for short_w, long_w in ((0.5, 0.25), (0.75, 0.35), (1.0, 0.35), (1.0, 0.5)):
 
         def by_length(c: Candidates, a: float = short_w, b: float = long_w) -> list[int]:
-            weight = a if c.words < 4 else b
-            fused = weighted_fuse(
-                [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=weight
-            )
-            return [x.row for x in fused]
+            return _plain_coverage(c, a if c.words < 4 else b)
 
         f[f"coverage w={short_w}/{long_w} (4+ words)"] = by_length
 
@@ -192,6 +202,59 @@ def fusions() -> dict[str, Callable[[Candidates], list[int]]]:
         return _ranked({r: cos + w * cov.get(r, 0.0) for r, cos in c.semantic}, c)
 
     f["rerank-only w=0.5"] = rerank
+
+    # Round 3 (issue 15, keyword-style queries): past the share, coverage saturates and BM25's own order
+    # (field weights, length, term frequency) is lost, so among many full matches meaning alone decides.
+    def shaped(c: Candidates, w: float, gamma: float, words: int = 5) -> list[int]:
+        # coverage x (BM25 / best)^gamma: full weight needs both the whole query and a near-best match.
+        weight = w * min(1.0, words / max(c.words, 1))
+        best = c.keyword[0][1] if c.keyword else 1.0
+        kw = {r: coverage(s, c.ideal) * (s / best) ** gamma for r, s in c.keyword}
+        rows = {r for r, _ in c.semantic} | set(kw)
+        return _ranked({r: (c.cosine[r] + weight * kw.get(r, 0.0)) / (1 + weight) for r in rows}, c)
+
+    for w in (0.4, 0.6, 0.8):
+        for gamma in (0.5, 1.0, 2.0):
+            f[f"cov x rel^{gamma:g} w={w}"] = partial(shaped, w=w, gamma=gamma)
+
+    def specific(c: Candidates, w: float, boost: float, few: int, words: int = 5) -> list[int]:
+        # the keyword weight rises when few candidates cover the whole query (a specific keyword query)
+        weight = w * min(1.0, words / max(c.words, 1))
+        cov = {r: coverage(s, c.ideal) for r, s in c.keyword}
+        full = sum(1 for v in cov.values() if v >= 1.0)
+        if 0 < full <= few and c.words <= 3:
+            weight *= boost
+        rows = {r for r, _ in c.semantic} | set(cov)
+        return _ranked({r: (c.cosine[r] + weight * cov.get(r, 0.0)) / (1 + weight) for r in rows}, c)
+
+    for boost in (1.5, 2.5):
+        for few in (10, 30):
+            f[f"specific x{boost} <= {few} full"] = partial(specific, w=0.4, boost=boost, few=few)
+
+    def damped(c: Candidates, w: float, p: float, few: int | None, decay_rank: int | None, words: int = 5):
+        # coverage^p (partial matches count less); the weight falls as few/n when n > few candidates
+        # cover the whole query (covering it is common, so it says little); optionally a rank decay
+        # 1 / (1 + rank / decay_rank) so BM25's own order counts among full matches.
+        weight = w * min(1.0, words / max(c.words, 1))
+        cov = [(r, coverage(s, c.ideal)) for r, s in c.keyword]
+        full = sum(1 for _, v in cov if v >= 1.0)
+        if few is not None and full > few:
+            weight *= few / full
+        kw = {r: v**p * (1.0 / (1 + i / decay_rank) if decay_rank else 1.0) for i, (r, v) in enumerate(cov)}
+        rows = {r for r, _ in c.semantic} | set(kw)
+        return _ranked({r: (c.cosine[r] + weight * kw.get(r, 0.0)) / (1 + weight) for r in rows}, c)
+
+    settings: tuple[tuple[float, float, int | None, int | None], ...] = (
+        (0.3, 2, 10, None),
+        (0.3, 2, 30, None),
+        (0.4, 1, 10, None),
+        (0.3, 2, 10, 30),
+        (0.4, 2, None, 30),
+    )
+    for d_w, d_p, d_few, d_rank in settings:
+        f[f"damped w={d_w} cov^{d_p} few={d_few} rank/{d_rank}"] = partial(
+            damped, w=d_w, p=d_p, few=d_few, decay_rank=d_rank
+        )
     return f
 
 
