@@ -137,6 +137,31 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             g("build.int8_docs_per_s") >= 200 and g("build.speedup") >= 1.8,
             "python -m bench --only build",
         )
+    if "incremental.share" in r:
+        add(
+            f"incremental rebuild, {g('incremental.records'):,} records ({g('incremental.changed')} changed, "
+            f"{g('incremental.deleted')} deleted, {g('incremental.added')} added): time as a share of a full build",
+            f"**{g('incremental.share') * 100:.2f}%** ({g('incremental.rebuild_s')} s vs {g('incremental.full_s')} s; "
+            f"{g('incremental.embedded')} embedded, {g('incremental.reused'):,} reused; byte-identical: "
+            f"{'yes' if g('incremental.byte_identical') else '**no**'})",
+            "≤ 5%, byte-identical to --no-reuse",
+            g("incremental.share") <= g("incremental.target_share") and bool(g("incremental.byte_identical")),
+            "python -m bench --only incremental",
+        )
+    for kind in ("short", "long"):
+        if f"cores.{kind}.threads.w1.docs_per_s" in r:
+            tokens = g(f"cores.{kind}_mean_tokens")
+            best = max(("threads", "processes"), key=lambda m: r.get(f"cores.{kind}.{m}.w2.docs_per_s", 0))
+            add(
+                f"build embedding, {kind} texts (~{tokens} tokens): docs/s per core, 1 and 2 workers",
+                f"1 worker **{g(f'cores.{kind}.threads.w1.docs_per_s_per_core')}** docs/s per core; 2 workers "
+                f"**{g(f'cores.{kind}.{best}.w2.docs_per_s_per_core')}** per core ({best}, "
+                f"{g(f'cores.{kind}.{best}.w2.docs_per_s')} docs/s, {g(f'cores.{kind}.{best}.w2.cpu_percent')}% CPU, "
+                f"{g(f'cores.{kind}.{best}.scaling_2w')}x of 1 worker)",
+                "2 workers ≥ 1.8x of 1 worker",
+                g(f"cores.{kind}.{best}.scaling_2w") >= 1.8,
+                "python -m bench --only cores",
+            )
     if "load.requests_per_s" in r:
         add(
             "load: `python -m search serve`, 64k index, wrk -t1 -c4, distinct queries, cache off",
