@@ -13,16 +13,7 @@ from hypothesis import strategies as st
 from search.cli import main as cli_main
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
-from search.hybrid import (
-    COMMON_MATCHES,
-    COMMON_POOL,
-    FULL_MATCH_SHARE,
-    KEYWORD_WEIGHT,
-    common_match_factor,
-    coverage,
-    keyword_weight_for,
-    weighted_fuse,
-)
+from search.hybrid import FULL_MATCH_SHARE, KEYWORD_WEIGHT, coverage, keyword_weight_for, weighted_fuse
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
 from search.index.keyword import (
@@ -310,28 +301,13 @@ def test_long_queries_give_the_keyword_side_less_weight():
 def test_fusion_weighs_cosine_and_coverage_and_promotes_exact_matches():
     cosine = {1: 0.9, 2: 0.5, 3: 0.6, 4: 0.2}
     fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ideal=8.0, keyword_weight=0.4)
-    # coverage 1 and 0.5 (2 of 8 over a full match at half the ideal), squared: 1 and 0.25
-    assert [f.row for f in fused] == [3, 1, 2, 4]  # (.6+.4)/1.4 = .714 > .643 > .357 > (.2+.4*.25)/1.4
+    assert [f.row for f in fused] == [3, 1, 2, 4]  # (.6+.4)/1.4 = .714 > .643 > .357 > (.2+.4*.5)/1.4
     assert fused[0].signals == ["semantic", "keyword"] and fused[3].signals == ["keyword"]
-    assert fused[0].score == pytest.approx(1.0 / 1.4) and fused[3].score == pytest.approx(0.3 / 1.4)
+    assert fused[0].score == pytest.approx(1.0 / 1.4) and fused[3].score == pytest.approx(0.4 / 1.4)
     assert [f.row for f in weighted_fuse([1, 2, 3], [], cosine, ideal=1.0)] == [1, 3, 2]  # cosine order
-    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ([], [9], [2, 4]), ideal=8.0, keyword_weight=0.4)
+    fused = weighted_fuse([1, 2, 3], [(3, 8.0), (4, 2.0)], cosine, ([], [9], [2, 4]), ideal=8.0)
     assert [f.row for f in fused] == [9, 2, 4, 3, 1] and fused[0].signals == ["exact"]
     assert fused[1].signals == ["exact", "semantic"] and {f.score for f in fused[:3]} == {1.0}
-
-
-def test_the_keyword_weight_falls_when_many_items_hold_the_whole_query():
-    assert common_match_factor([1.0] * COMMON_MATCHES + [0.5] * 50) == 1.0
-    assert common_match_factor([1.0] * (4 * COMMON_MATCHES)) == pytest.approx(0.25)
-    assert common_match_factor([1.0] * (COMMON_POOL + 50)) == pytest.approx(COMMON_MATCHES / COMMON_POOL)
-    # 40 full matches with a middling cosine and the semantic side's answer (row 0) without the words:
-    # a flat bonus would bury it; scaled by 10/40 it stays first
-    cosine = {0: 0.62, **{r: 0.45 for r in range(1, 41)}}
-    keyword = [(r, 10.0) for r in range(1, 41)]
-    fused = weighted_fuse([0], keyword, cosine, ideal=10.0, keyword_weight=KEYWORD_WEIGHT)
-    assert fused[0].row == 0
-    few = weighted_fuse([0], keyword[:3], cosine, ideal=10.0, keyword_weight=KEYWORD_WEIGHT)
-    assert few[0].row == 1  # three items holding the query: the whole weight, they come first
 
 
 @pytest.mark.parametrize("name", ["0ad", "gnome-chess", "frozen-bubble", "supertux", "xboard", "pychess"])
