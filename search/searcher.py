@@ -194,6 +194,7 @@ class Searcher:
         if missing:  # keyword-only candidates: their exact cosine, from the stored vectors
             cosine.update(zip(missing, _cosines(index, missing, vec).tolist()))
             keyword = [h for h in keyword if index.guard.plausible(h.row, cosine[h.row])]  # damaged rows out
+        cosine = _with_titles(index, cosine, vec)
         fused = weighted_fuse(
             [h.row for h in semantic],
             [(h.row, h.score) for h in keyword],
@@ -301,6 +302,15 @@ def _cosines(index: SearchIndex, rows: list[int], vec: np.ndarray) -> np.ndarray
     if index.scales is not None:
         scores = scores * index.scales[picked]
     return scores
+
+
+def _with_titles(index: SearchIndex, cosine: dict[int, float], vec: np.ndarray) -> dict[int, float]:
+    """Each candidate's better cosine of document and title (max-sim, see index/titles.py)."""
+    rows = list(cosine)
+    titles = index.title_cosines(rows, vec) if rows else None
+    if titles is None:
+        return cosine
+    return {r: max(c, t) for r, c, t in zip(rows, cosine.values(), titles.tolist(), strict=True)}
 
 
 def _allowed(exact: tuple[list[int], ...], mask) -> tuple[list[int], ...]:

@@ -40,6 +40,8 @@ from search.index.format import (
     SCAN_NAME,
     SCAN_RESIDUALS_NAME,
     SCAN_SCALES_NAME,
+    TITLE_FILES,
+    TITLE_VECTORS_NAME,
     field_file,
 )
 from search.index.keyword import write_lexical_index
@@ -47,6 +49,7 @@ from search.index.lines import MAX_RECORD_BYTES
 from search.index.metadata import MetadataWriter
 from search.index.records import HashColumn, text_hash
 from search.index.reuse import write_vectors
+from search.index.titles import write_title_vectors
 from search.progress import Progress
 from search.scoring.quantize import quantize_int4_rows, quantize_int8_rows, residual_norms
 
@@ -82,6 +85,7 @@ class BuildOptions:
     reuse: object = None  # a reuse.Reuse (vectors of an earlier compatible build), or None
     force: bool = False  # may replace a damaged index or one of another format (never anything else)
     max_record_bytes: int = MAX_RECORD_BYTES  # a longer corpus line is a bad record (see lines.py)
+    title_vectors: bool = True  # also embed each title alone (titles.py; hybrid's max-sim)
 
 
 def build_index(
@@ -129,6 +133,7 @@ def _build_into(corpus: Path | str, encoder: VectorSource, tmp: Path, spec: Corp
     if count == 0:
         raise CorpusError("no usable records", path=str(corpus))
     build = write_vectors(tmp, encoder, writer, spec, hashes, options)
+    build.update(write_titles(tmp, encoder, writer, options))
     model = model_info(encoder)
     corpus_info = {
         "file": corpus_name(corpus),
@@ -157,6 +162,13 @@ def ingest(records, writer: MetadataWriter, encoder: VectorSource, spec: CorpusS
     progress.update(len(batch))
     progress.close()
     return hashes
+
+
+def write_titles(tmp: Path, encoder: VectorSource, writer: MetadataWriter, options: BuildOptions) -> dict:
+    """The title vectors (titles.py) unless turned off; the build record's title counts."""
+    if not options.title_vectors:
+        return {}
+    return write_title_vectors(tmp, encoder, writer, options) or {}
 
 
 def model_info(encoder: VectorSource) -> dict:
@@ -212,6 +224,7 @@ def finish_index(
         "scan": {"dtype": "int8", "files": list(SCAN_FILES)} if scan else None,
         "prefilter": {"dtype": "int4", "files": list(PREFILTER_FILES)} if prefilter else None,
         "text_hashes": HASHES_NAME,
+        "titles": {"dtype": "int8", "files": list(TITLE_FILES)} if (tmp / TITLE_VECTORS_NAME).is_file() else None,
         "corpus": corpus_info,
         "spec": asdict(spec),
         "files": files,

@@ -12,6 +12,9 @@
       prefilter-residuals.npy    row's score; see search/scoring/prefilter.py)
       field-<name>.npy         field_file(name): int32 value codes per row, one per stored field
       text-hashes.npy          HASHES_NAME: per-row hash of the embedded text (incremental builds)
+      title-int8.npy           TITLE_FILES (optional): each title embedded alone, int8 rows, their
+      title-scales.npy           scales (0: no title) and the titles' hashes (see titles.py)
+      title-hashes.npy
       metadata.sqlite          METADATA_NAME: id, title, text, fields per row; the keyword index
 
 A shard folder (search/index/shards.py) holds RECORDS_NAME instead of the metadata.  The model
@@ -37,6 +40,8 @@ PREFILTER_SCALES_NAME = "prefilter-scales.npy"
 PREFILTER_RESIDUALS_NAME = "prefilter-residuals.npy"
 PREFILTER_FILES = (PREFILTER_NAME, PREFILTER_SCALES_NAME, PREFILTER_RESIDUALS_NAME)
 HASHES_NAME = "text-hashes.npy"
+TITLE_VECTORS_NAME, TITLE_SCALES_NAME, TITLE_HASHES_NAME = "title-int8.npy", "title-scales.npy", "title-hashes.npy"
+TITLE_FILES = (TITLE_VECTORS_NAME, TITLE_SCALES_NAME, TITLE_HASHES_NAME)
 METADATA_NAME = "metadata.sqlite"
 RECORDS_NAME = "records.sqlite"
 

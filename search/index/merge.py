@@ -23,7 +23,18 @@ from search.fileutil import read_json
 from search.index import publish
 from search.index.builder import INSERT_BATCH, BuildOptions, finish_index
 from search.index.corpus import CorpusSpec
-from search.index.format import EMBEDDINGS_NAME, HASHES_NAME, MANIFEST_NAME, METADATA_NAME, RECORDS_NAME, SCALES_NAME
+from search.index.format import (
+    EMBEDDINGS_NAME,
+    HASHES_NAME,
+    MANIFEST_NAME,
+    METADATA_NAME,
+    RECORDS_NAME,
+    SCALES_NAME,
+    TITLE_FILES,
+    TITLE_HASHES_NAME,
+    TITLE_SCALES_NAME,
+    TITLE_VECTORS_NAME,
+)
 from search.index.metadata import MetadataWriter
 from search.index.records import HASH_BYTES
 from search.index.shards import SHARD_FORMAT, check_no_records
@@ -54,7 +65,7 @@ def load_shards(folders: list[Path]) -> list[tuple[Path, dict]]:
         for key in same:
             if m.get(key) != first.get(key):
                 raise IndexBuildError(f"{folder}: its {key} differs from {found[0][0]}'s; build every shard alike")
-        for key in ("skip_bad", "max_record_bytes"):
+        for key in ("skip_bad", "max_record_bytes", "title_vectors"):
             if m["build"].get(key) != first["build"].get(key):
                 raise IndexBuildError(f"{folder}: built with another {key} than {found[0][0]}; build every shard alike")
         if m["corpus"]["sha256"] != first["corpus"]["sha256"]:
@@ -153,6 +164,7 @@ def _merge_into(shards: list[tuple[Path, dict]], tmp: Path, spec: CorpusSpec, op
         if arr is not None:
             arr.flush()
     del hashes, target, scales
+    titles = _merge_titles(shards, owner, tmp, count, dim)
 
     errors = sorted(
         (e for _, m in shards for e in m["corpus"].get("first_errors", [])),
@@ -170,7 +182,37 @@ def _merge_into(shards: list[tuple[Path, dict]], tmp: Path, spec: CorpusSpec, op
         "embedded": sum(int(m["build"]["embedded"]) for _, m in shards),
         "shards": len(shards),
     }
+    if titles:
+        for key in ("titles_reused", "titles_embedded"):
+            build[key] = sum(int(m["build"].get(key, 0)) for _, m in shards)
     return finish_index(tmp, writer, count, dim, first["model"], spec, options, corpus_info, build, started)
+
+
+def _merge_titles(shards: list[tuple[Path, dict]], owner: np.ndarray, tmp: Path, count: int, dim: int) -> bool:
+    """The title files (titles.py) in row order, if any shard has them: a shard without them had no
+    titled row, and its rows stay zero with scale 0, as a single build writes them."""
+    having = [s for s, (_f, m) in enumerate(shards) if all(n in m.get("files", {}) for n in TITLE_FILES)]
+    if not having:
+        return False
+    hashes = np.lib.format.open_memmap(tmp / TITLE_HASHES_NAME, mode="w+", dtype=np.uint8, shape=(count, HASH_BYTES))
+    target = np.lib.format.open_memmap(tmp / TITLE_VECTORS_NAME, mode="w+", dtype=np.int8, shape=(count, dim))
+    scales = np.lib.format.open_memmap(tmp / TITLE_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    scales[:] = 0.0
+    for s in having:
+        folder = shards[s][0]
+        rows = np.flatnonzero(owner == s)
+        parts = [np.load(folder / n, mmap_mode="r") for n in (TITLE_HASHES_NAME, TITLE_VECTORS_NAME, TITLE_SCALES_NAME)]
+        if any(len(p) != len(rows) for p in parts):
+            raise IndexBuildError(f"{folder}: its title vectors do not match its records; rebuild the shard")
+        for start in range(0, len(rows), COPY_BLOCK_ROWS):
+            part = rows[start : start + COPY_BLOCK_ROWS]
+            for dst, src in zip((hashes, target, scales), parts, strict=True):
+                dst[part] = src[start : start + len(part)]
+        del parts
+    for arr in (hashes, target, scales):
+        arr.flush()
+    del hashes, target, scales
+    return True
 
 
 def _insert(writer: MetadataWriter, batch: list, shards) -> None:

@@ -128,6 +128,8 @@ def summary(outcome: Outcome, what: str) -> str:
     skipped = m["corpus"].get("skipped", 0)
     parts = [f"{m['count']} items, {m['dimension']}-d {m['dtype']}, version {m['version']}"]
     parts.append(f"{build.get('reused', 0)} vectors reused, {build.get('embedded', 0)} embedded")
+    if "titles_embedded" in build:
+        parts.append(f"titles {build['titles_reused']} reused, {build['titles_embedded']} embedded")
     if skipped:
         parts.append(f"{skipped} bad records skipped")
     where = outcome.out + (" (uploaded)" if outcome.uploaded is not None else "")

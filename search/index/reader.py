@@ -43,10 +43,13 @@ from search.index.format import (
     SCAN_NAME,
     SCAN_RESIDUALS_NAME,
     SCAN_SCALES_NAME,
+    TITLE_SCALES_NAME,
+    TITLE_VECTORS_NAME,
     field_file,
 )
 from search.index.manifest import check_manifest, check_model_match, load_matrix
 from search.index.metadata import MetadataReader
+from search.index.titles import title_cosines
 from search.index.verify import ScoreGuard, verify_files
 from search.scoring.kernel_protocol import Kernel, ScanBlock, Stored
 from search.scoring.kernel_protocol import top_rows as _top
@@ -79,8 +82,10 @@ class SearchIndex:
         metadata: MetadataReader,
         scan: ScanBlock | None = None,
         prefilter: Prefilter | None = None,
+        titles: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.path = path
+        self.titles = titles  # (int8 rows, scales) of the titles embedded alone, or None (titles.py)
         self.manifest = manifest
         self.embeddings = embeddings
         self.scales = scales
@@ -145,14 +150,20 @@ class SearchIndex:
                 load_matrix(path / SCAN_RESIDUALS_NAME, "float32", (count,)),
             )
         prefilter = _load_prefilter(path, count, dim) if manifest.get("prefilter") else None
+        titles = None
+        if manifest.get("titles"):
+            titles = (
+                load_matrix(path / TITLE_VECTORS_NAME, "int8", (count, dim)),
+                load_matrix(path / TITLE_SCALES_NAME, "float32", (count,)),
+            )
         metadata = MetadataReader(path / METADATA_NAME)
-        return cls(path, manifest, embeddings, scales, codes, metadata, scan, prefilter)
+        return cls(path, manifest, embeddings, scales, codes, metadata, scan, prefilter, titles)
 
     def close(self) -> None:
         """Release the maps.  numpy arrays hold the mmap's buffer, so the pages are unmapped when the
         last array (including one an in-flight query still uses) is garbage collected, never under it."""
         self.metadata.close()
-        self.embeddings = self.scales = self.scan = self.prefilter = None  # type: ignore[assignment]
+        self.embeddings = self.scales = self.scan = self.prefilter = self.titles = None  # type: ignore[assignment]
         self.codes = {}
 
     # -- facts -------------------------------------------------------------------------------
@@ -185,6 +196,7 @@ class SearchIndex:
             self.scales,
             *(self.scan[1:4] if self.scan else ()),
             *(self.prefilter[:3] if self.prefilter else ()),
+            *(self.titles or ()),
             *self.codes.values(),
         ):
             if arr is None or arr.size == 0:
@@ -207,6 +219,12 @@ class SearchIndex:
                 f"row {row}: the stored vector is not finite", path=str(self.path / EMBEDDINGS_NAME)
             )
         return vec
+
+    def title_cosines(self, rows: Sequence[int], query: np.ndarray) -> np.ndarray | None:
+        """Cosines of the listed rows' titles with the query (-inf: no title), or None without titles."""
+        if self.titles is None:
+            return None
+        return title_cosines(*self.titles, np.asarray(rows, dtype=np.int64), query)
 
     def verify(self, pause=None) -> int:
         """Every file's sha256 and the metadata store's quick_check (slow: reads everything once)."""

@@ -18,7 +18,16 @@ import numpy as np
 
 from search.errors import SearchError
 from search.fileutil import read_json
-from search.index.format import EMBEDDINGS_NAME, HASHES_NAME, MANIFEST_NAME, SCALES_NAME
+from search.index.format import (
+    EMBEDDINGS_NAME,
+    HASHES_NAME,
+    MANIFEST_NAME,
+    SCALES_NAME,
+    TITLE_FILES,
+    TITLE_HASHES_NAME,
+    TITLE_SCALES_NAME,
+    TITLE_VECTORS_NAME,
+)
 from search.index.metadata import MetadataWriter
 from search.index.records import HashColumn, match_rows
 from search.index.workers import embed_stream
@@ -36,13 +45,14 @@ class Reuse:
     scales: np.ndarray | None = None
     reason: str | None = None  # why nothing is reused (None = usable, or nothing there)
     cleanup: list[Path] = field(default_factory=list)
+    titles: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # hashes, int8 rows, scales (titles.py)
 
     @property
     def usable(self) -> bool:
         return self.hashes is not None
 
     def close(self) -> None:
-        self.hashes = self.embeddings = self.scales = None
+        self.hashes = self.embeddings = self.scales = self.titles = None
         for path in self.cleanup:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -83,6 +93,7 @@ def open_reuse(location: str | Path, *, model: dict, dtype: str, dimension: int,
             folder = Path(work_dir)
             shutil.rmtree(folder, ignore_errors=True)
             names = [HASHES_NAME, EMBEDDINGS_NAME] + ([SCALES_NAME] if dtype == "int8" else [])
+            names += [n for n in TITLE_FILES if n in manifest.get("files", {})]
             download_files(source, folder, names=names, manifest=manifest)
             reuse = _open_local(folder, manifest, source, dtype)
             reuse.cleanup.append(folder)
@@ -106,7 +117,16 @@ def _open_local(folder: Path, manifest: dict, source: str, dtype: str) -> Reuse:
     scales = np.load(folder / SCALES_NAME, mmap_mode="r") if dtype == "int8" else None
     if hashes.shape != (count, 32) or embeddings.shape[0] != count or (scales is not None and len(scales) != count):
         return Reuse(source, reason="its files do not match its manifest's count")
-    return Reuse(source, hashes=hashes, embeddings=embeddings, scales=scales)
+    titles = None
+    if all(n in manifest.get("files", {}) for n in TITLE_FILES):
+        titles = (
+            np.load(folder / TITLE_HASHES_NAME, mmap_mode="r"),
+            np.load(folder / TITLE_VECTORS_NAME, mmap_mode="r"),
+            np.load(folder / TITLE_SCALES_NAME, mmap_mode="r"),
+        )
+        if titles[0].shape != (count, 32) or titles[1].shape[0] != count or len(titles[2]) != count:
+            titles = None  # not reused: the titles are embedded again
+    return Reuse(source, hashes=hashes, embeddings=embeddings, scales=scales, titles=titles)
 
 
 def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: HashColumn, options) -> dict:

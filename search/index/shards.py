@@ -5,6 +5,7 @@
       records.sqlite     the shard's records (the metadata schema; ``row`` is the corpus line)
       text-hashes.npy    (count, 32) uint8, sha256 of each embedded text, in line order
       embeddings.npy     (count, dimension) stored vectors, in line order (+ scales.npy for int8)
+      title-*.npy        the title vectors, scales and hashes, in line order (titles.py; optional)
 
 ``search merge`` puts shards back in corpus order (by line) and finishes the index exactly as a
 single build does (builder.finish_index), so the result is byte-identical to one.  Every shard
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from search.errors import CorpusError, IndexBuildError
 from search.fileutil import describe_files, read_json, write_json_atomic
-from search.index.builder import BuildOptions, corpus_name, ingest, model_info
+from search.index.builder import BuildOptions, corpus_name, ingest, model_info, write_titles
 from search.index.corpus import CorpusSpec, ReadStats, read_corpus
 from search.index.format import DTYPES, MANIFEST_NAME, RECORDS_NAME
 from search.index.metadata import MetadataWriter
@@ -92,6 +93,7 @@ def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: Bui
     hashes = ingest(records, writer, encoder, spec, options, key=lambda n, record: record.line)
     try:
         build = write_vectors(tmp, encoder, writer, spec, hashes, options)
+        build.update(write_titles(tmp, encoder, writer, options))
     finally:
         writer.close()
     names = sorted(p.name for p in tmp.iterdir())
@@ -113,7 +115,12 @@ def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: Bui
             "first_errors": stats.first_errors,
         },
         "files": files,
-        "build": dict(build, skip_bad=options.skip_bad, max_record_bytes=options.max_record_bytes),
+        "build": dict(
+            build,
+            skip_bad=options.skip_bad,
+            max_record_bytes=options.max_record_bytes,
+            title_vectors=options.title_vectors,
+        ),
         "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.monotonic() - started, 1),
     }

@@ -11,7 +11,7 @@ import pytest
 
 from search.index.builder import BuildOptions
 from search.index.corpus import CorpusSpec
-from search.index.format import HASHES_NAME
+from search.index.format import HASHES_NAME, TITLE_FILES
 from search.index.pipeline import DEFAULT, build
 from search.index.reader import SearchIndex
 from search.index.records import match_rows, text_hash
@@ -71,14 +71,22 @@ def test_incremental_rebuild_is_byte_identical_to_a_full_one(tmp_path, tiny_enco
     full, _ = run(new, tmp_path / "full", tiny_encoder, dtype=dtype, reuse=None)
 
     assert data_files(tmp_path / "index") == data_files(tmp_path / "full")
-    assert {"embeddings.npy", HASHES_NAME, "prefilter-int4.npy", "metadata.sqlite"} <= set(
+    assert {"embeddings.npy", HASHES_NAME, "prefilter-int4.npy", "metadata.sqlite", *TITLE_FILES} <= set(
         data_files(tmp_path / "full")
     )
     assert manifest(tmp_path / "index")["version"] == manifest(tmp_path / "full")["version"]
     build_record = outcome.manifest["build"]
     assert build_record["reused"] == len(records) - 2 - 3 and build_record["embedded"] == 3 + 2
     assert build_record["reuse_source"] == str(tmp_path / "index")
-    assert full.manifest["build"] == {"reused": 0, "embedded": len(records) + 0, "reuse_source": None}
+    # titles: the three changed texts keep theirs, the two new records bring new ones
+    assert build_record["titles_reused"] == len(records) - 2 and build_record["titles_embedded"] == 2
+    assert full.manifest["build"] == {
+        "reused": 0,
+        "embedded": len(records),
+        "reuse_source": None,
+        "titles_reused": 0,
+        "titles_embedded": len(records),
+    }
 
 
 def test_each_row_stores_the_hash_of_its_embedded_text(tmp_path, tiny_encoder, records):
@@ -123,7 +131,10 @@ def test_an_incompatible_index_is_not_reused_and_the_build_says_so(tmp_path, tin
     (tmp_path / "old" / "manifest.json").write_text(json.dumps(m))
     outcome, said = run(corpus, tmp_path / "new", tiny_encoder, reuse=str(tmp_path / "old"))
     assert said.count("\n") == 1 and said.startswith(f"not reusing {tmp_path / 'old'}: ") and reason in said
-    assert outcome.manifest["build"] == {"reused": 0, "embedded": len(records), "reuse_source": None}
+    build_record = outcome.manifest["build"]
+    assert build_record["reused"] == build_record["titles_reused"] == 0  # titles neither
+    assert build_record["embedded"] == build_record["titles_embedded"] == len(records)
+    assert build_record["reuse_source"] is None
     assert outcome.reuse_note == said.strip()
 
 

@@ -10,6 +10,7 @@ import pytest
 from search.errors import CorpusError, IndexBuildError
 from search.index.builder import BuildOptions
 from search.index.corpus import CorpusSpec
+from search.index.format import TITLE_FILES
 from search.index.merge import merge_shards
 from search.index.pipeline import build, merge
 from search.index.records import parse_shard, shard_of
@@ -55,9 +56,12 @@ def test_merged_shards_are_byte_identical_to_a_single_build(tmp_path, corpus, si
             corpus, folder, tiny_encoder, shard=(i, n), reuse=str(single) if reuse else None, skip_bad=True
         )
         assert outcome.manifest["build"]["embedded" if not reuse else "reused"] == outcome.manifest["count"]
+        titles = outcome.manifest["build"]["titles_embedded" if not reuse else "titles_reused"]
+        assert titles == outcome.manifest["count"]  # every demo record has a title
         folders.append(folder)
     merged = merge_shards(list(reversed(folders)), tmp_path / "merged", options())  # any order
     assert data_files(tmp_path / "merged") == data_files(single)
+    assert set(TITLE_FILES) <= set(data_files(single))  # title vectors merged like the rest
     want = json.loads((single / "manifest.json").read_text())
     assert merged["version"] == want["version"] and merged["files"] == want["files"]
     assert merged["corpus"] == want["corpus"]  # file, sha256, records, skipped and first errors
