@@ -23,7 +23,7 @@ from export import gate
 from export.bundle import MODEL_FILE, copy_tokenizer, manifest_for, publish, write_manifest
 from export.common import GateError, UsageError, log
 from export.graph import simplify as simplify_graph
-from export.quantize import INT8_SETTINGS, quantize_int8
+from export.quantize import INT8_SETTINGS, calibration_feeds, quantize_int8
 from export.source import OPSET, load_torch_model, read_sentence_config, resolve_model, trace_to_onnx
 
 START = time.time()
@@ -57,9 +57,12 @@ def build(args, tmp: Path) -> dict:
     quantization = None
     if args.quantize == "int8":
         step(
-            3, "quantising weights to int8 (every MatMul 8-bit per block of 32 with int8 products; token table per row)"
+            3,
+            "quantising weights to int8 (attention and FFN-up products DynamicQuantizeMatMul after calibration, "
+            "FFN-down MatMulNBits blocks of 32; token table per row)",
         )
-        quantization = quantize_int8(fp32_path, tmp / MODEL_FILE, INT8_SETTINGS)
+        calibration = calibration_feeds(tokenizer, max_len, input_names)
+        quantization = quantize_int8(fp32_path, tmp / MODEL_FILE, INT8_SETTINGS, calibration)
         fp32_path.unlink()
     else:
         step(3, "keeping fp32 weights (--quantize none)")
@@ -137,7 +140,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--quantize",
         choices=("int8", "none"),
         default="int8",
-        help="int8: 8-bit block-quantised weights, int8 products, smaller and faster (default); none: fp32 weights",
+        help="int8: 8-bit weights and int8 products, smaller and faster (default); none: fp32 weights",
     )
     p.add_argument(
         "--max-seq-length",

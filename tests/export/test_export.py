@@ -149,17 +149,22 @@ def test_int8_export_passes_gate_and_manifest_is_complete(int8_bundle):
     assert ops.count("Split") == 6  # one merged query/key/value product per layer
     q = m["quantization"]
     assert {k: q[k] for k in INT8_SETTINGS} == dict(INT8_SETTINGS)  # the manifest records the settings
-    assert q["method"].endswith("matmul_nbits_quantizer") and q["weight_type"] == "int8"
-    # every product with constant weights is blockwise 8-bit: per layer the merged query/key/value,
-    # the attention output, the FFN up- and down-projection; only the attention products stay fp32
+    assert q["weight_type"] == "int8" and q["calibration_texts"] >= 500
+    # every product with constant weights is int8: per layer the merged query/key/value, the
+    # attention output and the FFN up-projection DynamicQuantizeMatMul, the FFN down-projection
+    # blockwise 8-bit; only the attention products and the FFN-up outlier channels stay fp32
+    assert q["matmuls_quantized"] == 6 * 4
+    assert q["matmuls_by_kernel"] == {"DynamicQuantizeMatMul": 6 * 3, "MatMulNBits": 6}
+    assert ops.count("DynamicQuantizeMatMul") == 6 * 3 and q["outlier_side_products"] == 6
     blockwise = [n for n in graph.node if n.op_type == "MatMulNBits"]
-    assert len(blockwise) == 6 * 4 == q["matmuls_quantized"]
+    assert len(blockwise) == 6 and all("/output/dense/" in n.name for n in blockwise)
     for node in blockwise:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (8, 32, 4), node.name
     weights = {t.name for t in graph.initializer}
-    assert not [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    assert ops.count("MatMul") == 6 * 2
+    fp32_products = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert len(fp32_products) == 6 and all("/outlier_channels/" in n for n in fp32_products)
+    assert ops.count("MatMul") == 6 * 2 + 6
     assert q["token_embedding_tables"] == ["inner.embeddings.word_embeddings.weight"]
     assert set(m["versions"]) == {"onnx", "onnxruntime", "torch", "transformers", "opset"}
     assert m["versions"]["opset"] >= 14

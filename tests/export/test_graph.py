@@ -282,3 +282,106 @@ def test_int8_settings_are_frozen():
     with pytest.raises(TypeError):
         quantize.INT8_SETTINGS["bits"] = 4  # type: ignore[index]
     assert quantize.INT8_SETTINGS["bits"] == 8
+
+
+def _layer_graph() -> tuple[onnx.ModelProto, dict]:
+    """A token table and one layer's four products, named as the exporter names a BERT layer's,
+    with a few input channels ten times the others (as MiniLM's LayerNorm outputs have)."""
+    rng = np.random.default_rng(5)
+    table = rng.normal(size=(300, 64)).astype(np.float32)
+    table[:, [3, 40]] *= 10  # outlier channels
+    p = "/inner/encoder/layer.0"
+    inits = [
+        numpy_helper.from_array(table, "table"),
+        numpy_helper.from_array(rng.normal(size=(64, 96)).astype(np.float32) / 8, "wqkv"),
+        numpy_helper.from_array(rng.normal(size=96).astype(np.float32), "bqkv"),
+        numpy_helper.from_array(rng.normal(size=(96, 64)).astype(np.float32) / 10, "wo"),
+        numpy_helper.from_array(rng.normal(size=(64, 128)).astype(np.float32) / 8, "wup"),
+        numpy_helper.from_array(rng.normal(size=128).astype(np.float32), "bup"),
+        numpy_helper.from_array(rng.normal(size=(128, 64)).astype(np.float32) / 12, "wdown"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["x"], name="embed"),
+        helper.make_node("MatMul", ["x", "wqkv"], ["qkv0"], name=f"{p}/attention/self/query/MatMul/merged/MatMul"),
+        helper.make_node("Add", ["qkv0", "bqkv"], ["qkv"], name=f"{p}/attention/self/query/MatMul/merged/Add"),
+        helper.make_node("MatMul", ["qkv", "wo"], ["att"], name=f"{p}/attention/output/dense/MatMul"),
+        helper.make_node("Add", ["att", "x"], ["h"], name="residual"),
+        helper.make_node("MatMul", ["h", "wup"], ["up0"], name=f"{p}/intermediate/dense/MatMul"),
+        helper.make_node("Add", ["bup", "up0"], ["up"], name=f"{p}/intermediate/dense/Add"),
+        helper.make_node("Relu", ["up"], ["act"], name="act"),
+        helper.make_node("MatMul", ["act", "wdown"], ["y"], name=f"{p}/output/dense/MatMul"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, 64])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model, {"input_ids": rng.integers(0, 300, size=(1, 9), dtype=np.int64)}
+
+
+def _infer(model, feed) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+
+
+def test_role_of_reads_the_bert_module_path():
+    p = "/inner/encoder/layer.3"
+    assert quantize.role_of(f"{p}/attention/self/query/MatMul/merged/MatMul") == "attention_qkv"
+    assert quantize.role_of(f"{p}/attention/output/dense/MatMul") == "attention_output"
+    assert quantize.role_of(f"{p}/intermediate/dense/MatMul") == "ffn_up"
+    assert quantize.role_of(f"{p}/output/dense/MatMul") == "ffn_down"
+    assert quantize.role_of("first") == "ffn_down"  # unknown: the blockwise default
+
+
+def test_smoothing_and_outlier_split_are_exact_in_fp32():
+    """The two rewrites that run before DynamicQuantizeMatMul only move numbers between factors."""
+    model, feed = _layer_graph()
+    before = _infer(model, feed)
+    nodes = {n.name: n for n in model.graph.node}
+    qkv, up = (next(n for name, n in nodes.items() if part in name) for part in ("/self/", "/intermediate/dense/Mat"))
+    peaks = quantize.input_ranges(model, [feed], [qkv.input[0], up.input[0]])
+    assert np.argsort(peaks[qkv.input[0]])[-2:].tolist() in ([3, 40], [40, 3])
+    quantize.smooth_inputs(model, qkv, peaks[qkv.input[0]], 1.0)
+    side = quantize.split_outlier_channels(model, up, peaks[up.input[0]], 4)
+    onnx.checker.check_model(model)
+    assert quantize.SIDE in side and side in [n.name for n in model.graph.node]
+    assert np.abs(_infer(model, feed) - before).max() < 1e-4 * np.abs(before).max()
+
+
+def test_int8_with_calibration_quantises_by_role(tmp_path):
+    """With calibration feeds: query/key/value, attention output and FFN up as DynamicQuantizeMatMul
+    (the up-projection's outlier channels in an fp32 side product), FFN down as MatMulNBits; the
+    output stays close to the fp32 graph's."""
+    model, feed = _layer_graph()
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(src))
+    before = _infer(model, feed)
+    settings = {**quantize.INT8_SETTINGS, "outlier_channels": 4}
+    rng = np.random.default_rng(6)
+    calibration = [{"input_ids": rng.integers(0, 300, size=(1, n), dtype=np.int64)} for n in (3, 8, 20)]
+
+    record = quantize.quantize_int8(src, dst, settings, calibration)
+
+    out = onnx.load(str(dst))
+    kinds = {n.name: n.op_type for n in out.graph.node}
+    assert record["matmuls_by_kernel"] == {"DynamicQuantizeMatMul": 3, "MatMulNBits": 1}
+    assert record["matmuls_quantized"] == 4 and record["outlier_side_products"] == 1
+    assert record["calibration_texts"] == 3 and record["outlier_channels"] == 4
+    assert [n for n, k in kinds.items() if k == "MatMulNBits"] == ["/inner/encoder/layer.0/output/dense/MatMul_Q8"]
+    sides = [n for n, k in kinds.items() if k == "MatMul"]
+    assert len(sides) == 1 and quantize.SIDE in sides[0]
+    assert "Add" not in [kinds[n] for n in kinds if "/self/" in n]  # the bias went into the product
+    after = _infer(out, feed)
+    assert np.abs(after - before).max() < 0.03 * np.abs(before).max()
+    assert not np.array_equal(after, before)
+
+
+def test_int8_without_calibration_is_all_blockwise(tmp_path):
+    model, feed = _layer_graph()
+    src, dst = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(src))
+    record = quantize.quantize_int8(src, dst)
+    assert record["matmuls_by_kernel"] == {"MatMulNBits": 4} and record["calibration_texts"] == 0
+    assert quantize.constant_matmuls(onnx.load(str(dst))) == []
