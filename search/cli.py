@@ -132,10 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         "skips rows that cannot reach the top, with the same results)",
     )
     p.add_argument(
-        "--no-title-vectors",
+        "--title-vectors",
         action="store_true",
-        help="do not embed each title alone (hybrid ranks by the better of document and title cosine; "
-        "this saves one short embedding and 388 bytes per item)",
+        help="also embed each title alone; hybrid then ranks by the better of document and title cosine "
+        "(helps keyword-style queries, hurt descriptive ones on held-out sets: docs/decisions/2026-12-01-title-vectors.md)",
     )
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument(

@@ -50,7 +50,7 @@ def cmd_build(args) -> int:
             prefilter=not args.no_prefilter,
             force=args.force,
             max_record_bytes=args.max_record_bytes,
-            title_vectors=not args.no_title_vectors,
+            title_vectors=args.title_vectors,
         ),
         shard=shard,
         reuse=None if args.no_reuse else (args.reuse or pipeline.DEFAULT),
@@ -137,6 +137,8 @@ def cmd_info(args) -> int:
             "compiled int4 kernel" if index.prefilter is not None else "not used here: the compiled kernel is not built"
         )
         print(f"  int4 prefilter copy: {', '.join(m['prefilter']['files'])} ({how})")
+    if m.get("titles"):
+        print(f"  title vectors: {', '.join(m['titles']['files'])} (hybrid: the better of document and title)")
     for name in m["fields"]:
         top = ", ".join(f"{v or '(empty)'} ({c})" for v, c in index.metadata.field_values(name, limit=5))
         print(f"  field {name}: {top}")

@@ -3,8 +3,10 @@
 A document's vector mixes its title with a long description, so a short query that says what
 the title says ("partition editor", "drum machine") can sit far from it.  Hybrid search scores
 every candidate by the better of its document and its title cosine (max-sim over the two), so
-the title counts where it matches best (searcher.py).  Chosen on the tuning sets
-(docs/decisions/2026-12-01-title-vectors.md); semantic mode keeps the document cosine alone.
+the title counts where it matches best (searcher.py); semantic mode keeps the document cosine
+alone.  Opt-in (``build --title-vectors``): it lifted every tuning set but lowered two of the three
+held-out sets (keyword-style queries much better, descriptive ones worse), see
+docs/decisions/2026-12-01-title-vectors.md.
 
     title-int8.npy     (count, dimension) int8, one row per item (zeros where there is no title)
     title-scales.npy   (count,) float32: vector = int8 row x scale; 0 marks "no title"

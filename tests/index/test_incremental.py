@@ -36,7 +36,7 @@ def run(corpus, out, tiny_encoder, *, reuse=DEFAULT, dtype="float32", progress=F
         str(out),
         tiny_encoder,
         SPEC,
-        BuildOptions(dtype=dtype, show_progress=progress, workers=1),
+        BuildOptions(dtype=dtype, show_progress=progress, workers=1, title_vectors=True),
         reuse=reuse,
         stream=stream,
     )

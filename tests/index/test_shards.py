@@ -25,7 +25,7 @@ def data_files(folder):
 
 
 def options(**kw):
-    return BuildOptions(show_progress=False, workers=1, **kw)
+    return BuildOptions(show_progress=False, workers=1, title_vectors=True, **kw)  # titles merged too
 
 
 def run_build(corpus, out, tiny_encoder, *, shard=None, reuse=None, **kw):
@@ -161,7 +161,7 @@ def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
         done = subprocess.run(
             [*cmd, "build", "--corpus", str(corpus), "--model", str(tiny_model_dir), "--out", str(tmp_path / f"s{i}")]
             + ["--shard", f"{i}/2", "--fields", "section,version", "--skip-bad", "--quiet", "--threads", "1"]
-            + ["--reuse", str(single)],
+            + ["--reuse", str(single), "--title-vectors"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -172,6 +172,7 @@ def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
         assert (
             done.stdout.startswith(f"built shard {tmp_path / f's{i}'}: ")
             and " vectors reused, 0 embedded" in done.stdout
+            and ", 0 embedded, titles " in done.stdout
         )
     done = subprocess.run(
         [*cmd, "merge", "--out", str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1"), "--quiet"],

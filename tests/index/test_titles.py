@@ -24,10 +24,10 @@ RECORDS = [
 ]
 
 
-def build(tmp_path, encoder, records=RECORDS, **options):
+def build(tmp_path, encoder, records=RECORDS, title_vectors=True):
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
     out = tmp_path / "index"
-    build_index(corpus, encoder, out, CorpusSpec(), BuildOptions(show_progress=False, **options))
+    build_index(corpus, encoder, out, CorpusSpec(), BuildOptions(show_progress=False, title_vectors=title_vectors))
     return out
 
 
@@ -83,7 +83,7 @@ def row_of(index, item_id):
     return index.metadata.row_of(item_id)
 
 
-def test_no_title_vectors_when_turned_off_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
+def test_no_title_vectors_by_default_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
     (tmp_path / "off").mkdir()
     (tmp_path / "none").mkdir()
     off = SearchIndex.open(build(tmp_path / "off", tiny_encoder, title_vectors=False))
