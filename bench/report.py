@@ -37,8 +37,8 @@ def rows(r: dict) -> list[tuple[str, str, str, str, str]]:
             "query embedding, one thread (median per short query)",
             f"ours {g('embed.ours_ms_p50')} ms vs sentence-transformers fp32 {g('embed.sentence_transformers_ms_p50')} ms "
             f"= **{g('embed.speedup')}x**",
-            "≥ 8x faster",
-            g("embed.speedup") >= 8,
+            "≥ 5x faster (issue 15: quality first, from the 8x of the per-tensor bundle)",
+            g("embed.speedup") >= 5,
             "python -m bench --only embed",
         )
     for key, storage in (
