@@ -153,11 +153,11 @@ def input_ranges(model, feeds: list[dict], names: list[str]) -> dict[str, np.nda
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"])
-    peaks = {n: None for n in names}
+    peaks: dict[str, np.ndarray] = {}
     for feed in feeds:
-        for name, values in zip(names, session.run(names, feed)):
+        for name, values in zip(names, session.run(names, feed), strict=True):
             peak = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)
-            peaks[name] = peak if peaks[name] is None else np.maximum(peaks[name], peak)
+            peaks[name] = np.maximum(peaks[name], peak) if name in peaks else peak
     return peaks
 
 
@@ -293,7 +293,8 @@ def quantize_int8(src: Path, dst: Path, settings=INT8_SETTINGS, calibration: lis
     nodes = {n.name: n for n in model.graph.node}
     roles = {name: role_of(name) if calibration and name in nodes else "ffn_down" for name in wanted}
     fast = [name for name in wanted if settings[roles[name]] != "MatMulNBits"]
-    peaks = input_ranges(model, calibration, list(dict.fromkeys(nodes[n].input[0] for n in fast))) if fast else {}
+    inputs = list(dict.fromkeys(nodes[n].input[0] for n in fast))
+    peaks = input_ranges(model, calibration, inputs) if fast and calibration else {}
     tables = int8_token_embeddings(model)
     sides = []
     for name in fast:
