@@ -15,6 +15,27 @@ from pathlib import Path
 
 # Wheels for glibc up to 2.28: Lambda's python3.12 runs on Amazon Linux 2023 (glibc 2.34), and
 # numpy 2.3+ publishes no manylinux2014 (glibc 2.17) wheels any more.
+__all__ = [  # what deploy/taskroot.py takes over, in both ways it is run
+    "BOTOCORE_SERVICES",
+    "DROP_DISTRIBUTIONS",
+    "MAX_GLIBC_MINOR",
+    "PLATFORMS",
+    "PRUNE_DIR_NAMES",
+    "PRUNE_PATHS",
+    "PRUNE_SUFFIXES",
+    "RecipeError",
+    "droppable",
+    "installed_distributions",
+    "log",
+    "normalize",
+    "pip_args",
+    "pip_install",
+    "prune",
+    "remove_distribution",
+    "remove_empty_dirs",
+    "requirement_lines",
+]
+
 MAX_GLIBC_MINOR = 28
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, MAX_GLIBC_MINOR + 1)]
 

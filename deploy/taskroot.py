@@ -55,26 +55,7 @@ if TYPE_CHECKING or __package__:  # imported: `from deploy import taskroot` (tes
         requirement_lines,
     )
 else:  # run as a script: python3 deploy/taskroot.py (the Dockerfile's deps stage copies both files)
-    from pipdeps import (  # noqa: F401
-        BOTOCORE_SERVICES,
-        DROP_DISTRIBUTIONS,
-        MAX_GLIBC_MINOR,
-        PLATFORMS,
-        PRUNE_DIR_NAMES,
-        PRUNE_PATHS,
-        PRUNE_SUFFIXES,
-        RecipeError,
-        droppable,
-        installed_distributions,
-        log,
-        normalize,
-        pip_args,
-        pip_install,
-        prune,
-        remove_distribution,
-        remove_empty_dirs,
-        requirement_lines,
-    )
+    from pipdeps import *  # noqa: F403 (the same names: pipdeps.__all__)
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES_LIST = ROOT / "deploy" / "files.txt"
