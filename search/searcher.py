@@ -306,10 +306,11 @@ def _cosines(index: SearchIndex, rows: list[int], vec: np.ndarray) -> np.ndarray
 
 def _with_titles(index: SearchIndex, cosine: dict[int, float], vec: np.ndarray) -> dict[int, float]:
     """Each candidate's better cosine of document and title (max-sim, see index/titles.py)."""
-    rows = list(cosine)
-    titles = index.title_cosines(rows, vec) if rows else None
-    if titles is None:
+    if index.titles is None or not cosine:  # the default: no title vectors, nothing to do per query
         return cosine
+    rows = list(cosine)
+    titles = index.title_cosines(rows, vec)
+    assert titles is not None
     return {r: max(c, t) for r, c, t in zip(rows, cosine.values(), titles.tolist(), strict=True)}
 
 
