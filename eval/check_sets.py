@@ -15,8 +15,8 @@ line, ``query<TAB>accepted ids, comma-separated<TAB>kind``. Checked for each set
   punctuation (``python3 requests`` for ``python3-requests``);
 - descriptive and paraphrase queries do not contain an accepted id as whole words
   (for the Python docs, not its last dotted part either: ``dumps`` of ``json.dumps``);
-- no query of a TUNING set appears, or nearly appears, in a HELD-OUT set (same
-  words, one inside the other, or 80% of the words in common).
+- no query of a TUNING set appears, or nearly appears, in a HELD-OUT set of the same
+  corpus (same words, one inside the other, or 80% of the words in common).
 
 Prints one summary line a set; on a problem prints ``file:line: problem`` lines and
 exits 1. A missing corpus is a problem unless ``--allow-missing-corpus`` is given
@@ -60,9 +60,13 @@ SETS = (
     SetSpec(EVAL / "npm-tune.tsv", NPM, TUNING),
     SetSpec(EVAL / "debian-tune2.tsv", DEBIAN, TUNING),
     SetSpec(EVAL / "pydocs-tune.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian.tsv", DEBIAN, HELD_OUT),
-    SetSpec(EVAL / "npm.tsv", NPM, HELD_OUT),
-    SetSpec(EVAL / "pydocs.tsv", PYDOCS, HELD_OUT, dotted_names=True),
+    # held out until round 3, tuned on in round 4 (eval/README.md): their files still say HELD-OUT
+    SetSpec(EVAL / "debian.tsv", DEBIAN, TUNING),
+    SetSpec(EVAL / "npm.tsv", NPM, TUNING),
+    SetSpec(EVAL / "pydocs.tsv", PYDOCS, TUNING, dotted_names=True),
+    SetSpec(EVAL / "debian-fresh.tsv", DEBIAN, HELD_OUT),
+    SetSpec(EVAL / "npm-fresh.tsv", NPM, HELD_OUT),
+    SetSpec(EVAL / "pydocs-fresh.tsv", PYDOCS, HELD_OUT, dotted_names=True),
 )
 
 
@@ -199,7 +203,9 @@ def check_overlap(parsed: dict[SetSpec, list[Query]], problems: Problems) -> Non
             continue
         for q in queries:
             for tspec, tq in tuning:
-                if near(q.text, tq.text):
+                # within a corpus only: a need may recur on another corpus, whose items and ranking
+                # differ ("static site generator" of Debian packages and of npm packages)
+                if tspec.corpus == spec.corpus and near(q.text, tq.text):
                     problems.add(
                         spec.path,
                         q.lineno,

@@ -23,6 +23,14 @@ relative to the best match, min-max and RRF did not; among the passing settings 
 docs/decisions/2026-12-01-hybrid-coverage-fusion.md, the held-out figures in
 bench/results/README.md.
 
+Keyword-style queries (one to three words, none of them a function word: "partition editor",
+"pdf viewer") also score each candidate by the better of its document and its title cosine
+(index/titles.py): a document vector mixes the title with a long description, so a terse query
+that says what the title says sits far from it.  Sentences keep the document cosine: with title
+vectors for every query, Debian's descriptive queries fell from 0.574 to 0.427 MRR@10, while
+restricted to keyword-style queries every one of seven judged sets rose or stayed
+(docs/decisions/2026-12-01-title-vectors.md).
+
 An exact name match (the query is an item's id or title, ignoring case and punctuation, see
 keyword.name_key) comes before everything else with score 1.0; several exact matches keep
 their fused order among themselves, an id typed as it is before an id or a title as a name.
@@ -30,6 +38,7 @@ their fused order among themselves, an id typed as it is before an id or a title
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +53,26 @@ SEMANTIC = "semantic"
 KEYWORD = "keyword"
 EXACT = "exact"
 EXACT_SCORE = 1.0  # the highest a fused score can be (cosine 1 and full coverage)
+KEYWORD_STYLE_WORDS = 3  # a keyword-style query has at most this many words ...
+# ... and none of these: English function words, which terse search-box queries leave out.  On the
+# 420 judged queries of eval/ this told keyword-style and name queries from descriptive needs and
+# paraphrases with no descriptive query or paraphrase taken for keyword-style.
+FUNCTION_WORDS = frozenset(
+    "a about after all also an and another any are as at be been before being between but by can "
+    "could did do does down during each every for from he her here his how i if in into is it its "
+    "just like may me might more most must my no not of on one only onto or other our out over own "
+    "same shall she should so some such than that the their them then there these they this those "
+    "through to too two under up us very was we were what when where which who whom whose why will "
+    "with within without would you your".split()
+)
+_QUERY_WORD = re.compile(r"\w+")
+
+
+def keyword_style(query: str) -> bool:
+    """A terse search-box query ("pdf viewer", "chess engine"), not a sentence: at most
+    KEYWORD_STYLE_WORDS words, none a function word."""
+    words = _QUERY_WORD.findall(query.casefold())
+    return 0 < len(words) <= KEYWORD_STYLE_WORDS and FUNCTION_WORDS.isdisjoint(words)
 
 
 def keyword_weight_for(query: str) -> float:

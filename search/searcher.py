@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from search.errors import QueryError
-from search.hybrid import KEYWORD, SEMANTIC, Fused, coverage, keyword_weight_for, promote_exact, weighted_fuse
+from search.hybrid import (
+    KEYWORD,
+    SEMANTIC,
+    Fused,
+    coverage,
+    keyword_style,
+    keyword_weight_for,
+    promote_exact,
+    weighted_fuse,
+)
 from search.index.keyword import LexicalUnavailable, lexical_for
 from search.index.reader import Hit, SearchIndex
 from search.model.encoder import Encoder
@@ -194,7 +203,8 @@ class Searcher:
         if missing:  # keyword-only candidates: their exact cosine, from the stored vectors
             cosine.update(zip(missing, _cosines(index, missing, vec).tolist()))
             keyword = [h for h in keyword if index.guard.plausible(h.row, cosine[h.row])]  # damaged rows out
-        cosine = _with_titles(index, cosine, vec)
+        if keyword_style(query):  # terse queries: the better of document and title cosine (hybrid.py)
+            cosine = _with_titles(index, cosine, vec)
         fused = weighted_fuse(
             [h.row for h in semantic],
             [(h.row, h.score) for h in keyword],

@@ -11,6 +11,7 @@ import gzip
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,10 +54,18 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == [
         "debian-tune.tsv",
         "debian-tune2.tsv",
+        "debian.tsv",  # held out until round 3
         "npm-tune.tsv",
+        "npm.tsv",
         "pydocs-tune.tsv",
+        "pydocs.tsv",
     ]
-    assert len(summaries) == 7
+    assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
+        "debian-fresh.tsv",
+        "npm-fresh.tsv",
+        "pydocs-fresh.tsv",
+    ]
+    assert len(summaries) == 10
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -80,14 +89,14 @@ def valid_lines(prefix: str = "need", first_name: int = 60) -> list[str]:
     return lines
 
 
-def run(tmp_path, corpus, lines, *, tuning_lines=None, dotted=False):
+def run(tmp_path, corpus, lines, *, tuning_lines=None, dotted=False, tuning_corpus=None):
     held = tmp_path / "held.tsv"
     held.write_text("# a set\n" + "\n".join(lines) + "\n")
     specs = [check_sets.SetSpec(held, corpus, check_sets.HELD_OUT, dotted_names=dotted)]
     if tuning_lines is not None:
         tune = tmp_path / "tune.tsv"
         tune.write_text("\n".join(tuning_lines) + "\n")
-        specs.insert(0, check_sets.SetSpec(tune, corpus, check_sets.TUNING))
+        specs.insert(0, check_sets.SetSpec(tune, tuning_corpus or corpus, check_sets.TUNING))
     summaries, problems = check_sets.check_all(specs)
     return local(problems, tmp_path)
 
@@ -154,6 +163,9 @@ def test_tuning_queries_must_not_reappear_in_held_out_sets(tmp_path, corpus):
     held[4] = "Keep two folders in sync, across computers\titem-4\tdescriptive"
     problems = run(tmp_path, corpus, held, tuning_lines=tuning)
     assert problems == ["held.tsv:6: held-out query nearly repeats tuning tune.tsv:1"]
+    other_corpus = tmp_path / ("other" + "".join(corpus.suffixes))
+    shutil.copy(corpus, other_corpus)
+    assert run(tmp_path, corpus, held, tuning_lines=tuning, tuning_corpus=other_corpus) == []  # another corpus
 
 
 def test_near_repeats(tmp_path):
@@ -184,6 +196,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian.tsv",
         "eval/npm.tsv",
         "eval/pydocs.tsv",
+        "eval/debian-fresh.tsv",
+        "eval/npm-fresh.tsv",
+        "eval/pydocs-fresh.tsv",
     ]
 
 

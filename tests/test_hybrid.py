@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 from search.cli import main as cli_main
 from search.errors import IndexBuildError, QueryError
 from search.fileutil import sha256_file
-from search.hybrid import FULL_MATCH_SHARE, KEYWORD_WEIGHT, coverage, keyword_weight_for, weighted_fuse
+from search.hybrid import (
+    FULL_MATCH_SHARE,
+    KEYWORD_WEIGHT,
+    coverage,
+    keyword_style,
+    keyword_weight_for,
+    weighted_fuse,
+)
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
 from search.index.keyword import (
@@ -296,6 +303,28 @@ def test_long_queries_give_the_keyword_side_less_weight():
     assert keyword_weight_for("pdf merge") == keyword_weight_for("one two three four five") == KEYWORD_WEIGHT
     assert keyword_weight_for("a b c d e f g h i j") == pytest.approx(KEYWORD_WEIGHT / 2)
     assert keyword_weight_for("") == KEYWORD_WEIGHT
+
+
+@pytest.mark.parametrize(
+    "query", ["pdf viewer", "Chess engine", "fast recursive grep", "png-optimizer", "python3 requests", "vpn"]
+)
+def test_terse_queries_are_keyword_style(query):
+    assert keyword_style(query)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "  ?! ",
+        "copy to clipboard",  # a function word
+        "photo editing program similar to photoshop",
+        "tcp load balancer proxy",  # four words
+        "The PDF viewer",
+    ],
+)
+def test_sentences_and_longer_queries_are_not_keyword_style(query):
+    assert not keyword_style(query)
 
 
 def test_fusion_weighs_cosine_and_coverage_and_promotes_exact_matches():

@@ -83,7 +83,31 @@ def row_of(index, item_id):
     return index.metadata.row_of(item_id)
 
 
-def test_no_title_vectors_by_default_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
+def test_title_vectors_are_built_by_default():
+    assert BuildOptions().title_vectors
+
+
+def test_only_keyword_style_queries_use_the_title(tmp_path, tiny_encoder):
+    (tmp_path / "with").mkdir()
+    (tmp_path / "without").mkdir()
+    titled = SearchIndex.open(build(tmp_path / "with", tiny_encoder))
+    plain = SearchIndex.open(build(tmp_path / "without", tiny_encoder, title_vectors=False))
+    try:
+
+        def scores(index, query):
+            return [(h["id"], round(h["score"], 6)) for h in Searcher(tiny_encoder, index).search(query, k=4).hits]
+
+        sentence = "a program that lets me resize the partitions of my disk"
+        assert scores(titled, sentence) == scores(plain, sentence)  # sentences: the document cosine only
+        terse = "drum machine"  # hydrogen's title says it, its document vector less so
+        assert scores(titled, terse) != scores(plain, terse)
+        assert scores(titled, terse)[0][0] == "hydrogen"
+    finally:
+        titled.close()
+        plain.close()
+
+
+def test_no_title_vectors_when_turned_off_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
     (tmp_path / "off").mkdir()
     (tmp_path / "none").mkdir()
     off = SearchIndex.open(build(tmp_path / "off", tiny_encoder, title_vectors=False))
