@@ -2,10 +2,11 @@
 
 A document's vector mixes its title with a long description, so a short query that says what
 the title says ("partition editor", "drum machine") can sit far from it.  Hybrid search scores
-every candidate by the better of its document and its title cosine (max-sim over the two), so
-the title counts where it matches best (searcher.py); semantic mode keeps the document cosine
-alone.  Opt-in (``build --title-vectors``): it lifted every tuning set but lowered two of the three
-held-out sets (keyword-style queries much better, descriptive ones worse), see
+every candidate of a keyword-style query (hybrid.keyword_style) by the better of its document
+and its title cosine (max-sim over the two), so the title counts where it matches best
+(searcher.py); sentences and semantic mode keep the document cosine alone.  Built by default
+(``build --no-title-vectors`` leaves them out): for every query they lowered descriptive needs on
+held-out data, for keyword-style queries only they lifted all seven tuning sets, see
 docs/decisions/2026-12-01-title-vectors.md.
 
     title-int8.npy     (count, dimension) int8, one row per item (zeros where there is no title)
