@@ -47,21 +47,23 @@ def write_names(conn: sqlite3.Connection, items_table: str = "items") -> int:
 
 
 def exact_matches(metadata, names_table: str, text: str) -> tuple[list[int], list[int], list[int]]:
-    """Rows named by the query, in three tiers: the id as typed (ignoring case), the id as a
-    name (see name_key: "gimp data" names gimp-data), the title as a name.  At most
-    MAX_EXACT_ROWS in all."""
+    """Rows named by the query, in three tiers: the id as typed (ignoring case unless some id
+    matches case and all: "re.match" names re.match before re.Match), the id as a name (see
+    name_key: "gimp data" names gimp-data), the title as a name.  At most MAX_EXACT_ROWS in all."""
     key = name_key(text)
     if not key:
         return [], [], []
-    typed = text.strip().casefold()
+    stripped = text.strip()
+    typed = stripped.casefold()
     found = metadata.fetch(
         f"SELECT n.row, i.id, i.title FROM {names_table} AS n JOIN items AS i ON i.row = n.row "
         f"WHERE n.hash = ? ORDER BY n.row LIMIT ?",
         (name_hash(key), MAX_EXACT_ROWS * 2),
     )
+    case_exact = any(item_id == stripped for _row, item_id, _title in found)
     tiers: tuple[list[int], list[int], list[int]] = ([], [], [])
     for row, item_id, title in found:
-        if item_id.casefold() == typed:
+        if item_id == stripped or (not case_exact and item_id.casefold() == typed):
             tiers[0].append(row)
         elif name_key(item_id) == key:
             tiers[1].append(row)
