@@ -52,20 +52,23 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     assert list(problems) == []
     roles = {s.path.name: s.role for s in check_sets.SETS}
     assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == [
+        "debian-fresh.tsv",  # held out once, then tuned on
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
+        "npm-fresh.tsv",
         "npm-tune.tsv",
         "npm.tsv",
+        "pydocs-fresh.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh.tsv",
-        "npm-fresh.tsv",
-        "pydocs-fresh.tsv",
+        "debian-fresh2.tsv",
+        "npm-fresh2.tsv",
+        "pydocs-fresh2.tsv",
     ]
-    assert len(summaries) == 10
+    assert len(summaries) == 13
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -199,6 +202,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh.tsv",
         "eval/npm-fresh.tsv",
         "eval/pydocs-fresh.tsv",
+        "eval/debian-fresh2.tsv",
+        "eval/npm-fresh2.tsv",
+        "eval/pydocs-fresh2.tsv",
     ]
 
 
