@@ -152,14 +152,20 @@ def ensure_index(
             stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or (
                 cached["model"].get("session") or {}
             ).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
-            if cached["model"]["fingerprint"] == wanted and not stale_format:
+            no_titles = not cached.get("titles") and not no_title and "--no-title-vectors" not in extra
+            if cached["model"]["fingerprint"] == wanted and not stale_format and not no_titles:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
-            log(
-                f"{folder} was built "
-                + ("by an older builder or encoder" if stale_format else "with another model")
-                + "; rebuilding it"
-            )
-            shutil.rmtree(folder)
+            if cached["model"]["fingerprint"] == wanted and not stale_format:
+                # only the title vectors are missing (built before they were the default): the rebuild
+                # below reuses every document vector from the index at --out, so it is not removed
+                log(f"{folder} has no title vectors; rebuilding it (document vectors reused)")
+            else:
+                log(
+                    f"{folder} was built "
+                    + ("by an older builder or encoder" if stale_format else "with another model")
+                    + "; rebuilding it"
+                )
+                shutil.rmtree(folder)
         cmd = [
             PY,
             "-m",
