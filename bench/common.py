@@ -152,13 +152,13 @@ def ensure_index(
             stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or (
                 cached["model"].get("session") or {}
             ).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
-            no_titles = not cached.get("titles") and not no_title and "--no-title-vectors" not in extra
-            if cached["model"]["fingerprint"] == wanted and not stale_format and not no_titles:
+            titles_differ = bool(cached.get("titles")) != ("--title-vectors" in extra and not no_title)
+            if cached["model"]["fingerprint"] == wanted and not stale_format and not titles_differ:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
             if cached["model"]["fingerprint"] == wanted and not stale_format:
-                # only the title vectors are missing (built before they were the default): the rebuild
-                # below reuses every document vector from the index at --out, so it is not removed
-                log(f"{folder} has no title vectors; rebuilding it (document vectors reused)")
+                # only the title vectors differ from what is asked for: the rebuild below reuses every
+                # document vector from the index at --out, so it is not removed
+                log(f"{folder}: title vectors not as asked; rebuilding it (document vectors reused)")
             else:
                 log(
                     f"{folder} was built "

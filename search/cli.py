@@ -132,10 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         "skips rows that cannot reach the top, with the same results)",
     )
     p.add_argument(
-        "--no-title-vectors",
+        "--title-vectors",
         action="store_true",
-        help="leave out the title vectors (each title embedded alone, int8: a quarter of the float32 size; "
-        "hybrid ranks keyword-style queries by the better of document and title cosine)",
+        help="also embed each title alone (int8); hybrid then ranks keyword-style queries by the better of "
+        "document and title cosine (mixed on held-out sets: docs/decisions/2026-12-01-title-vectors.md)",
     )
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument(

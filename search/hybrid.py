@@ -2,7 +2,7 @@
 
 Each side proposes its own top N (SEARCH_HYBRID_CANDIDATES); every candidate gets
 
-    score = (cosine + w * coverage) / (1 + w),   w = KEYWORD_WEIGHT * min(1, 3 / query words)
+    score = (cosine + w * coverage) / (1 + w),   w = KEYWORD_WEIGHT * min(1, 5 / query words)
 
 where cosine is the item's exact cosine with the query (computed for keyword-only candidates
 too) and coverage = min(1, bm25 / (FULL_MATCH_SHARE * ideal)), 0 when the keyword side did not
@@ -19,17 +19,16 @@ min-max and z-score normalisation, reciprocal rank fusion, keyword evidence as a
 signal only, and a weight that drops for long queries.  Coverage fusion met "within 0.01 of the
 better single mode on every kind" on both sets for every weight tried (0.25 to 1), which BM25
 relative to the best match, min-max and RRF did not; among the passing settings (all within
-0.01 overall) 0.4 kept the largest margin on Debian's descriptive queries.  The weight's decay
-past three words was set in round 4 on ten sets.  The tables are in
+0.01 overall) 0.4 kept the largest margin on Debian's descriptive queries.  The tables are in
 docs/decisions/2026-12-01-hybrid-coverage-fusion.md, the held-out figures in
 bench/results/README.md.
 
-Keyword-style queries (one to three words, none of them a function word: "partition editor",
-"pdf viewer") also score each candidate by the better of its document and its title cosine
-(index/titles.py): a document vector mixes the title with a long description, so a terse query
-that says what the title says sits far from it.  Sentences keep the document cosine: with title
-vectors for every query, Debian's descriptive queries fell from 0.574 to 0.427 MRR@10, while
-restricted to keyword-style queries every one of seven judged sets rose or stayed
+On an index built with title vectors (``build --title-vectors``, index/titles.py), keyword-style
+queries (one to three words, none of them a function word: "partition editor", "pdf viewer")
+score each candidate by the better of its document and its title cosine: a document vector
+mixes the title with a long description, so a terse query that says what the title says sits
+far from it.  Sentences keep the document cosine: with the title for every query, Debian's
+held-out descriptive queries fell from 0.574 to 0.427 MRR@10
 (docs/decisions/2026-12-01-title-vectors.md).
 
 An exact name match (the query is an item's id or title, ignoring case and punctuation, see
@@ -48,10 +47,9 @@ KEYWORD_WEIGHT = 0.4  # a full keyword match is worth 0.4 of a cosine of 1
 # word in every column, and on the tuning sets 1/2 beat 1, 2/3, 1/2.5, 1/3 and 1/4.
 FULL_MATCH_SHARE = 0.5
 # Queries longer than this many words give the keyword side proportionally less weight
-# (KEYWORD_WEIGHT x 3 / words): 5 in rounds 2-3; 3 on ten judged sets in round 4 (the sets held out
-# until then included), where 5 let partial word matches pull paraphrases and needs of short-summary
-# catalogues below meaning alone.  See the decision record.
-FULL_WEIGHT_WORDS = 3
+# (KEYWORD_WEIGHT x 5 / words): chosen on the tuning sets, see the decision record (round 4's 3
+# lifted ten tuning sets and lowered two of three fresh held-out ones, so 5 stayed).
+FULL_WEIGHT_WORDS = 5
 SEMANTIC = "semantic"
 KEYWORD = "keyword"
 EXACT = "exact"
