@@ -51,6 +51,12 @@ class MetadataWriter:
             ((r, i, ti, tx, json.dumps(f, ensure_ascii=False, sort_keys=True)) for r, i, ti, tx, f in rows),
         )
 
+    def iter_names(self, batch: int = 1024) -> Iterable[tuple[str, str]]:
+        """(id, title) of every row in row order."""
+        cursor = self.conn.execute("SELECT id, title FROM items ORDER BY row")
+        while chunk := cursor.fetchmany(batch):
+            yield from chunk
+
     def iter_texts(self, batch: int = 1024) -> Iterable[tuple[str, str]]:
         cursor = self.conn.execute("SELECT title, text FROM items ORDER BY row")
         while chunk := cursor.fetchmany(batch):

@@ -20,12 +20,14 @@ vectors are (reuse.py), so incremental builds, shards and merges stay byte-ident
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from search.index.format import TITLE_HASHES_NAME, TITLE_SCALES_NAME, TITLE_VECTORS_NAME
 from search.index.metadata import MetadataWriter
+from search.index.names import name_key
 from search.index.records import HASH_BYTES, HashColumn, match_rows, text_hash
 from search.index.workers import embed_stream
 from search.progress import Progress
@@ -34,11 +36,19 @@ NO_TITLE = bytes(HASH_BYTES)  # the hash column's entry for a row without a titl
 PLAUSIBLE_COSINE = 1.05  # int8 rounding moves a cosine by ~0.005; past this the row is damaged
 
 
-def title_hashes(writer: MetadataWriter, prefix: str) -> HashColumn:
-    """Each row's title hash in row order (NO_TITLE for an empty title)."""
-    column = HashColumn()
-    for title, _text in writer.iter_texts():
+def embeddable_titles(writer: MetadataWriter) -> Iterator[str]:
+    """Each row's title as it is embedded, in row order; "" for no title vector: an empty title, or
+    one that only repeats the id ("express" for express, "json.dumps" for json.dumps), which the
+    exact-name match already ranks and which says nothing of what the item does."""
+    for item_id, title in writer.iter_names():
         title = (title or "").strip()
+        yield "" if not title or name_key(title) == name_key(item_id) else title
+
+
+def title_hashes(writer: MetadataWriter, prefix: str) -> HashColumn:
+    """Each row's title hash in row order (NO_TITLE where embeddable_titles gives "")."""
+    column = HashColumn()
+    for title in embeddable_titles(writer):
         column.add(text_hash(prefix + title) if title else NO_TITLE)
     return column
 
@@ -72,7 +82,7 @@ def write_title_vectors(tmp: Path, encoder, writer: MetadataWriter, options) -> 
     todo = present & ~have
     need = int(todo.sum())
     progress = Progress("embedding titles", need, unit="titles", enabled=options.show_progress and need > 0)
-    titles = ((title or "").strip() for row, (title, _) in enumerate(writer.iter_texts()) if todo[row])
+    titles = (title for row, title in enumerate(embeddable_titles(writer)) if todo[row])
     vectors = embed_stream(encoder, titles, workers=options.workers, expected=need)
     for row, vector in zip(np.flatnonzero(todo), vectors, strict=False):
         target[row], scales[row] = quantize_int8(vector)

@@ -107,6 +107,25 @@ def test_only_keyword_style_queries_use_the_title(tmp_path, tiny_encoder):
         plain.close()
 
 
+def test_a_title_that_only_repeats_the_id_gets_no_vector(tmp_path, tiny_encoder):
+    records = RECORDS + [{"id": "json.dumps", "title": "json.dumps", "text": "Serialize obj to a JSON string."}]
+    records += [{"id": "fs-extra", "title": "FS extra", "text": "Extra file system methods."}]
+    index = SearchIndex.open(build(tmp_path, tiny_encoder, records=records))
+    try:
+        scales = np.load(index.path / TITLE_SCALES_NAME)
+        assert scales[4] == 0 and scales[5] == 0 and scales[0] > 0  # same name: no vector
+        assert index.manifest["build"]["titles_embedded"] == 3
+    finally:
+        index.close()
+    named_only = [{"id": r["id"], "title": r["id"], "text": r["text"]} for r in RECORDS]
+    (tmp_path / "names").mkdir()
+    index = SearchIndex.open(build(tmp_path / "names", tiny_encoder, records=named_only))
+    try:
+        assert index.titles is None and index.manifest["titles"] is None  # npm-like: every title is the id
+    finally:
+        index.close()
+
+
 def test_no_title_vectors_by_default_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
     (tmp_path / "off").mkdir()
     (tmp_path / "none").mkdir()
