@@ -152,7 +152,7 @@ def ensure_index(
             stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or (
                 cached["model"].get("session") or {}
             ).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
-            titles_differ = bool(cached.get("titles")) != ("--title-vectors" in extra and not no_title)
+            titles_differ = bool(cached.get("titles")) != ("--no-title-vectors" not in extra and not no_title)
             if cached["model"]["fingerprint"] == wanted and not stale_format and not titles_differ:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
             if cached["model"]["fingerprint"] == wanted and not stale_format:

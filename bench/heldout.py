@@ -108,9 +108,11 @@ class QuerySet:
     role: str  # "tuning" or "held-out"
 
 
-# Held out once, then tuned on (eval/README.md): debian/npm/pydocs until round 3, the *-fresh sets
-# for round 4's first held-out run.  They report as tuning sets; the *-fresh2 sets are held out.
-RETIRED_HELD_OUT = frozenset({"debian", "npm", "pydocs", "debian-fresh", "npm-fresh", "pydocs-fresh"})
+# Held out, then tuned on (eval/README.md): debian/npm/pydocs until round 3, the *-fresh and *-fresh2
+# sets in round 4.  They report as tuning sets; the *-fresh3 sets are held out.
+RETIRED_HELD_OUT = frozenset(
+    {"debian", "npm", "pydocs"} | {f"{c}-{s}" for c in ("debian", "npm", "pydocs") for s in ("fresh", "fresh2")}
+)
 
 
 def role_of(path: Path) -> str:

@@ -67,9 +67,12 @@ SETS = (
     SetSpec(EVAL / "debian-fresh.tsv", DEBIAN, TUNING),
     SetSpec(EVAL / "npm-fresh.tsv", NPM, TUNING),
     SetSpec(EVAL / "pydocs-fresh.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh2.tsv", DEBIAN, HELD_OUT),
-    SetSpec(EVAL / "npm-fresh2.tsv", NPM, HELD_OUT),
-    SetSpec(EVAL / "pydocs-fresh2.tsv", PYDOCS, HELD_OUT, dotted_names=True),
+    SetSpec(EVAL / "debian-fresh2.tsv", DEBIAN, TUNING),
+    SetSpec(EVAL / "npm-fresh2.tsv", NPM, TUNING),
+    SetSpec(EVAL / "pydocs-fresh2.tsv", PYDOCS, TUNING, dotted_names=True),
+    SetSpec(EVAL / "debian-fresh3.tsv", DEBIAN, HELD_OUT),
+    SetSpec(EVAL / "npm-fresh3.tsv", NPM, HELD_OUT),
+    SetSpec(EVAL / "pydocs-fresh3.tsv", PYDOCS, HELD_OUT, dotted_names=True),
 )
 
 

@@ -132,10 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         "skips rows that cannot reach the top, with the same results)",
     )
     p.add_argument(
-        "--title-vectors",
+        "--no-title-vectors",
         action="store_true",
-        help="also embed each title alone (int8); hybrid then ranks keyword-style queries by the better of "
-        "document and title cosine (mixed on held-out sets: docs/decisions/2026-12-01-title-vectors.md)",
+        help="leave out the title vectors (each title that is more than the id, embedded alone, int8); with them "
+        "hybrid ranks keyword-style queries by the better of document and title cosine",
     )
     p.add_argument("--skip-bad", action="store_true", help="skip and count bad records instead of stopping")
     p.add_argument(

@@ -50,7 +50,7 @@ def cmd_build(args) -> int:
             prefilter=not args.no_prefilter,
             force=args.force,
             max_record_bytes=args.max_record_bytes,
-            title_vectors=args.title_vectors,
+            title_vectors=not args.no_title_vectors,
         ),
         shard=shard,
         reuse=None if args.no_reuse else (args.reuse or pipeline.DEFAULT),

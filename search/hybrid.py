@@ -23,8 +23,8 @@ relative to the best match, min-max and RRF did not; among the passing settings 
 docs/decisions/2026-12-01-hybrid-coverage-fusion.md, the held-out figures in
 bench/results/README.md.
 
-On an index built with title vectors (``build --title-vectors``, index/titles.py), keyword-style
-queries (one to three words, none of them a function word: "partition editor", "pdf viewer")
+On an index with title vectors (the default, index/titles.py: titles that say more than the id),
+keyword-style queries (one to three words, none of them a function word: "partition editor", "pdf viewer")
 score each candidate by the better of its document and its title cosine: a document vector
 mixes the title with a long description, so a terse query that says what the title says sits
 far from it.  Sentences keep the document cosine: with the title for every query, Debian's

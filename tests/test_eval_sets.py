@@ -53,22 +53,25 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     roles = {s.path.name: s.role for s in check_sets.SETS}
     assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == [
         "debian-fresh.tsv",  # held out once, then tuned on
+        "debian-fresh2.tsv",
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
         "npm-fresh.tsv",
+        "npm-fresh2.tsv",
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
+        "pydocs-fresh2.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh2.tsv",
-        "npm-fresh2.tsv",
-        "pydocs-fresh2.tsv",
+        "debian-fresh3.tsv",
+        "npm-fresh3.tsv",
+        "pydocs-fresh3.tsv",
     ]
-    assert len(summaries) == 13
+    assert len(summaries) == 16
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -205,6 +208,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh2.tsv",
         "eval/npm-fresh2.tsv",
         "eval/pydocs-fresh2.tsv",
+        "eval/debian-fresh3.tsv",
+        "eval/npm-fresh3.tsv",
+        "eval/pydocs-fresh3.tsv",
     ]
 
 

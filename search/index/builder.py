@@ -85,7 +85,7 @@ class BuildOptions:
     reuse: object = None  # a reuse.Reuse (vectors of an earlier compatible build), or None
     force: bool = False  # may replace a damaged index or one of another format (never anything else)
     max_record_bytes: int = MAX_RECORD_BYTES  # a longer corpus line is a bad record (see lines.py)
-    title_vectors: bool = False  # also embed each title alone (titles.py; hybrid's max-sim for terse queries; opt-in)
+    title_vectors: bool = True  # also embed each title alone (titles.py; hybrid's max-sim for terse queries)
 
 
 def build_index(

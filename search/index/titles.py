@@ -4,10 +4,10 @@ A document's vector mixes its title with a long description, so a short query th
 the title says ("partition editor", "drum machine") can sit far from it.  Hybrid search scores
 every candidate of a keyword-style query (hybrid.keyword_style) by the better of its document
 and its title cosine (max-sim over the two), so the title counts where it matches best
-(searcher.py); sentences and semantic mode keep the document cosine alone.  Opt-in (``build
---title-vectors``): for every query they lowered descriptive needs on held-out data; for
-keyword-style queries only they lifted nine of ten tuning sets but lowered one of three fresh
-held-out sets, see docs/decisions/2026-12-01-title-vectors.md.
+(searcher.py); sentences and semantic mode keep the document cosine alone.  Built by default
+(``build --no-title-vectors`` leaves them out), for titles that say more than the id: used for
+every query they lowered descriptive needs on held-out data; for keyword-style queries only they
+lifted every Debian set, see docs/decisions/2026-12-01-title-vectors.md.
 
     title-int8.npy     (count, dimension) int8, one row per item (zeros where there is no title)
     title-scales.npy   (count,) float32: vector = int8 row x scale; 0 marks "no title"

@@ -161,7 +161,7 @@ def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
         done = subprocess.run(
             [*cmd, "build", "--corpus", str(corpus), "--model", str(tiny_model_dir), "--out", str(tmp_path / f"s{i}")]
             + ["--shard", f"{i}/2", "--fields", "section,version", "--skip-bad", "--quiet", "--threads", "1"]
-            + ["--reuse", str(single), "--title-vectors"],
+            + ["--reuse", str(single)],  # title vectors are on by default
             cwd=ROOT,
             env=env,
             capture_output=True,

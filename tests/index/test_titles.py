@@ -83,8 +83,8 @@ def row_of(index, item_id):
     return index.metadata.row_of(item_id)
 
 
-def test_title_vectors_are_opt_in():
-    assert not BuildOptions().title_vectors
+def test_title_vectors_are_built_by_default():
+    assert BuildOptions().title_vectors
 
 
 def test_only_keyword_style_queries_use_the_title(tmp_path, tiny_encoder):
@@ -126,7 +126,7 @@ def test_a_title_that_only_repeats_the_id_gets_no_vector(tmp_path, tiny_encoder)
         index.close()
 
 
-def test_no_title_vectors_by_default_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
+def test_no_title_vectors_when_turned_off_or_when_no_record_has_a_title(tmp_path, tiny_encoder):
     (tmp_path / "off").mkdir()
     (tmp_path / "none").mkdir()
     off = SearchIndex.open(build(tmp_path / "off", tiny_encoder, title_vectors=False))
