@@ -138,7 +138,9 @@ def cmd_info(args) -> int:
         )
         print(f"  int4 prefilter copy: {', '.join(m['prefilter']['files'])} ({how})")
     if m.get("titles"):
-        print(f"  title vectors: {', '.join(m['titles']['files'])} (hybrid, keyword-style queries: the better of document and title)")
+        print(
+            f"  title vectors: {', '.join(m['titles']['files'])} (hybrid, keyword-style queries: the better of document and title)"
+        )
     for name in m["fields"]:
         top = ", ".join(f"{v or '(empty)'} ({c})" for v, c in index.metadata.field_values(name, limit=5))
         print(f"  field {name}: {top}")
