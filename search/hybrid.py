@@ -13,7 +13,7 @@ query: one rare word out of a six-word sentence is a weak match even when it is 
 best, so meaning decides descriptive queries, while an item holding every word of a short
 keyword query gets the whole keyword weight.
 
-Chosen on judged tuning sets (eval/, ``python -m bench.fusion``; first two, ten by round 4),
+Chosen on judged tuning sets (eval/, ``python -m bench.fusion``; two at first, sixteen by round 4),
 against BM25 relative to the query's best match (the previous default),
 min-max and z-score normalisation, reciprocal rank fusion, keyword evidence as a re-ranking
 signal only, and a weight that drops for long queries.  Coverage fusion met "within 0.01 of the
