@@ -94,6 +94,7 @@ def _child(args) -> None:
         manifest["corpus"]["sha256"] == sha256_file(base_corpus)
         and manifest["model"]["fingerprint"] == wanted
         and "text-hashes.npy" in manifest["files"]
+        and bool(manifest.get("titles"))  # yesterday's index built as today's is: title vectors on by default
     )
     if not fresh:
         # Yesterday's vectors may come from the bench's 64k index (reuse is byte-identical to a full build,
