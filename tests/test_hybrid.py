@@ -383,7 +383,7 @@ def test_descriptions_still_work_and_say_which_side_found_them(demo):
 
 
 def test_empty_keyword_side_leaves_the_semantic_order(demo):
-    query = "the zqxjv of wkpfh"  # no such words anywhere; a sentence, so no title cosines either
+    query = "zqxjv wkpfh qqzzv xkcdq"  # no such words anywhere; four words, so no title cosines either
     hybrid = demo.search(query, k=10, mode="hybrid").hits
     semantic = demo.search(query, k=10, mode="semantic").hits
     assert [h["id"] for h in hybrid] == [h["id"] for h in semantic]
