@@ -73,9 +73,12 @@ SETS = (
     SetSpec(EVAL / "debian-fresh3.tsv", DEBIAN, TUNING),
     SetSpec(EVAL / "npm-fresh3.tsv", NPM, TUNING),
     SetSpec(EVAL / "pydocs-fresh3.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh4.tsv", DEBIAN, HELD_OUT),
-    SetSpec(EVAL / "npm-fresh4.tsv", NPM, HELD_OUT),
-    SetSpec(EVAL / "pydocs-fresh4.tsv", PYDOCS, HELD_OUT, dotted_names=True),
+    SetSpec(EVAL / "debian-fresh4.tsv", DEBIAN, TUNING),
+    SetSpec(EVAL / "npm-fresh4.tsv", NPM, TUNING),
+    SetSpec(EVAL / "pydocs-fresh4.tsv", PYDOCS, TUNING, dotted_names=True),
+    SetSpec(EVAL / "debian-fresh5.tsv", DEBIAN, HELD_OUT),
+    SetSpec(EVAL / "npm-fresh5.tsv", NPM, HELD_OUT),
+    SetSpec(EVAL / "pydocs-fresh5.tsv", PYDOCS, HELD_OUT, dotted_names=True),
 )
 
 

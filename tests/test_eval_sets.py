@@ -55,26 +55,29 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-fresh.tsv",  # held out once, then tuned on
         "debian-fresh2.tsv",
         "debian-fresh3.tsv",
+        "debian-fresh4.tsv",
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
         "npm-fresh.tsv",
         "npm-fresh2.tsv",
         "npm-fresh3.tsv",
+        "npm-fresh4.tsv",
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
         "pydocs-fresh2.tsv",
         "pydocs-fresh3.tsv",
+        "pydocs-fresh4.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh4.tsv",
-        "npm-fresh4.tsv",
-        "pydocs-fresh4.tsv",
+        "debian-fresh5.tsv",
+        "npm-fresh5.tsv",
+        "pydocs-fresh5.tsv",
     ]
-    assert len(summaries) == 19
+    assert len(summaries) == 22
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -217,6 +220,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh4.tsv",
         "eval/npm-fresh4.tsv",
         "eval/pydocs-fresh4.tsv",
+        "eval/debian-fresh5.tsv",
+        "eval/npm-fresh5.tsv",
+        "eval/pydocs-fresh5.tsv",
     ]
 
 
