@@ -320,8 +320,8 @@ def test_coverage_is_the_share_of_the_ideal_score(tmp_path):
 
 
 def test_long_queries_give_the_keyword_side_less_weight():
-    assert keyword_weight_for("pdf merge") == keyword_weight_for("one two three") == KEYWORD_WEIGHT
-    assert keyword_weight_for("a b c d e f") == pytest.approx(KEYWORD_WEIGHT / 2)
+    assert keyword_weight_for("pdf merge") == keyword_weight_for("one two three four five") == KEYWORD_WEIGHT
+    assert keyword_weight_for("a b c d e f g h i j") == pytest.approx(KEYWORD_WEIGHT / 2)
     assert keyword_weight_for("") == KEYWORD_WEIGHT
 
 
