@@ -55,30 +55,23 @@ class SetSpec:
     dotted_names: bool = False  # ids are dotted Python names (check the last part too)
 
 
-SETS = (
-    SetSpec(EVAL / "debian-tune.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "npm-tune.tsv", NPM, TUNING),
-    SetSpec(EVAL / "debian-tune2.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "pydocs-tune.tsv", PYDOCS, TUNING, dotted_names=True),
-    # held out once, then tuned on (eval/README.md): their files still say HELD-OUT
-    SetSpec(EVAL / "debian.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "npm.tsv", NPM, TUNING),
-    SetSpec(EVAL / "pydocs.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "npm-fresh.tsv", NPM, TUNING),
-    SetSpec(EVAL / "pydocs-fresh.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh2.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "npm-fresh2.tsv", NPM, TUNING),
-    SetSpec(EVAL / "pydocs-fresh2.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh3.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "npm-fresh3.tsv", NPM, TUNING),
-    SetSpec(EVAL / "pydocs-fresh3.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh4.tsv", DEBIAN, TUNING),
-    SetSpec(EVAL / "npm-fresh4.tsv", NPM, TUNING),
-    SetSpec(EVAL / "pydocs-fresh4.tsv", PYDOCS, TUNING, dotted_names=True),
-    SetSpec(EVAL / "debian-fresh5.tsv", DEBIAN, HELD_OUT),
-    SetSpec(EVAL / "npm-fresh5.tsv", NPM, HELD_OUT),
-    SetSpec(EVAL / "pydocs-fresh5.tsv", PYDOCS, HELD_OUT, dotted_names=True),
+def _spec(name: str, role: str) -> SetSpec:
+    corpus = name.split("-", 1)[0]  # a set is named after its corpus: debian-tune, npm-fresh2, ...
+    paths = {"debian": DEBIAN, "npm": NPM, "pydocs": PYDOCS}
+    return SetSpec(EVAL / f"{name}.tsv", paths[corpus], role, dotted_names=corpus == "pydocs")
+
+
+FRESH_ROUNDS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5")  # round 4's fresh sets, in order
+HELD_OUT_ROUND = "fresh5"  # the newest fresh sets are the held-out ones; each earlier round was held
+# out for its first run and then tuned on, like debian/npm/pydocs (eval/README.md; their files still
+# say HELD-OUT on their first line)
+SETS = tuple(
+    [_spec(n, TUNING) for n in ("debian-tune", "npm-tune", "debian-tune2", "pydocs-tune", "debian", "npm", "pydocs")]
+    + [
+        _spec(f"{corpus}-{fresh}", HELD_OUT if fresh == HELD_OUT_ROUND else TUNING)
+        for fresh in FRESH_ROUNDS
+        for corpus in ("debian", "npm", "pydocs")
+    ]
 )
 
 
