@@ -152,10 +152,11 @@ def ensure_index(
             stale_format = ("prefilter" not in cached and "--no-prefilter" not in extra) or (
                 cached["model"].get("session") or {}
             ).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
+            same_vectors = cached["model"]["fingerprint"] == wanted and not stale_format
             titles_differ = bool(cached.get("titles")) != ("--no-title-vectors" not in extra and not no_title)
-            if cached["model"]["fingerprint"] == wanted and not stale_format and not titles_differ:
+            if same_vectors and not titles_differ:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
-            if cached["model"]["fingerprint"] == wanted and not stale_format:
+            if same_vectors:
                 # only the title vectors differ from what is asked for: the rebuild below reuses every
                 # document vector from the index at --out, so it is not removed
                 log(f"{folder}: title vectors not as asked; rebuilding it (document vectors reused)")

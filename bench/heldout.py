@@ -35,7 +35,9 @@ bench/heldout_systems.py, the figures, targets and report tables in bench/heldou
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -108,19 +110,26 @@ class QuerySet:
     role: str  # "tuning" or "held-out"
 
 
-# Held out, then tuned on (eval/README.md): debian/npm/pydocs until round 3, the *-fresh, *-fresh2,
-# *-fresh3 and *-fresh4 sets in round 4.  They report as tuning sets; the *-fresh5 sets are held out.
-RETIRED_HELD_OUT = frozenset(
-    {"debian", "npm", "pydocs"}
-    | {f"{c}-{s}" for c in ("debian", "npm", "pydocs") for s in ("fresh", "fresh2", "fresh3", "fresh4")}
-)
+@functools.cache
+def registered_roles() -> dict[str, str]:
+    """Each set's role as eval/check_sets.py registers it, by name: the one list of which sets are
+    held out.  A set held out once and then tuned on is tuning there, whatever its first line says
+    (held-out files are never edited; eval/README.md)."""
+    name = "eval_check_sets"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "eval" / "check_sets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return {s.path.stem: "held-out" if s.role == module.HELD_OUT else "tuning" for s in module.SETS}
 
 
 def role_of(path: Path) -> str:
-    """TUNING or HELD-OUT, as the set's first comment line says (eval/README.md); else by name.
-    A retired held-out set is tuning whatever its first line says (held-out files are never edited)."""
-    if path.stem in RETIRED_HELD_OUT:
-        return "tuning"
+    """TUNING or HELD-OUT: as eval/check_sets.py registers the set; else as its first comment line
+    says (eval/README.md); else by name."""
+    registered = registered_roles().get(path.stem)
+    if registered is not None:
+        return registered
     with open(path, encoding="utf-8") as fh:
         first = fh.readline()
     if first.startswith("#"):

@@ -316,7 +316,7 @@ def _cosines(index: SearchIndex, rows: list[int], vec: np.ndarray) -> np.ndarray
 
 def _with_titles(index: SearchIndex, cosine: dict[int, float], vec: np.ndarray) -> dict[int, float]:
     """Each candidate's better cosine of document and title (max-sim, see index/titles.py)."""
-    if index.titles is None or not cosine:  # the default: no title vectors, nothing to do per query
+    if index.titles is None or not cosine:  # built with --no-title-vectors, or no title says more than its id
         return cosine
     rows = list(cosine)
     titles = index.title_cosines(rows, vec)
