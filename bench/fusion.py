@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from search.hybrid import FULL_WEIGHT_WORDS, KEYWORD_WEIGHT, coverage, promote_exact, weighted_fuse
+from search.hybrid import coverage, keyword_weight_for, promote_exact, weighted_fuse
 from search.index.keyword import lexical_for
 from search.index.reader import SearchIndex
 from search.model.encoder import Encoder
@@ -37,6 +37,7 @@ class Candidates:
     cosine: dict[int, float]
     exact: tuple[list[int], list[int], list[int]]
     words: int
+    query: str = ""
 
 
 def read_queries(path: Path) -> list[tuple[str, set[str], str]]:
@@ -76,7 +77,15 @@ def gather(index: SearchIndex, encoder: Encoder, queries, weights: tuple[float, 
         accepted_rows = {r for r in map(index.metadata.row_of, accepted) if r is not None}
         out.append(
             Candidates(
-                kind, accepted_rows, semantic, keyword, ideal, cosine, lexical.exact_matches(text), len(text.split())
+                kind,
+                accepted_rows,
+                semantic,
+                keyword,
+                ideal,
+                cosine,
+                lexical.exact_matches(text),
+                len(text.split()),
+                text,
             )
         )
     return out
@@ -108,8 +117,9 @@ def _plain_coverage(c: Candidates, w: float) -> list[int]:
 
 
 def shipped(c: Candidates) -> list[int]:
-    """search/hybrid.py as it is: what `mode=hybrid` ranks."""
-    weight = KEYWORD_WEIGHT * min(1.0, FULL_WEIGHT_WORDS / max(c.words, 1))
+    """search/hybrid.py's weights (the title step of keyword-style queries left out: see
+    search.searcher._with_titles)."""
+    weight = keyword_weight_for(c.query)
     fused = weighted_fuse(
         [r for r, _ in c.semantic], c.keyword, c.cosine, c.exact, ideal=c.ideal, keyword_weight=weight
     )

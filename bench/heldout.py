@@ -278,13 +278,15 @@ def run_set(
 ) -> dict:
     from search import evaluation as ev
     from search.searcher import Searcher
+    from search.settings import Settings
 
     t0 = time.monotonic()
     cases = ev.load_queries(qs.path)
     log(f"heldout {qs.name} ({qs.role}): {len(cases)} queries on {qs.corpus_path.name}")
     folder = ensure_set_index(qs, model, cache)
     rows = corpus_rows(qs.corpus_path)
-    searcher = Searcher.open(model, folder, threads=threads, cache_size=len(cases) + 1)
+    share = Settings.resolve().hybrid_sentence_share  # SEARCH_HYBRID_SENTENCE_SHARE measures another share
+    searcher = Searcher.open(model, folder, threads=threads, cache_size=len(cases) + 1, sentence_share=share)
     try:
         if searcher.index.count != len(rows):
             raise RuntimeError(f"{folder}: {searcher.index.count} items, the corpus reader keeps {len(rows)}")

@@ -1,4 +1,4 @@
-"""``python -m search``: build, query, info, serve, upload, eval.
+"""``python -m search``: build, merge, query, info, serve, upload, eval, tune.
 
 Errors the user can fix print one line and exit 1; usage errors print one line and exit 2; a
 closed stdout (``search query ... | head``) ends the command quietly with 141, like SIGPIPE.
@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _port
-from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_upload
+from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _port, _share, _shares
+from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_tune, cmd_upload
 from search.errors import ConfigError, SearchError
 from search.index.lines import MAX_RECORD_BYTES  # the default of --max-record-bytes
 from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
@@ -38,7 +38,43 @@ def _add_eval_parser(sub, common) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--details", default=None, metavar="FILE", help="write the misses here (TSV) instead of stdout")
     p.add_argument("--strict", action="store_true", help="an accepted id missing from the index is an error")
+    add_share_option(p)
     p.set_defaults(func=cmd_eval)
+
+
+def _add_tune_parser(sub, common) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="choose hybrid mode's sentence share on your own queries",
+        description="Rank the sentence queries (not the 1-3 word keyword-style ones) of a query file in hybrid "
+        "mode once per sentence share, report hit@1, hit@k, MRR@k and nDCG@k per share and kind, and recommend "
+        "a share: the best one when it beats the current one query by query with sign-test p <= 0.1, "
+        "else the current one. Same query file as `search eval`. See docs/quality.md.",
+    )
+    common(p)
+    p.add_argument("--queries", required=True, help="query file (TSV, as for search eval)")
+    p.add_argument(
+        "--grid",
+        type=_shares,
+        default=(0.0, 0.25, 0.5, 0.75, 1.0),
+        help="comma-separated shares to try, each 0..1; the current share is always tried (default: 0,0.25,0.5,0.75,1)",
+    )
+    p.add_argument("-k", type=_eval_k, default=10, help="cut-off for hit@k, MRR@k and nDCG@k (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--strict", action="store_true", help="an accepted id missing from the index is an error")
+    add_share_option(p, "the current share, which the others are compared with")
+    p.set_defaults(func=cmd_tune)
+
+
+def add_share_option(p, what: str = "in hybrid mode, the share of the keyword weight that sentences get") -> None:
+    p.add_argument(
+        "--sentence-share",
+        dest="sentence_share",
+        type=_share,
+        default=None,
+        metavar="X",
+        help=f"{what}, 0..1 (default: SEARCH_HYBRID_SENTENCE_SHARE or 0.5)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep items whose FIELD equals VALUE; repeat or use commas for any-of",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_share_option(p)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("info", help="describe an index", description="Print what an index manifest says.")
@@ -239,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         "them on the event loop, which then waits for each (default: SEARCH_CPU_WORKERS or 2)",
     )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default: %(default)s)")
+    add_share_option(p)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
@@ -264,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_upload)
-    _add_eval_parser(sub, common)  # search eval, see its block above
+    _add_eval_parser(sub, common)  # search eval and search tune, see their blocks above
+    _add_tune_parser(sub, common)
     return parser
 
 

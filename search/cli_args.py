@@ -74,3 +74,26 @@ def _eval_k(value: str) -> int:
     if k < 1:
         raise argparse.ArgumentTypeError(f"-k {value!r}: expected a whole number >= 1")
     return k
+
+
+def _share(value: str) -> float:
+    """--sentence-share: a number from 0 to 1."""
+    from search.tuning import parse_grid
+
+    try:
+        shares = parse_grid(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--sentence-share: {exc}") from None
+    if len(shares) != 1:
+        raise argparse.ArgumentTypeError("--sentence-share: expected one number from 0 to 1")
+    return shares[0]
+
+
+def _shares(value: str) -> tuple[float, ...]:
+    """--grid: comma-separated numbers from 0 to 1."""
+    from search.tuning import parse_grid
+
+    try:
+        return parse_grid(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--grid: {exc}") from None

@@ -78,9 +78,14 @@ def cmd_query(args) -> int:
     from search.searcher import Searcher
 
     filters = _filters(args.filter)  # a malformed --filter is a usage error, before any loading
-    settings = Settings.resolve(threads=args.threads)
+    settings = getattr(args, "settings", None) or Settings.resolve(threads=args.threads)
     searcher = Searcher.open(
-        args.model, args.index, threads=settings.threads, cache_size=0, hybrid_candidates=settings.hybrid_candidates
+        args.model,
+        args.index,
+        threads=settings.threads,
+        cache_size=0,
+        hybrid_candidates=settings.hybrid_candidates,
+        sentence_share=settings.hybrid_sentence_share,
     )
     result = searcher.search(
         args.text, k=args.k, offset=args.offset, min_score=args.min_score, filters=filters, mode=args.mode
@@ -236,19 +241,22 @@ def _listing(unknown: dict[str, list[int]], limit: int = 10) -> str:
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
-def cmd_eval(args) -> int:
+def _open_judged(args):
+    """The query file's cases that the index can judge, warnings about the rest, and a searcher
+    (for ``search eval`` and ``search tune``); a bad file fails before the model loads."""
     from search import evaluation as ev
     from search.errors import EvalError
     from search.searcher import Searcher
 
-    cases = ev.load_queries(args.queries)  # a bad file fails before the model loads
+    cases = ev.load_queries(args.queries)
     settings = getattr(args, "settings", None) or Settings.resolve(threads=args.threads)
     searcher = Searcher.open(
         args.model,
         args.index,
         threads=settings.threads,
-        cache_size=len(cases) + 1,  # semantic and hybrid embed each query once between them
+        cache_size=len(cases) + 1,  # each query is embedded once, whatever the modes or shares
         hybrid_candidates=settings.hybrid_candidates,
+        sentence_share=settings.hybrid_sentence_share,
     )
     try:
         metadata = searcher.index.metadata
@@ -269,6 +277,18 @@ def cmd_eval(args) -> int:
             )
         if not kept:
             raise EvalError("no query has an accepted id in this index", path=args.queries)
+    except BaseException:
+        searcher.index.close()
+        raise
+    return kept, warnings, searcher
+
+
+def cmd_eval(args) -> int:
+    from search import evaluation as ev
+    from search.errors import EvalError
+
+    kept, warnings, searcher = _open_judged(args)
+    try:
         rankings, notes = ev.rank_with(searcher, kept, args.mode, args.k)
     finally:
         searcher.index.close()
@@ -328,4 +348,45 @@ def cmd_eval(args) -> int:
         print(head + (":" if missed else ""))
         for m in missed:
             print("  " + ev.format_miss(m))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from search import tuning
+    from search.evaluation import format_table
+
+    kept, warnings, searcher = _open_judged(args)
+    try:
+        result = tuning.tune(searcher, kept, args.k, args.grid)
+    finally:
+        searcher.index.close()
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    setting = "SEARCH_HYBRID_SENTENCE_SHARE"
+    if args.json:
+        out = {"index": str(args.index), "queries_file": str(args.queries), "k": args.k, **result.as_dict()}
+        out["warnings"] = warnings
+        print(json.dumps(out, ensure_ascii=False, indent=2))
+        return 0
+    print(
+        f"{len(result.sentences)} sentence queries from {args.queries} on {args.index}, top {args.k} "
+        f"({result.left_out} keyword-style queries left out: the share does not change them)"
+    )
+    print()
+    print("\n".join(format_table(result.evaluation)).replace("mode", "hybrid", 1))
+    print()
+    k, best, current = args.k, result.best, result.current
+    versus = result.versus_current
+    if versus is None:
+        print(f"best: the current share {current:g} (MRR@{k} {result.mrr(current):.3f})")
+    else:
+        print(
+            f"best: share {best:g}, MRR@{k} {result.mrr(best):.3f} against {result.mrr(current):.3f} at the current "
+            f"{current:g}; {versus.wins} queries better, {versus.losses} worse, {versus.ties} tied, sign-test p = {versus.p:.3g}"
+        )
+    if result.recommended != current:
+        print(f"recommended: {setting}={result.recommended:g} (or --sentence-share {result.recommended:g})")
+    else:
+        reason = "" if versus is None else f" (the gain is not significant at p <= {tuning.MAX_P:g})"
+        print(f"recommended: keep {setting}={current:g}{reason}")
     return 0

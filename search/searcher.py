@@ -16,6 +16,7 @@ from search.errors import QueryError
 from search.hybrid import (
     KEYWORD,
     SEMANTIC,
+    SENTENCE_SHARE,
     Fused,
     coverage,
     keyword_style,
@@ -82,11 +83,13 @@ class Searcher:
         *,
         cache_size: int = 1024,
         hybrid_candidates: int = HYBRID_CANDIDATES,
+        sentence_share: float = SENTENCE_SHARE,
     ):
         self.encoder = encoder
         self.index = index
         self.cache = EmbeddingCache(cache_size)
         self.hybrid_candidates = hybrid_candidates
+        self.sentence_share = sentence_share  # of the keyword weight, for queries that are not keyword-style
 
     @classmethod
     def open(
@@ -97,10 +100,13 @@ class Searcher:
         threads: int | None = None,
         cache_size: int = 1024,
         hybrid_candidates: int = HYBRID_CANDIDATES,
+        sentence_share: float = SENTENCE_SHARE,
     ) -> Searcher:
         encoder = Encoder.load(model_dir, threads=threads)
         index = SearchIndex.open(index_dir, model_fingerprint=encoder.fingerprint, dimension=encoder.dimension)
-        return cls(encoder, index, cache_size=cache_size, hybrid_candidates=hybrid_candidates)
+        return cls(
+            encoder, index, cache_size=cache_size, hybrid_candidates=hybrid_candidates, sentence_share=sentence_share
+        )
 
     def keyword_status(self, index: SearchIndex | None = None) -> str | None:
         """None when keyword and hybrid search work on this index, else why not (for readiness)."""
@@ -133,7 +139,8 @@ class Searcher:
         ``min_score`` drops results scoring below it, and what a score is depends on the mode:
         semantic: cosine similarity (-1..1); keyword: coverage, the item's BM25 over half the
         query's ideal BM25, capped at 1 (0..1]; hybrid: (cosine + w x coverage) / (1 + w),
-        w = 0.4 for queries of up to 5 words, less for longer ones (-0.71..1), see hybrid.py.
+        w = 0.4 for keyword-style queries, 0.4 x sentence_share for sentences of up to 5 words,
+        less for longer ones (-0.71..1), see hybrid.py.
         In keyword and hybrid mode an exact name match comes first with score 1.0."""
         if mode not in MODES:
             raise QueryError(f"mode must be one of {', '.join(MODES)}")
@@ -211,7 +218,7 @@ class Searcher:
             cosine,
             exact,
             ideal=ideal,
-            keyword_weight=keyword_weight_for(query),
+            keyword_weight=keyword_weight_for(query, self.sentence_share),
         )
         results = self._page(fused, offset, need, min_score, index)
         t4 = time.perf_counter()

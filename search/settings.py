@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from search.errors import ConfigError
+from search.hybrid import SENTENCE_SHARE
 
 DEFAULT_MODEL_DIR = "build/model"
 DEFAULT_INDEX_URI = "build/index"
@@ -26,6 +27,16 @@ def _int(low: int | None = None, high: int | None = None):
         value = int(raw)
         if (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _float(low: float, high: float):
+    def parse(raw: Any) -> float:
+        value = float(raw)
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(f"must be between {low:g} and {high:g}")
         return value
 
     return parse
@@ -82,6 +93,8 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
     "max_body_bytes": ("SEARCH_MAX_BODY_BYTES", 64 * 1024, _int(1024, 10 * 1024 * 1024)),
     "query_cache_size": ("SEARCH_QUERY_CACHE_SIZE", 1024, _int(0, 1_000_000)),
     "hybrid_candidates": ("SEARCH_HYBRID_CANDIDATES", 100, _int(1, 10_000)),
+    # the share of the keyword weight that sentences get in hybrid mode (`search tune` measures it)
+    "hybrid_sentence_share": ("SEARCH_HYBRID_SENTENCE_SHARE", SENTENCE_SHARE, _float(0.0, 1.0)),
     "cpu_workers": ("SEARCH_CPU_WORKERS", 2, _int(0, 64)),  # 0: inline on the event loop (Lambda)
     "max_pending": ("SEARCH_MAX_PENDING", 128, _int(1, 100_000)),
     "cors_origins": ("SEARCH_CORS_ORIGINS", (), _csv),
@@ -102,6 +115,7 @@ ARG_SETTINGS: dict[str, str] = {
     "cache_dir": "cache_dir",
     "threads": "threads",
     "cpu_workers": "cpu_workers",
+    "sentence_share": "hybrid_sentence_share",
 }
 
 
@@ -118,6 +132,7 @@ class Settings:
     max_body_bytes: int
     query_cache_size: int
     hybrid_candidates: int
+    hybrid_sentence_share: float
     cpu_workers: int
     max_pending: int
     cors_origins: tuple[str, ...]

@@ -56,6 +56,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-fresh2.tsv",
         "debian-fresh3.tsv",
         "debian-fresh4.tsv",
+        "debian-fresh5.tsv",
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
@@ -63,21 +64,23 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm-fresh2.tsv",
         "npm-fresh3.tsv",
         "npm-fresh4.tsv",
+        "npm-fresh5.tsv",
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
         "pydocs-fresh2.tsv",
         "pydocs-fresh3.tsv",
         "pydocs-fresh4.tsv",
+        "pydocs-fresh5.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh5.tsv",
-        "npm-fresh5.tsv",
-        "pydocs-fresh5.tsv",
+        "debian-fresh6.tsv",
+        "npm-fresh6.tsv",
+        "pydocs-fresh6.tsv",
     ]
-    assert len(summaries) == 22
+    assert len(summaries) == 25
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -223,6 +226,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh5.tsv",
         "eval/npm-fresh5.tsv",
         "eval/pydocs-fresh5.tsv",
+        "eval/debian-fresh6.tsv",
+        "eval/npm-fresh6.tsv",
+        "eval/pydocs-fresh6.tsv",
     ]
 
 

@@ -16,6 +16,7 @@ from search.fileutil import sha256_file
 from search.hybrid import (
     FULL_MATCH_SHARE,
     KEYWORD_WEIGHT,
+    SENTENCE_SHARE,
     coverage,
     keyword_style,
     keyword_weight_for,
@@ -320,9 +321,17 @@ def test_coverage_is_the_share_of_the_ideal_score(tmp_path):
 
 
 def test_long_queries_give_the_keyword_side_less_weight():
-    assert keyword_weight_for("pdf merge") == keyword_weight_for("one two three four five") == KEYWORD_WEIGHT
-    assert keyword_weight_for("a b c d e f g h i j") == pytest.approx(KEYWORD_WEIGHT / 2)
-    assert keyword_weight_for("") == KEYWORD_WEIGHT
+    assert keyword_weight_for("pdf merge") == keyword_weight_for("pdf merge", sentence_share=0.1) == KEYWORD_WEIGHT
+    sentence = KEYWORD_WEIGHT * SENTENCE_SHARE
+    assert keyword_weight_for("one two three four five") == pytest.approx(sentence)
+    assert keyword_weight_for("a b c d e f g h i j") == pytest.approx(sentence / 2)  # ten words: 5/10 of it
+
+
+def test_sentences_get_their_share_of_the_keyword_weight():
+    assert 0 < SENTENCE_SHARE < 1
+    assert keyword_weight_for("merge two pdf files", sentence_share=1.0) == KEYWORD_WEIGHT  # a function-free 4 words
+    assert keyword_weight_for("merge two pdf files", sentence_share=0.0) == 0.0
+    assert keyword_weight_for("viewer for pdf", sentence_share=0.25) == pytest.approx(KEYWORD_WEIGHT / 4)
 
 
 @pytest.mark.parametrize(

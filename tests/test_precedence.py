@@ -10,25 +10,39 @@ import sys
 import pytest
 
 from search.cli import build_parser, resolve_settings
+from search.hybrid import SENTENCE_SHARE
 from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR
 from tests.conftest import ROOT, write_jsonl
 
 # every command with the options it has that are settings, and the other arguments it needs
 COMMANDS = {
     "build": (["--corpus", "c.jsonl"], {"model": "model_dir", "out": "index_uri", "threads": "threads"}),
-    "query": (["chess"], {"model": "model_dir", "index": "index_uri", "threads": "threads"}),
+    "query": (
+        ["chess"],
+        {"model": "model_dir", "index": "index_uri", "threads": "threads", "sentence_share": "hybrid_sentence_share"},
+    ),
     "info": ([], {"index": "index_uri"}),
     "serve": (
         [],
-        {"model": "model_dir", "index": "index_uri", "threads": "threads", "cpu_workers": "cpu_workers"},
+        {
+            "model": "model_dir",
+            "index": "index_uri",
+            "threads": "threads",
+            "cpu_workers": "cpu_workers",
+            "sentence_share": "hybrid_sentence_share",
+        },
     ),
     "upload": (["s3://bucket/prefix/"], {"index": "index_uri"}),
 }
 ENV = {"model_dir": "SEARCH_MODEL_DIR", "index_uri": "SEARCH_INDEX_URI", "threads": "SEARCH_THREADS"}
 ENV["cpu_workers"] = "SEARCH_CPU_WORKERS"
+ENV["hybrid_sentence_share"] = "SEARCH_HYBRID_SENTENCE_SHARE"
 FROM_ENV = {"model_dir": "/env/model", "index_uri": "/env/index", "threads": 3, "cpu_workers": 5}
+FROM_ENV["hybrid_sentence_share"] = 0.25
 FROM_ARG = {"model_dir": "/arg/model", "index_uri": "/arg/index", "threads": 1, "cpu_workers": 0}
+FROM_ARG["hybrid_sentence_share"] = 0.75
 DEFAULT = {"model_dir": DEFAULT_MODEL_DIR, "index_uri": DEFAULT_INDEX_URI, "threads": None, "cpu_workers": 2}
+DEFAULT["hybrid_sentence_share"] = SENTENCE_SHARE
 
 
 def parse(command, *extra, env):
@@ -40,19 +54,20 @@ def parse(command, *extra, env):
 
 def test_every_command_is_covered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    # eval: common() options, checked below when present; merge: --out is required (no setting to resolve)
-    missing = set(sub.choices) - set(COMMANDS) - {"eval", "merge"}
+    # eval, tune: common() options and the share, checked below; merge: --out is required (no setting to resolve)
+    missing = set(sub.choices) - set(COMMANDS) - {"eval", "tune", "merge"}
     assert not missing
     assert set(ENV) == set(ARG_SETTINGS.values()) - {"cache_dir"}  # no command has --cache-dir
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS) + ["eval"])
+@pytest.mark.parametrize("command", sorted(COMMANDS) + ["eval", "tune"])
 def test_argument_beats_environment_beats_default(command):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     if command not in sub.choices:
         pytest.skip("no eval command in this tree")
-    options = COMMANDS[command][1] if command in COMMANDS else {"model": "model_dir", "index": "index_uri"}
+    judged = {"model": "model_dir", "index": "index_uri", "sentence_share": "hybrid_sentence_share"}
+    options = COMMANDS[command][1] if command in COMMANDS else judged
     env = {ENV[name]: str(FROM_ENV[name]) for name in options.values()}
     given = [part for dest, name in options.items() for part in (f"--{dest.replace('_', '-')}", str(FROM_ARG[name]))]
     for environ, argv, expected in [({}, [], DEFAULT), (env, [], FROM_ENV), (env, given, FROM_ARG)]:

@@ -131,7 +131,13 @@ class Runtime:
                 verify=s.verify_index,
             )
         index = self.live.load(deadline=deadline)
-        searcher = Searcher(self.encoder, index, cache_size=s.query_cache_size, hybrid_candidates=s.hybrid_candidates)
+        searcher = Searcher(
+            self.encoder,
+            index,
+            cache_size=s.query_cache_size,
+            hybrid_candidates=s.hybrid_candidates,
+            sentence_share=s.hybrid_sentence_share,
+        )
         self._check_keyword(searcher, index)
         self.load_ms = {"model": _ms(t1 - t0), "index": _ms(time.perf_counter() - t1)}
         return searcher
