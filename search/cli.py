@@ -13,6 +13,7 @@ import sys
 from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _port, _share, _shares
 from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_tune, cmd_upload
 from search.errors import ConfigError, SearchError
+from search.hybrid import SENTENCE_SHARE
 from search.index.lines import MAX_RECORD_BYTES  # the default of --max-record-bytes
 from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
 
@@ -73,7 +74,7 @@ def add_share_option(p, what: str = "in hybrid mode, the share of the keyword we
         type=_share,
         default=None,
         metavar="X",
-        help=f"{what}, 0..1 (default: SEARCH_HYBRID_SENTENCE_SHARE or 0.5)",
+        help=f"{what}, 0..1 (default: SEARCH_HYBRID_SENTENCE_SHARE or {SENTENCE_SHARE:g})",
     )
 
 

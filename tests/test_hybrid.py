@@ -328,7 +328,7 @@ def test_long_queries_give_the_keyword_side_less_weight():
 
 
 def test_sentences_get_their_share_of_the_keyword_weight():
-    assert 0 < SENTENCE_SHARE < 1
+    assert 0 < SENTENCE_SHARE <= 1
     assert keyword_weight_for("merge two pdf files", sentence_share=1.0) == KEYWORD_WEIGHT  # a function-free 4 words
     assert keyword_weight_for("merge two pdf files", sentence_share=0.0) == 0.0
     assert keyword_weight_for("viewer for pdf", sentence_share=0.25) == pytest.approx(KEYWORD_WEIGHT / 4)

@@ -8,6 +8,7 @@ import pytest
 from search import cli
 from search.errors import EvalError
 from search.evaluation import QueryCase, sign_test
+from search.hybrid import SENTENCE_SHARE
 from search.searcher import Result
 from search.tuning import GRID, MAX_P, label, parse_grid, tune
 
@@ -106,12 +107,12 @@ def _tune(capsys, model_dir, index, *args):
 
 
 def test_cli_tune_json_matches_eval_at_each_share(capsys, model_dir, demo_index, sentence_queries):
-    rc, out, err = _tune(capsys, model_dir, demo_index, "--queries", sentence_queries, "--json", "--grid", "0,1")
+    rc, out, err = _tune(capsys, model_dir, demo_index, "--queries", sentence_queries, "--json", "--grid", "0,0.5")
     assert rc == 0, err
     report = json.loads(out)
-    assert report["current"] == 0.5 and report["sentences"] == 3 and report["keyword_style_left_out"] == 1
-    assert [g["share"] for g in report["grid"]] == [0.0, 0.5, 1.0]
-    assert report["recommended"] in (0.0, 0.5, 1.0)
+    assert report["current"] == SENTENCE_SHARE and report["sentences"] == 3 and report["keyword_style_left_out"] == 1
+    shares = sorted({0.0, 0.5, SENTENCE_SHARE})
+    assert [g["share"] for g in report["grid"]] == shares and report["recommended"] in shares
     for g in report["grid"]:  # `search eval` at the same share gives the same figures
         rc = cli.main(
             ["eval", "--model", str(model_dir), "--index", str(demo_index), "--threads", "1", "--json"]
@@ -124,7 +125,7 @@ def test_cli_tune_json_matches_eval_at_each_share(capsys, model_dir, demo_index,
 
 
 def test_cli_tune_text_report(capsys, model_dir, demo_index, sentence_queries):
-    rc, out, err = _tune(capsys, model_dir, demo_index, "--queries", sentence_queries, "--sentence-share", "1")
+    rc, out, err = _tune(capsys, model_dir, demo_index, "--queries", sentence_queries, "--sentence-share", "0.75")
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("3 sentence queries from") and "1 keyword-style queries left out" in lines[0]
