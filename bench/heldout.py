@@ -286,7 +286,9 @@ def run_set(
     folder = ensure_set_index(qs, model, cache)
     rows = corpus_rows(qs.corpus_path)
     share = Settings.resolve().hybrid_sentence_share  # SEARCH_HYBRID_SENTENCE_SHARE measures another share
-    searcher = Searcher.open(model, folder, threads=threads, cache_size=len(cases) + 1, sentence_share=share)
+    tuning_cases = tune_pool(qs)
+    cache_size = len(cases) + len(tuning_cases) + 1
+    searcher = Searcher.open(model, folder, threads=threads, cache_size=cache_size, sentence_share=share)
     try:
         if searcher.index.count != len(rows):
             raise RuntimeError(f"{folder}: {searcher.index.count} items, the corpus reader keeps {len(rows)}")
@@ -299,6 +301,9 @@ def run_set(
         depth = TOP if full else POOL
         rankings = searcher_rankings(searcher, queries, ("semantic",), depth)
         rankings.update(searcher_rankings(searcher, queries, ("keyword", "hybrid")))
+        tuned = tuned_share(searcher, tuning_cases)
+        searcher.sentence_share = tuned["share"]
+        rankings["tuned"] = searcher_rankings(searcher, queries, ("hybrid",))["hybrid"]
     finally:
         searcher.index.close()
     rankings["bm25s"] = bm25s_rankings(rows, queries)
@@ -322,9 +327,38 @@ def run_set(
         if pool is None
         else f"pool of {len(pool)} (int8 top {POOL} + others' top {TOP})",
         "pytorch_embedded_now": embedded,
+        "sentence_share": share,
+        **{f"tuned_{k}": v for k, v in tuned.items()},
         "seconds": round(time.monotonic() - t0, 1),
     }
     return figures(qs.name, evaluation, qs.role, len(rows), extra)
+
+
+def tune_pool(qs: QuerySet) -> list:
+    """The queries of every other TUNING set of ``qs``'s corpus (eval/check_sets.py's roles), what
+    a user would give `search tune`; a held-out set's own queries never choose its share."""
+    from search import evaluation as ev
+
+    others = [s for s in discover() if s.corpus == qs.corpus and s.role == "tuning" and s.name != qs.name]
+    return [case for s in others for case in ev.load_queries(s.path)]
+
+
+def tuned_share(searcher, cases: list) -> dict:
+    """What `search tune` recommends from ``cases`` (those the index can judge), with its evidence."""
+    from search import evaluation as ev
+    from search import tuning
+
+    kept, _ = ev.check_ids(cases, lambda i: searcher.index.metadata.row_of(i) is not None)
+    if not kept:
+        return {"share": searcher.sentence_share, "from_queries": 0, "p": None}
+    result = tuning.tune(searcher, kept, TOP)
+    versus = result.versus_current
+    return {
+        "share": result.recommended,
+        "from_queries": len(result.sentences),
+        "best": result.best,
+        "p": None if versus is None else round(versus.p, 6),
+    }
 
 
 def run(sets: Sequence[QuerySet] | None = None, model: Path = MODEL, cache: Path = CACHE, **kw) -> dict:

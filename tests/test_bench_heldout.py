@@ -10,6 +10,8 @@ import pytest
 
 from bench import heldout
 from search.evaluation import evaluate
+from search.hybrid import SENTENCE_SHARE
+from search.tuning import GRID, MAX_P
 from tests.conftest import write_jsonl
 
 TUNE_HEAD = "# toy corpus, TUNING set: written by hand\n"
@@ -113,6 +115,7 @@ def _evaluation(hybrid_name_rank1: bool = True):
         "keyword": [["a"], ["b"], ["x", "c"]],
         "bm25s": [["a"], ["x", "b"], ["x"]],
         "hybrid": [["a"] if hybrid_name_rank1 else ["x", "a"], ["b"], ["c"]],
+        "tuned": [["a"], ["b"], ["c"]],
     }
     return evaluate(r, accepted, 10, kinds, heldout.PAIRS)
 
@@ -167,10 +170,13 @@ def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path, monkeypatch
     # the shipped int8 model and PyTorch fp32 agree on titles of these packages
     assert r[p + "pytorch.descriptive.hit10"] == 1.0 and r[p + "semantic.descriptive.hit10"] == 1.0
     details = (tmp_path / "cache" / "toy-tune.details.tsv").read_text(encoding="utf-8").splitlines()
-    assert details[0].split("\t")[4:9] == [f"rank.{s}" for s in heldout.SYSTEMS] and len(details) == 17
+    assert details[0].split("\t")[4:10] == [f"rank.{s}" for s in heldout.SYSTEMS] and len(details) == 17
     assert (tmp_path / "cache" / "pytorch-toy.npy").is_file()
     assert len(list((tmp_path / "cache").glob("toy-*/manifest.json"))) == 1
     assert r[p + "pytorch_scope"] == "all documents" and r[p + "pytorch_embedded_now"] == 60
+    # no other tuning set of this corpus: `search tune` has nothing to go on and keeps the default
+    assert r[p + "tuned_from_queries"] == 0 and r[p + "tuned_share"] == r[p + "sentence_share"] == SENTENCE_SHARE
+    assert r[p + "tuned.all.mrr10"] == r[p + "hybrid.all.mrr10"]
 
     # the pool the large corpora use gives the same PyTorch figures here, and embeds nothing new
     monkeypatch.setattr(heldout, "FULL_LIMIT", 10)
@@ -178,6 +184,25 @@ def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path, monkeypatch
     pooled = heldout.run_set(qs, model_dir, tmp_path / "cache")
     assert pooled[p + "pytorch_scope"].startswith("pool of ") and pooled[p + "pytorch_embedded_now"] == 0
     assert {k: v for k, v in pooled.items() if ".pytorch." in k} == {k: v for k, v in r.items() if ".pytorch." in k}
+
+
+def test_the_tuned_share_comes_from_the_corpus_s_other_tuning_sets(model_dir, demo_records, tmp_path, monkeypatch):
+    corpus = write_jsonl(tmp_path / "toy.jsonl", demo_records[:60])
+    own = [f"{r['id']}\t{r['id']}\tname" for r in demo_records[:3]]
+    other = [f"{r['title']} and more\t{r['id']}\tdescriptive" for r in demo_records[10:20]]
+    (tmp_path / "toy-tune.tsv").write_text(TUNE_HEAD + "\n".join(own) + "\n", encoding="utf-8")
+    (tmp_path / "toy-tune2.tsv").write_text(TUNE_HEAD + "\n".join(other) + "\n", encoding="utf-8")
+    (tmp_path / "toy-held.tsv").write_text(HELD_HEAD + "\n".join(other[:2]) + "\n", encoding="utf-8")
+    monkeypatch.setattr(heldout, "EVAL_DIR", tmp_path)
+    monkeypatch.setattr(heldout, "CORPORA", {"toy": corpus})
+    sets = {s.name: s for s in heldout.discover()}
+    assert [c.query for c in heldout.tune_pool(sets["toy-tune"])] == [line.split("\t")[0] for line in other]
+    assert len(heldout.tune_pool(sets["toy-held"])) == len(own) + len(other)  # every tuning set, never held-out ones
+    r = heldout.run_set(sets["toy-tune"], model_dir, tmp_path / "cache")
+    p = "heldout.toy-tune."
+    assert r[p + "tuned_from_queries"] == len(other) and r[p + "tuned_share"] in (*GRID, SENTENCE_SHARE)
+    assert r[p + "tuned_best"] in (*GRID, SENTENCE_SHARE)
+    assert (r[p + "tuned_share"] == SENTENCE_SHARE) == (r[p + "tuned_p"] is None or r[p + "tuned_p"] > MAX_P)
 
 
 def test_set_index_is_rebuilt_when_the_index_code_changes(model_dir, demo_records, tmp_path, monkeypatch):
