@@ -48,10 +48,10 @@ def test_discover_roles_corpora_and_selection(eval_dir, tmp_path, monkeypatch):
 def test_retired_held_out_sets_report_as_tuning(tmp_path):
     (tmp_path / "npm.tsv").write_text(HELD_HEAD, encoding="utf-8")  # its file still says HELD-OUT
     (tmp_path / "npm-fresh5.tsv").write_text(HELD_HEAD, encoding="utf-8")
-    (tmp_path / "npm-fresh6.tsv").write_text(HELD_HEAD, encoding="utf-8")
+    (tmp_path / "npm-fresh7.tsv").write_text(HELD_HEAD, encoding="utf-8")
     assert heldout.role_of(tmp_path / "npm.tsv") == "tuning"
     assert heldout.role_of(tmp_path / "npm-fresh5.tsv") == "tuning"
-    assert heldout.role_of(tmp_path / "npm-fresh6.tsv") == "held-out"
+    assert heldout.role_of(tmp_path / "npm-fresh7.tsv") == "held-out"
 
 
 def test_role_falls_back_to_the_name(tmp_path):

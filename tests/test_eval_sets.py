@@ -57,6 +57,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-fresh3.tsv",
         "debian-fresh4.tsv",
         "debian-fresh5.tsv",
+        "debian-fresh6.tsv",
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
@@ -65,6 +66,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm-fresh3.tsv",
         "npm-fresh4.tsv",
         "npm-fresh5.tsv",
+        "npm-fresh6.tsv",
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
@@ -72,15 +74,16 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs-fresh3.tsv",
         "pydocs-fresh4.tsv",
         "pydocs-fresh5.tsv",
+        "pydocs-fresh6.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh6.tsv",
-        "npm-fresh6.tsv",
-        "pydocs-fresh6.tsv",
+        "debian-fresh7.tsv",
+        "npm-fresh7.tsv",
+        "pydocs-fresh7.tsv",
     ]
-    assert len(summaries) == 25
+    assert len(summaries) == 28
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -229,6 +232,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh6.tsv",
         "eval/npm-fresh6.tsv",
         "eval/pydocs-fresh6.tsv",
+        "eval/debian-fresh7.tsv",
+        "eval/npm-fresh7.tsv",
+        "eval/pydocs-fresh7.tsv",
     ]
 
 
