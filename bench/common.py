@@ -140,6 +140,7 @@ def ensure_index(
 ) -> dict:
     """Build ``folder`` once (cached); returns {"built_now": bool, "seconds": build seconds}.
     The corpus has a few bad records (duplicate ids, an empty text): --skip-bad counts and skips them."""
+    titles_asked = "--no-title-vectors" not in extra and not no_title
     with build_lock(folder.name):
         while _other_build_running(folder):
             log(f"waiting for another process building {folder} ...")
@@ -153,7 +154,11 @@ def ensure_index(
                 cached["model"].get("session") or {}
             ).get("disabled_optimizers") != list(DISABLED_OPTIMIZERS)
             same_vectors = cached["model"]["fingerprint"] == wanted and not stale_format
-            titles_differ = bool(cached.get("titles")) != ("--no-title-vectors" not in extra and not no_title)
+            sidecar = titles_asked_file(folder)
+            if sidecar.is_file():  # a catalogue whose titles all repeat their ids has none to store
+                titles_differ = sidecar.read_text().strip() != str(int(titles_asked))
+            else:
+                titles_differ = bool(cached.get("titles")) != titles_asked
             if same_vectors and not titles_differ:
                 return {"built_now": False, "seconds": cached["build_seconds"]}
             if same_vectors:
@@ -185,7 +190,14 @@ def ensure_index(
         ]
         log("building " + " ".join(cmd[1:]))
         subprocess.run(cmd, cwd=ROOT, env=child_env(None), check=True)
+        titles_asked_file(folder).write_text(f"{int(titles_asked)}\n")
         return {"built_now": True, "seconds": json.loads((folder / "manifest.json").read_text())["build_seconds"]}
+
+
+def titles_asked_file(folder: Path) -> Path:
+    """Beside an index the bench built: 1 if title vectors were asked for, else 0.  The manifest
+    cannot say it: an index whose titles only repeat the ids (npm) has no title vectors either way."""
+    return folder.with_name(folder.name + ".titles-asked")
 
 
 def ensure_fp32_model() -> Path:

@@ -220,6 +220,18 @@ def test_set_index_is_rebuilt_when_the_index_code_changes(model_dir, demo_record
     assert folder.with_name(folder.name + ".code").read_text().strip() == "other-code"
 
 
+def test_an_index_without_title_vectors_to_store_is_not_rebuilt(model_dir, demo_records, tmp_path):
+    records = [{**r, "title": r["id"]} for r in demo_records[:20]]  # every title repeats its id, as in npm
+    qs = heldout.QuerySet(
+        "toy-tune", tmp_path / "unused.tsv", "toy", write_jsonl(tmp_path / "toy.jsonl", records), "tuning"
+    )
+    folder = heldout.ensure_set_index(qs, model_dir, tmp_path / "cache")
+    assert json.loads((folder / "manifest.json").read_text())["titles"] is None
+    inode = (folder / "manifest.json").stat().st_ino
+    assert heldout.ensure_set_index(qs, model_dir, tmp_path / "cache") == folder
+    assert (folder / "manifest.json").stat().st_ino == inode  # asked for and none to store: up to date
+
+
 def test_bench_report_shows_the_sets(tmp_path, monkeypatch):
     from bench import report
 
