@@ -62,6 +62,7 @@ from bench.heldout_report import (  # noqa: F401 - bench/report.py and the tests
     SYSTEMS,
     details_tsv,
     figures,
+    pooled_lines,
     report_lines,
     set_names,
     target_rows,

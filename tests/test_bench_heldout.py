@@ -151,6 +151,18 @@ def test_figures_report_and_target_rows():
     assert heldout.report_lines({}) == []
 
 
+def test_pooled_figures_weigh_each_set_by_its_queries():
+    r = {}
+    for name, queries, sem, torch in [("toy-tune", 30, 0.5, 0.5), ("toy-fresh", 10, 0.9, 1.0)]:
+        p = f"heldout.{name}."
+        r.update({p + "role": "tuning", p + "corpus": "toy", p + "queries": queries, p + "hybrid.all.mrr10": 0.7})
+        r.update({p + "semantic.all.mrr10": sem, p + "pytorch.all.mrr10": torch, p + "tuned.all.mrr10": 0.6})
+    lines = heldout.pooled_lines(r)
+    # semantic (30 x 0.5 + 10 x 0.9) / 40 = 0.6; PyTorch (15 + 10) / 40 = 0.625; 0.6 / 0.625 = 96.0%
+    assert "| toy | 2 | 40 | 0.700 | 0.600 | 0.600 | 0.625 | 96.0% |" in lines
+    assert heldout.pooled_lines({}) == []
+
+
 def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path, monkeypatch):
     records = demo_records[:60]
     corpus = write_jsonl(tmp_path / "toy.jsonl", records)
