@@ -83,9 +83,9 @@ def _share(value: str) -> float:
     try:
         shares = parse_grid(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--sentence-share: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if len(shares) != 1:
-        raise argparse.ArgumentTypeError("--sentence-share: expected one number from 0 to 1")
+        raise argparse.ArgumentTypeError("expected one number from 0 to 1")
     return shares[0]
 
 
@@ -96,4 +96,4 @@ def _shares(value: str) -> tuple[float, ...]:
     try:
         return parse_grid(value)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--grid: {exc}") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None

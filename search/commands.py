@@ -373,7 +373,7 @@ def cmd_tune(args) -> int:
         f"({result.left_out} keyword-style queries left out: the share does not change them)"
     )
     print()
-    print("\n".join(format_table(result.evaluation)).replace("mode", "hybrid", 1))
+    print("\n".join(format_table(result.evaluation, first="share")))
     print()
     k, best, current = args.k, result.best, result.current
     versus = result.versus_current

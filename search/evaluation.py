@@ -312,9 +312,9 @@ def misses(
 # ---------------------------------------------------------------------------------- text report
 
 
-def format_table(evaluation: Evaluation) -> list[str]:
+def format_table(evaluation: Evaluation, first: str = "mode") -> list[str]:
     k = evaluation.k
-    head = ("mode", "kind", "n", "hit@1", f"hit@{k}", f"MRR@{k}", f"nDCG@{k}")
+    head = (first, "kind", "n", "hit@1", f"hit@{k}", f"MRR@{k}", f"nDCG@{k}")
     rows = [
         (s, kind, str(m.n), f"{m.hit1:.3f}", f"{m.hitk:.3f}", f"{m.mrr:.3f}", f"{m.ndcg:.3f}")
         for s in evaluation.systems

@@ -29,7 +29,7 @@ HYBRID = "hybrid"
 
 
 def label(share: float) -> str:
-    return f"share {share:g}"
+    return f"{share:g}"
 
 
 def parse_grid(text: str) -> tuple[float, ...]:

@@ -129,7 +129,8 @@ def test_cli_tune_text_report(capsys, model_dir, demo_index, sentence_queries):
     assert rc == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("3 sentence queries from") and "1 keyword-style queries left out" in lines[0]
-    assert any(line.startswith("share 0.25  descriptive") for line in lines)
+    assert lines[2].split()[:2] == ["share", "kind"]
+    assert any(line.split()[:2] == ["0.25", "descriptive"] for line in lines)
     assert lines[-1].startswith("recommended: ") and "SEARCH_HYBRID_SENTENCE_SHARE=" in lines[-1]
 
 
@@ -141,8 +142,8 @@ def test_cli_tune_bad_input_is_one_line(capsys, model_dir, demo_index, tmp_path)
         rc == 1 and out == "" and err.startswith("error: every query is keyword-style") and len(err.splitlines()) == 1
     )
     for bad, says in [
-        (["--grid", "0,2"], "--grid: '2' is not between 0 and 1"),
-        (["--sentence-share", "a,b"], "--sentence-share"),
+        (["--grid", "0,2"], "argument --grid: '2' is not between 0 and 1"),
+        (["--sentence-share", "a,b"], "argument --sentence-share: 'a' is not a number"),
     ]:
         with pytest.raises(SystemExit) as exit_:
             cli.main(["tune", "--queries", str(terse), *bad])
