@@ -310,3 +310,18 @@ def test_api_cors_throttling_and_outputs(template):
     assert "$context.routeKey" in api["AccessLogSettings"]["Format"]
     assert "querystring" not in api["AccessLogSettings"]["Format"].lower(), "queries stay out of access logs"
     assert {"ApiUrl", "FunctionName", "FunctionArn"} <= set(template["Outputs"])
+
+
+def test_hybrid_sentence_share_parameter_accepts_what_the_setting_accepts(template):
+    from search.settings import SPEC, Settings
+
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    var = SPEC["hybrid_sentence_share"][0]
+    assert env[var] == {"Ref": "HybridSentenceShare"}
+    parameter = template["Parameters"]["HybridSentenceShare"]
+    assert Settings.resolve({var: parameter["Default"]}).hybrid_sentence_share == SPEC["hybrid_sentence_share"][1]
+    pattern = re.compile(parameter["AllowedPattern"])
+    for value in ("0", "0.25", "0.5", "1", "1.0"):
+        assert pattern.match(value) and 0 <= Settings.resolve({var: value}).hybrid_sentence_share <= 1
+    for value in ("1.5", "2", "-0.1", ".5", "half", ""):
+        assert not pattern.match(value)
