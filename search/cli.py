@@ -19,52 +19,58 @@ from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, 
 
 
 def _add_eval_parser(sub, common) -> None:
-    p = sub.add_parser(
+    p = _judged_parser(
+        sub,
+        common,
         "eval",
-        help="measure search quality on your own queries",
-        description="Run each query of a query file in each mode and report hit@1, hit@k, MRR@k and nDCG@k "
+        "measure search quality on your own queries",
+        "Run each query of a query file in each mode and report hit@1, hit@k, MRR@k and nDCG@k "
         "per mode and per kind, paired wins and losses between modes with a sign-test p-value, and the misses. "
         "Query file: one `query<TAB>accepted ids, comma-separated[<TAB>kind]` a line; # starts a comment. "
         "See docs/quality.md.",
     )
-    common(p)
-    p.add_argument("--queries", required=True, help="query file (TSV, see above)")
     p.add_argument(
         "--mode",
         type=_eval_modes,
         default=["hybrid", "semantic", "keyword"],
         help="comma-separated modes to compare (default: hybrid,semantic,keyword)",
     )
-    p.add_argument("-k", type=_eval_k, default=10, help="cut-off for hit@k, MRR@k and nDCG@k (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--details", default=None, metavar="FILE", help="write the misses here (TSV) instead of stdout")
-    p.add_argument("--strict", action="store_true", help="an accepted id missing from the index is an error")
     add_share_option(p)
     p.set_defaults(func=cmd_eval)
 
 
 def _add_tune_parser(sub, common) -> None:
-    p = sub.add_parser(
+    p = _judged_parser(
+        sub,
+        common,
         "tune",
-        help="choose hybrid mode's sentence share on your own queries",
-        description="Rank the sentence queries (not the 1-3 word keyword-style ones) of a query file in hybrid "
+        "choose hybrid mode's sentence share on your own queries",
+        "Rank the sentence queries (not the 1-3 word keyword-style ones) of a query file in hybrid "
         "mode once per sentence share, report hit@1, hit@k, MRR@k and nDCG@k per share and kind, and recommend "
         "a share: the best one when it beats the current one query by query with sign-test p <= 0.1, "
         "else the current one. Same query file as `search eval`. See docs/quality.md.",
     )
-    common(p)
-    p.add_argument("--queries", required=True, help="query file (TSV, as for search eval)")
     p.add_argument(
         "--grid",
         type=_shares,
         default=(0.0, 0.25, 0.5, 0.75, 1.0),
         help="comma-separated shares to try, each 0..1; the current share is always tried (default: 0,0.25,0.5,0.75,1)",
     )
+    add_share_option(p, "the current share, which the others are compared with")
+    p.set_defaults(func=cmd_tune)
+
+
+def _judged_parser(sub, common, name: str, summary: str, description: str):
+    """A command over a judged query file (`search eval`, `search tune`): the index, the file, k,
+    JSON and strictness; the caller adds its own options."""
+    p = sub.add_parser(name, help=summary, description=description)
+    common(p)
+    p.add_argument("--queries", required=True, help="query file: query<TAB>accepted ids[<TAB>kind] a line")
     p.add_argument("-k", type=_eval_k, default=10, help="cut-off for hit@k, MRR@k and nDCG@k (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--strict", action="store_true", help="an accepted id missing from the index is an error")
-    add_share_option(p, "the current share, which the others are compared with")
-    p.set_defaults(func=cmd_tune)
+    return p
 
 
 def add_share_option(p, what: str = "in hybrid mode, the share of the keyword weight that sentences get") -> None:
