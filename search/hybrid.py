@@ -5,7 +5,8 @@ Each side proposes its own top N (SEARCH_HYBRID_CANDIDATES); every candidate get
     score = (cosine + w * coverage) / (1 + w),   w = KEYWORD_WEIGHT * share * min(1, 5 / query words)
 
 where share is 1 for keyword-style queries (below) and SENTENCE_SHARE for sentences, cosine is
-the item's exact cosine with the query (computed for keyword-only candidates too) and coverage = min(1, bm25 / (FULL_MATCH_SHARE * ideal)), 0 when the keyword side did not
+the item's exact cosine with the query (computed for keyword-only candidates too) and
+coverage = min(1, bm25 / (FULL_MATCH_SHARE * ideal)), 0 when the keyword side did not
 propose the item.  ``ideal`` is the query's ideal BM25 (an item of average length holding every
 scored query word once in each column, see keyword.LexicalIndex.ideal_score), so coverage says
 how much of the query, weighted by word rarity, an item holds, on the same scale for every
