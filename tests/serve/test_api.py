@@ -538,3 +538,27 @@ def test_errors_do_not_echo_unknown_keys_or_filter_names(client, request_kwargs)
     assert r.status_code in (400, 422), r.text
     assert "secret-key-xyz" not in r.text
     assert "unknown field" in r.json()["error"]["message"] or r.json()["error"]["code"] == "invalid_request"
+
+
+def test_the_sentence_share_setting_reaches_hybrid_ranking(tiny_model_dir, tiny_index, tmp_path):
+    """SEARCH_HYBRID_SENTENCE_SHARE=0: a sentence's hybrid score is its cosine alone (the keyword
+    side still proposes candidates); keyword-style queries keep their keyword weight."""
+    sentence = "a game where you build and run your own city"
+    plain = ready_client(create_app(make_settings(tiny_model_dir, tiny_index, tmp_path, hybrid_sentence_share=0.0)))
+    assert plain.app.state.runtime.searcher.sentence_share == 0.0
+    hybrid = plain.get("/search", params={"q": sentence, "k": 5, "mode": "hybrid"}).json()["results"]
+    semantic = {
+        r["id"]: r["score"]
+        for r in plain.get("/search", params={"q": sentence, "k": 50, "mode": "semantic"}).json()["results"]
+    }
+    assert hybrid and all(
+        r["score"] == pytest.approx(semantic[r["id"]], abs=1e-5) for r in hybrid if r["id"] in semantic
+    )
+    default = ready_client(create_app(make_settings(tiny_model_dir, tiny_index, tmp_path)))
+    with_keywords = default.get("/search", params={"q": sentence, "k": 5, "mode": "hybrid"}).json()["results"]
+    assert any("keyword" in r["signals"] for r in with_keywords)
+    assert [r["score"] for r in with_keywords] != [r["score"] for r in hybrid]
+    terse = {"q": "chess", "k": 5, "mode": "hybrid"}
+    assert (
+        plain.get("/search", params=terse).json()["results"] == default.get("/search", params=terse).json()["results"]
+    )
