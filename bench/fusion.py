@@ -36,8 +36,11 @@ class Candidates:
     ideal: float
     cosine: dict[int, float]
     exact: tuple[list[int], list[int], list[int]]
-    words: int
-    query: str = ""
+    query: str
+
+    @property
+    def words(self) -> int:
+        return len(self.query.split())
 
 
 def read_queries(path: Path) -> list[tuple[str, set[str], str]]:
@@ -84,7 +87,6 @@ def gather(index: SearchIndex, encoder: Encoder, queries, weights: tuple[float, 
                 ideal,
                 cosine,
                 lexical.exact_matches(text),
-                len(text.split()),
                 text,
             )
         )

@@ -351,7 +351,7 @@ def tuned_share(searcher, cases: list) -> dict:
 
     kept, _ = ev.check_ids(cases, lambda i: searcher.index.metadata.row_of(i) is not None)
     if not kept:
-        return {"share": searcher.sentence_share, "from_queries": 0, "p": None}
+        return {"share": searcher.sentence_share, "from_queries": 0, "best": searcher.sentence_share, "p": None}
     result = tuning.tune(searcher, kept, TOP)
     versus = result.versus_current
     return {
