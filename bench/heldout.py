@@ -65,6 +65,8 @@ from bench.heldout_report import (  # noqa: F401 - bench/report.py and the tests
     pooled_lines,
     report_lines,
     set_names,
+    settings_round_lines,
+    settings_round_pools,
     target_rows,
     targets,
 )
@@ -112,17 +114,31 @@ class QuerySet:
 
 
 @functools.cache
-def registered_roles() -> dict[str, str]:
-    """Each set's role as eval/check_sets.py registers it, by name: the one list of which sets are
-    held out.  A set held out once and then tuned on is tuning there, whatever its first line says
-    (held-out files are never edited; eval/README.md)."""
+def _registry():
+    """eval/check_sets.py, loaded once: the one list of the sets and their roles."""
     name = "eval_check_sets"
     spec = importlib.util.spec_from_file_location(name, ROOT / "eval" / "check_sets.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
+    return module
+
+
+def registered_roles() -> dict[str, str]:
+    """Each set's role as eval/check_sets.py registers it, by name: the one list of which sets are
+    held out.  A set held out once and then tuned on is tuning there, whatever its first line says
+    (held-out files are never edited; eval/README.md)."""
+    module = _registry()
     return {s.path.stem: "held-out" if s.role == module.HELD_OUT else "tuning" for s in module.SETS}
+
+
+def settings_round_sets() -> frozenset[str]:
+    """The sets of the rounds first run, held out, with the ranking that ships now
+    (check_sets.SETTINGS_ROUNDS): the report pools them per corpus."""
+    module = _registry()
+    rounds = set(module.SETTINGS_ROUNDS)
+    return frozenset(s.path.stem for s in module.SETS if s.path.stem.split("-", 1)[-1] in rounds)
 
 
 def role_of(path: Path) -> str:
@@ -329,6 +345,7 @@ def run_set(
         else f"pool of {len(pool)} (int8 top {POOL} + others' top {TOP})",
         "pytorch_embedded_now": embedded,
         "sentence_share": share,
+        "settings_round": qs.name in settings_round_sets(),
         **{f"tuned_{k}": v for k, v in tuned.items()},
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -74,6 +74,12 @@ SETS = tuple(
         for corpus in ("debian", "npm", "pydocs")
     ]
 )
+# The first round run, as held-out sets, with the ranking that ships now: it and every later round
+# were run once each, before any tuning on them, with today's settings, so `make bench` pools them
+# per corpus ("the held-out rounds together").  Set it to the new held-out round when a change to
+# the ranking ships.
+SETTINGS_ROUND = "fresh7"
+SETTINGS_ROUNDS = FRESH_ROUNDS[FRESH_ROUNDS.index(SETTINGS_ROUND) :]
 
 
 @dataclass(frozen=True)

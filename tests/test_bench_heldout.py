@@ -48,10 +48,11 @@ def test_discover_roles_corpora_and_selection(eval_dir, tmp_path, monkeypatch):
 def test_retired_held_out_sets_report_as_tuning(tmp_path):
     (tmp_path / "npm.tsv").write_text(HELD_HEAD, encoding="utf-8")  # its file still says HELD-OUT
     (tmp_path / "npm-fresh5.tsv").write_text(HELD_HEAD, encoding="utf-8")
-    (tmp_path / "npm-fresh7.tsv").write_text(HELD_HEAD, encoding="utf-8")
+    newest = f"npm-{heldout._registry().HELD_OUT_ROUND}.tsv"  # the round held out now
+    (tmp_path / newest).write_text(HELD_HEAD, encoding="utf-8")
     assert heldout.role_of(tmp_path / "npm.tsv") == "tuning"
     assert heldout.role_of(tmp_path / "npm-fresh5.tsv") == "tuning"
-    assert heldout.role_of(tmp_path / "npm-fresh7.tsv") == "held-out"
+    assert heldout.role_of(tmp_path / newest) == "held-out"
 
 
 def test_role_falls_back_to_the_name(tmp_path):
@@ -161,6 +162,55 @@ def test_pooled_figures_weigh_each_set_by_its_queries():
     # semantic (30 x 0.5 + 10 x 0.9) / 40 = 0.6; PyTorch (15 + 10) / 40 = 0.625; 0.6 / 0.625 = 96.0%
     assert "| toy | 2 | 40 | 0.700 | 0.600 | 0.600 | 0.625 | 96.0% |" in lines
     assert heldout.pooled_lines({}) == []
+
+
+def _flat_set(r: dict, name: str, flagged: bool, mrr: dict[str, dict[str, float]], n: dict[str, int]) -> None:
+    p = f"heldout.{name}."
+    r.update({p + "role": "tuning", p + "corpus": "toy", p + "queries": n["all"], p + "documents": 9})
+    r[p + "settings_round"] = flagged
+    r[p + "kinds"] = [k for k in n if k != "all"]
+    for system, by_kind in mrr.items():
+        for kind, value in by_kind.items():
+            r.update({f"{p}{system}.{kind}.mrr10": value, f"{p}{system}.{kind}.n": n[kind]})
+
+
+def test_the_held_out_rounds_are_pooled_per_kind_and_their_misses_named():
+    r: dict = {}
+    n = {"all": 30, "keyword": 10, "descriptive": 20}
+    systems = ("hybrid", "semantic", "keyword", "bm25s", "pytorch")
+    # toy-fresh8: hybrid 0.9 on keyword-style, semantic 0.5; toy-fresh9: hybrid 0.5, semantic 0.9 (a tie pooled)
+    for name, hybrid_kw, sem_kw in (("toy-fresh8", 0.9, 0.5), ("toy-fresh9", 0.5, 0.9)):
+        mrr = {s: {"all": 0.6, "keyword": 0.4, "descriptive": 0.6} for s in systems}
+        mrr["hybrid"]["keyword"], mrr["semantic"]["keyword"] = hybrid_kw, sem_kw
+        mrr["pytorch"]["all"] = 0.5
+        _flat_set(r, name, True, mrr, n)
+    _flat_set(r, "toy-tune", False, {s: {"all": 0.0, "keyword": 0.0, "descriptive": 0.0} for s in systems}, n)
+    pools = heldout.settings_round_pools(r)
+    assert list(pools) == ["toy"] and pools["toy"]["sets"] == ["toy-fresh8", "toy-fresh9"]
+    assert pools["toy"]["queries"] == 60
+    assert pools["toy"]["kinds"]["keyword"]["hybrid"] == pytest.approx(0.7)
+    assert pools["toy"]["kinds"]["keyword"]["semantic"] == pytest.approx(0.7)
+    rows = [row for row in heldout.target_rows(r) if "held-out rounds together" in row[0]]
+    per_kind, int8, versus_bm25s = rows
+    assert per_kind[3] is True and "keyword 0.700 vs 0.690" in per_kind[1]  # within the slack
+    assert int8[3] is True and "= **120.0%**" in int8[1]
+    assert versus_bm25s[3] is True
+    # one kind below the better single mode by more than the slack: named, and the row fails
+    r["heldout.toy-fresh9.hybrid.descriptive.mrr10"] = 0.3
+    per_kind = next(
+        row for row in heldout.target_rows(r) if "held-out rounds together" in row[0] and "per kind" in row[0]
+    )
+    assert per_kind[3] is False and "descriptive 0.450 vs 0.590 **missed**" in per_kind[1]
+    lines = heldout.settings_round_lines(r)
+    assert any(line.startswith("| toy | toy-fresh8, toy-fresh9 | 60 |") and "missed by 0.140" in line for line in lines)
+    assert heldout.settings_round_lines({}) == []
+
+
+def test_the_registered_settings_rounds_end_with_the_held_out_round():
+    rounds = heldout._registry().SETTINGS_ROUNDS
+    assert rounds and rounds[-1] == heldout._registry().HELD_OUT_ROUND
+    sets = heldout.settings_round_sets()
+    assert {f"npm-{r}" for r in rounds} <= sets and not any(s.endswith("-tune") for s in sets)
 
 
 def test_run_set_on_a_tiny_corpus(model_dir, demo_records, tmp_path, monkeypatch):

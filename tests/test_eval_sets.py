@@ -58,6 +58,8 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-fresh4.tsv",
         "debian-fresh5.tsv",
         "debian-fresh6.tsv",
+        "debian-fresh7.tsv",
+        "debian-fresh8.tsv",
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
@@ -67,6 +69,8 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm-fresh4.tsv",
         "npm-fresh5.tsv",
         "npm-fresh6.tsv",
+        "npm-fresh7.tsv",
+        "npm-fresh8.tsv",
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
@@ -75,15 +79,17 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs-fresh4.tsv",
         "pydocs-fresh5.tsv",
         "pydocs-fresh6.tsv",
+        "pydocs-fresh7.tsv",
+        "pydocs-fresh8.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh7.tsv",
-        "npm-fresh7.tsv",
-        "pydocs-fresh7.tsv",
+        "debian-fresh9.tsv",
+        "npm-fresh9.tsv",
+        "pydocs-fresh9.tsv",
     ]
-    assert len(summaries) == 28
+    assert len(summaries) == 34
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -235,6 +241,12 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh7.tsv",
         "eval/npm-fresh7.tsv",
         "eval/pydocs-fresh7.tsv",
+        "eval/debian-fresh8.tsv",
+        "eval/npm-fresh8.tsv",
+        "eval/pydocs-fresh8.tsv",
+        "eval/debian-fresh9.tsv",
+        "eval/npm-fresh9.tsv",
+        "eval/pydocs-fresh9.tsv",
     ]
 
 
