@@ -181,12 +181,13 @@ def target_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
             )
         kw = pool["kinds"].get("keyword", {})
         if "keyword" in kw and "bm25s" in kw:
+            gap = kw["keyword"] - kw["bm25s"]  # shown when three decimals would hide it
             out.append(
                 (
                     f"{where}: keyword MRR@10 vs bm25s on keyword-style queries",
-                    f"**{kw['keyword']:.3f}** vs {kw['bm25s']:.3f}",
+                    f"**{kw['keyword']:.3f}** vs {kw['bm25s']:.3f}" + (f" ({gap:+.4f})" if abs(gap) < 0.001 else ""),
                     "≥ bm25s",
-                    kw["keyword"] >= kw["bm25s"] - 1e-12,
+                    gap >= -1e-12,
                 )
             )
     return out
@@ -264,8 +265,9 @@ def settings_round_lines(r: dict) -> list[str]:
         "anything was tuned on it (`SETTINGS_ROUND` in eval/check_sets.py). Per kind: hybrid MRR@10 "
         f"vs the better of semantic and keyword - {SLACK}.",
         "",
-        "| corpus | sets | queries | hybrid | semantic | keyword | bm25s | PyTorch fp32 | int8 vs PyTorch | per kind |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| corpus | sets | queries | hybrid | `search tune` share | semantic | keyword | bm25s | PyTorch fp32 | "
+        "int8 vs PyTorch | per kind |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for corpus, pool in pools.items():
         a = pool["all"]
@@ -275,7 +277,8 @@ def settings_round_lines(r: dict) -> list[str]:
             miss = "" if m["hybrid"] >= best - 1e-12 else f" **missed by {best - m['hybrid']:.3f}**"
             kinds.append(f"{kind} {m['hybrid']:.3f} vs {best:.3f}{miss}")
         ratio = f"{a['semantic'] / a['pytorch'] * 100:.1f}%" if a.get("pytorch") else "-"
-        cells = [f"{a[s]:.3f}" if s in a else "-" for s in ("hybrid", "semantic", "keyword", "bm25s", "pytorch")]
+        shown = ("hybrid", "tuned", "semantic", "keyword", "bm25s", "pytorch")
+        cells = [f"{a[s]:.3f}" if s in a else "-" for s in shown]
         lines.append(
             f"| {corpus} | {', '.join(pool['sets'])} | {pool['queries']} | {' | '.join(cells)} | {ratio} | "
             f"{'; '.join(kinds)} |"
