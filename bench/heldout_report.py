@@ -238,6 +238,11 @@ def settings_round_pools(r: dict) -> dict[str, dict]:
             continue
         pool = pools.setdefault(str(r.get(p + "corpus", name.split("-")[0])), {"sets": [], "sums": {}})
         pool["sets"].append(name)
+        for pair in ("hybrid_vs_semantic", "hybrid_vs_keyword"):
+            q = f"{p}paired.{pair}.all."
+            if q + "wins" in r:
+                wins, losses = pool.setdefault("paired", {}).get(pair, (0, 0))
+                pool["paired"][pair] = (wins + r[q + "wins"], losses + r[q + "losses"])
         for kind in ["all", *(r.get(p + "kinds") or [])]:
             for system in SYSTEMS:
                 q = f"{p}{system}.{kind}."
@@ -250,11 +255,19 @@ def settings_round_pools(r: dict) -> dict[str, dict]:
         for (kind, system), (n, total) in pool["sums"].items():
             means.setdefault(kind, {})[system] = total / n if n else 0.0
         queries = pool["sums"][("all", "hybrid")][0]
-        out[corpus] = {"sets": pool["sets"], "queries": queries, "all": means.pop("all"), "kinds": means}
+        out[corpus] = {
+            "sets": pool["sets"],
+            "queries": queries,
+            "all": means.pop("all"),
+            "kinds": means,
+            "paired": pool.get("paired", {}),
+        }
     return out
 
 
 def settings_round_lines(r: dict) -> list[str]:
+    from search.evaluation import sign_test
+
     pools = settings_round_pools(r)
     if not pools:
         return []
@@ -283,6 +296,13 @@ def settings_round_lines(r: dict) -> list[str]:
             f"| {corpus} | {', '.join(pool['sets'])} | {pool['queries']} | {' | '.join(cells)} | {ratio} | "
             f"{'; '.join(kinds)} |"
         )
+    paired = [
+        f"{corpus}: hybrid better than {pair.split('_vs_')[1]} on {w} queries, worse on {lo} (sign test p = {sign_test(w, lo):.2g})"
+        for corpus, pool in pools.items()
+        for pair, (w, lo) in pool["paired"].items()
+    ]
+    if paired:
+        lines += ["", "Query by query, over the same rounds: " + "; ".join(paired) + "."]
     return [*lines, ""]
 
 

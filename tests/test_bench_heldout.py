@@ -201,8 +201,14 @@ def test_the_held_out_rounds_are_pooled_per_kind_and_their_misses_named():
         row for row in heldout.target_rows(r) if "held-out rounds together" in row[0] and "per kind" in row[0]
     )
     assert per_kind[3] is False and "descriptive 0.450 vs 0.590 **missed**" in per_kind[1]
+    for name, wins, losses in (("toy-fresh8", 7, 1), ("toy-fresh9", 3, 1)):
+        r.update({f"heldout.{name}.paired.hybrid_vs_semantic.all.wins": wins})
+        r.update({f"heldout.{name}.paired.hybrid_vs_semantic.all.losses": losses})
+    assert heldout.settings_round_pools(r)["toy"]["paired"] == {"hybrid_vs_semantic": (10, 2)}
     lines = heldout.settings_round_lines(r)
     assert any(line.startswith("| toy | toy-fresh8, toy-fresh9 | 60 |") and "missed by 0.140" in line for line in lines)
+    # 10 wins, 2 losses: two-sided binomial p = 2 x P(X <= 2 | n 12, 1/2) = 2 x 79 / 4096
+    assert any("hybrid better than semantic on 10 queries, worse on 2 (sign test p = 0.039)" in line for line in lines)
     assert heldout.settings_round_lines({}) == []
 
 
