@@ -161,8 +161,9 @@ def main(argv=None) -> int:
             log(f"  {key} = {value}")
         ran.append(name)
         latest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")  # keep what finished
-    data["meta"] = _meta(args.quick, ran)
-    latest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    if not args.report_only:  # a re-render measures nothing: the figures keep their run's commit and date
+        data["meta"] = _meta(args.quick, ran)
+        latest.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     if not args.no_report:
         from bench import report
 

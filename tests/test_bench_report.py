@@ -1,6 +1,9 @@
 """bench/report.py renders the build figures of issue 17 (incremental share, docs/s per core) with
 their targets, from the keys bench/incremental.py and bench/cores.py emit."""
 
+import json
+
+import bench.__main__ as bench_main
 from bench import report
 
 
@@ -50,3 +53,17 @@ def test_docs_per_core_rows_take_the_better_two_worker_path():
     assert short[3] == long[3] == "met"
     slow = report.rows(_cores("short", 500.0, 600.0, 650.0))  # 1.3x: a build held to one core
     assert _row(slow, "build embedding, short")[3] == "**missed**"
+
+
+def test_report_only_rewrites_the_readme_and_keeps_the_run_s_figures_and_meta(tmp_path, monkeypatch):
+    meta = {"finished": "2026-12-01T23:27:01+00:00", "commit": "abc1234", "figures_run": ["request"]}
+    latest = tmp_path / "latest.json"
+    latest.write_text(
+        json.dumps({"results": _incremental(0.02), "runs": {}, "meta": meta}, indent=2, sort_keys=True) + "\n"
+    )
+    before = latest.read_bytes()
+    monkeypatch.setattr(bench_main, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    assert bench_main.main(["--report-only"]) == 0
+    assert latest.read_bytes() == before
+    assert "commit `abc1234`" in (tmp_path / "README.md").read_text(encoding="utf-8")
