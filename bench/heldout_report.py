@@ -271,6 +271,8 @@ def settings_round_pools(r: dict) -> dict[str, dict]:
 
 
 def settings_round_lines(r: dict) -> list[str]:
+    """The README table of settings_round_pools, then the pooled sign tests of hybrid against each
+    single mode (the sets' own counts summed: each query is in one set)."""
     from search.evaluation import sign_test
 
     pools = settings_round_pools(r)
