@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import heldout
+from bench import heldout, heldout_sets
 from search.evaluation import evaluate
 from search.hybrid import SENTENCE_SHARE
 from search.tuning import GRID, MAX_P
@@ -40,8 +40,8 @@ def test_discover_roles_corpora_and_selection(eval_dir, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="no corpus for 'toy'"):
         heldout.discover(eval_dir, None, {"npm": tmp_path})
     monkeypatch.setenv(heldout.ENV_SETS, "toy-tune")
-    monkeypatch.setattr(heldout, "EVAL_DIR", eval_dir)
-    monkeypatch.setattr(heldout, "CORPORA", corpora)
+    monkeypatch.setattr(heldout_sets, "EVAL_DIR", eval_dir)
+    monkeypatch.setattr(heldout_sets, "CORPORA", corpora)
     assert heldout.result_prefixes() == ("heldout.toy-tune.",)
 
 
@@ -261,8 +261,8 @@ def test_the_tuned_share_comes_from_the_corpus_s_other_tuning_sets(model_dir, de
     (tmp_path / "toy-tune.tsv").write_text(TUNE_HEAD + "\n".join(own) + "\n", encoding="utf-8")
     (tmp_path / "toy-tune2.tsv").write_text(TUNE_HEAD + "\n".join(other) + "\n", encoding="utf-8")
     (tmp_path / "toy-held.tsv").write_text(HELD_HEAD + "\n".join(other[:2]) + "\n", encoding="utf-8")
-    monkeypatch.setattr(heldout, "EVAL_DIR", tmp_path)
-    monkeypatch.setattr(heldout, "CORPORA", {"toy": corpus})
+    monkeypatch.setattr(heldout_sets, "EVAL_DIR", tmp_path)
+    monkeypatch.setattr(heldout_sets, "CORPORA", {"toy": corpus})
     sets = {s.name: s for s in heldout.discover()}
     assert [c.query for c in heldout.tune_pool(sets["toy-tune"])] == [line.split("\t")[0] for line in other]
     assert len(heldout.tune_pool(sets["toy-held"])) == len(own) + len(other)  # every tuning set, never held-out ones
