@@ -60,6 +60,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-fresh6.tsv",
         "debian-fresh7.tsv",
         "debian-fresh8.tsv",
+        "debian-fresh9.tsv",
         "debian-tune.tsv",
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
@@ -71,6 +72,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm-fresh6.tsv",
         "npm-fresh7.tsv",
         "npm-fresh8.tsv",
+        "npm-fresh9.tsv",
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
@@ -81,15 +83,16 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs-fresh6.tsv",
         "pydocs-fresh7.tsv",
         "pydocs-fresh8.tsv",
+        "pydocs-fresh9.tsv",
         "pydocs-tune.tsv",
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh9.tsv",
-        "npm-fresh9.tsv",
-        "pydocs-fresh9.tsv",
+        "debian-fresh10.tsv",
+        "npm-fresh10.tsv",
+        "pydocs-fresh10.tsv",
     ]
-    assert len(summaries) == 34
+    assert len(summaries) == 37
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -247,6 +250,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh9.tsv",
         "eval/npm-fresh9.tsv",
         "eval/pydocs-fresh9.tsv",
+        "eval/debian-fresh10.tsv",
+        "eval/npm-fresh10.tsv",
+        "eval/pydocs-fresh10.tsv",
     ]
 
 
