@@ -3,6 +3,8 @@ Evaluation, issue 15's target checks, the per-query details and the report table
 
 from __future__ import annotations
 
+import re
+
 COMMAND = "python -m bench --only heldout"
 ENV_SETS = "BENCH_HELDOUT_SETS"
 SYSTEMS = ("pytorch", "semantic", "keyword", "bm25s", "hybrid", "tuned")
@@ -260,7 +262,7 @@ def settings_round_pools(r: dict) -> dict[str, dict]:
             best = max(m.get("semantic", 0.0), m.get("keyword", 0.0)) - SLACK
             verdicts[kind] = {"value": m["hybrid"], "target": best, "met": m["hybrid"] >= best - 1e-12}
         out[corpus] = {
-            "sets": pool["sets"],
+            "sets": sorted(pool["sets"], key=_round_order),
             "queries": queries,
             "all": overall,
             "kinds": means,
@@ -268,6 +270,11 @@ def settings_round_pools(r: dict) -> dict[str, dict]:
             "paired": pool.get("paired", {}),
         }
     return out
+
+
+def _round_order(name: str) -> list:
+    """debian-fresh2 before debian-fresh10: the numbers in a set's name compared as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def settings_round_lines(r: dict) -> list[str]:

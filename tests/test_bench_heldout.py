@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import heldout, heldout_sets
+from bench import heldout, heldout_report, heldout_sets
 from search.evaluation import evaluate
 from search.hybrid import SENTENCE_SHARE
 from search.tuning import GRID, MAX_P
@@ -187,6 +187,11 @@ def test_the_held_out_rounds_are_pooled_per_kind_and_their_misses_named():
     _flat_set(r, "toy-tune", False, {s: {"all": 0.0, "keyword": 0.0, "descriptive": 0.0} for s in systems}, n)
     pools = heldout.settings_round_pools(r)
     assert list(pools) == ["toy"] and pools["toy"]["sets"] == ["toy-fresh8", "toy-fresh9"]
+    assert sorted(["toy-fresh10", "toy-fresh9", "toy-fresh"], key=heldout_report._round_order) == [
+        "toy-fresh",
+        "toy-fresh9",
+        "toy-fresh10",
+    ]
     assert pools["toy"]["queries"] == 60
     assert pools["toy"]["kinds"]["keyword"]["hybrid"] == pytest.approx(0.7)
     assert pools["toy"]["kinds"]["keyword"]["semantic"] == pytest.approx(0.7)
