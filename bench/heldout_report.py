@@ -231,7 +231,8 @@ def pooled_lines(r: dict) -> list[str]:
 def settings_round_pools(r: dict) -> dict[str, dict]:
     """Per corpus, its sets first run held out with the settings that ship now, together (each
     kind weighted by its queries): {"sets", "queries", "all": {system: mrr}, "kinds": {kind:
-    {system: mrr}}, "verdicts": {kind: {value, target, met}}, "paired": {pair: (wins, losses)}}.  Three 60-query rounds resolve a per-kind target three times better than one."""
+    {system: mrr}}, "verdicts": {kind: {value, target, met}}, "paired": {pair: (wins, losses)}}.
+    Three 60-query rounds resolve a per-kind target three times better than one."""
     pools: dict[str, dict] = {}
     for name in set_names(r):
         p = f"heldout.{name}."

@@ -15,7 +15,10 @@ from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query,
 from search.errors import ConfigError, SearchError
 from search.hybrid import SENTENCE_SHARE
 from search.index.lines import MAX_RECORD_BYTES  # the default of --max-record-bytes
-from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, Settings
+from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, SPEC, Settings
+from search.tuning import GRID, label
+
+SHARE_VARIABLE = SPEC["hybrid_sentence_share"][0]  # SEARCH_HYBRID_SENTENCE_SHARE
 
 
 def _add_eval_parser(sub, common) -> None:
@@ -54,8 +57,9 @@ def _add_tune_parser(sub, common) -> None:
     p.add_argument(
         "--grid",
         type=_shares,
-        default=(0.0, 0.25, 0.5, 0.75, 1.0),
-        help="comma-separated shares to try, each 0..1; the current share is always tried (default: 0,0.25,0.5,0.75,1)",
+        default=GRID,
+        help="comma-separated shares to try, each 0..1; the current share is always tried "
+        f"(default: {','.join(map(label, GRID))})",
     )
     add_share_option(p, "the current share, which the others are compared with")
     p.set_defaults(func=cmd_tune)
@@ -80,7 +84,7 @@ def add_share_option(p, what: str = "in hybrid mode, the share of the keyword we
         type=_share,
         default=None,
         metavar="X",
-        help=f"{what}, 0..1 (default: SEARCH_HYBRID_SENTENCE_SHARE or {SENTENCE_SHARE:g})",
+        help=f"{what}, 0..1 (default: {SHARE_VARIABLE} or {SENTENCE_SHARE:g})",
     )
 
 

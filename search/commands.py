@@ -11,7 +11,7 @@ from pathlib import Path
 
 from search.cli_args import _endpoint_url, _filters
 from search.errors import ConfigError, SearchError
-from search.settings import Settings
+from search.settings import SPEC, Settings
 
 
 def cmd_build(args) -> int:
@@ -362,7 +362,7 @@ def cmd_tune(args) -> int:
         searcher.index.close()
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    setting = "SEARCH_HYBRID_SENTENCE_SHARE"
+    setting = SPEC["hybrid_sentence_share"][0]  # the variable that sets the share
     if args.json:
         out = {"index": str(args.index), "queries_file": str(args.queries), "k": args.k, **result.as_dict()}
         out["warnings"] = warnings
