@@ -53,6 +53,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     roles = {s.path.name: s.role for s in check_sets.SETS}
     assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == [
         "debian-fresh.tsv",  # held out once, then tuned on
+        "debian-fresh10.tsv",
         "debian-fresh2.tsv",
         "debian-fresh3.tsv",
         "debian-fresh4.tsv",
@@ -65,6 +66,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-tune2.tsv",
         "debian.tsv",  # held out until round 3
         "npm-fresh.tsv",
+        "npm-fresh10.tsv",
         "npm-fresh2.tsv",
         "npm-fresh3.tsv",
         "npm-fresh4.tsv",
@@ -76,6 +78,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm-tune.tsv",
         "npm.tsv",
         "pydocs-fresh.tsv",
+        "pydocs-fresh10.tsv",
         "pydocs-fresh2.tsv",
         "pydocs-fresh3.tsv",
         "pydocs-fresh4.tsv",
@@ -88,11 +91,11 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh10.tsv",
-        "npm-fresh10.tsv",
-        "pydocs-fresh10.tsv",
+        "debian-fresh11.tsv",
+        "npm-fresh11.tsv",
+        "pydocs-fresh11.tsv",
     ]
-    assert len(summaries) == 37
+    assert len(summaries) == 40
 
 
 # --- the checker on bad input ---------------------------------------------------------
@@ -253,6 +256,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh10.tsv",
         "eval/npm-fresh10.tsv",
         "eval/pydocs-fresh10.tsv",
+        "eval/debian-fresh11.tsv",
+        "eval/npm-fresh11.tsv",
+        "eval/pydocs-fresh11.tsv",
     ]
 
 
