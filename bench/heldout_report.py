@@ -48,6 +48,9 @@ def figures(name: str, evaluation, role: str, documents: int, extra: dict | None
         q = f"{p}paired.{pair.a}_vs_{pair.b}.{pair.kind}."
         out[q + "wins"], out[q + "losses"], out[q + "ties"] = pair.wins, pair.losses, pair.ties
         out[q + "p"] = round(pair.p, 6)
+        out[q + "mrr_difference"] = round(pair.mrr_difference, 4)
+        if pair.difference_interval is not None:
+            out[q + "difference_low"], out[q + "difference_high"] = (round(v, 4) for v in pair.difference_interval)
     out.update(targets(name, evaluation))
     return out
 
@@ -360,7 +363,11 @@ def report_lines(r: dict) -> list[str]:
                 f"{r.get(p + 'sentence_share', 1.0):g}), from {r.get(p + 'tuned_from_queries', 0)} sentence queries "
                 f"of its other tuning sets{evidence}.",
             ]
-        lines += ["", "| A vs B | queries | A better | B better | ties | p |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| A vs B | queries | A better | B better | ties | p | MRR@10 A - B (95% bootstrap interval) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for a, b in PAIRS:
             for kind in ["all", *kinds]:
                 if kind != "all" and (a, b) != ("hybrid", "semantic") and not (b == "bm25s" and kind == "keyword"):
@@ -369,7 +376,17 @@ def report_lines(r: dict) -> list[str]:
                 if q + "wins" in r:
                     lines.append(
                         f"| {a} vs {b} | {kind} | {r[q + 'wins']} | {r[q + 'losses']} | {r[q + 'ties']} | "
-                        f"{r[q + 'p']:.3g} |"
+                        f"{r[q + 'p']:.3g} | {_difference(r, q)} |"
                     )
         lines.append("")
     return lines
+
+
+def _difference(r: dict, q: str) -> str:
+    """ "+0.052 (-0.010 .. +0.118)" from a pair's recorded difference; "-" in results older than it."""
+    if q + "mrr_difference" not in r:
+        return "-"
+    text = f"{r[q + 'mrr_difference']:+.3f}"
+    if q + "difference_low" in r:
+        text += f" ({r[q + 'difference_low']:+.3f} .. {r[q + 'difference_high']:+.3f})"
+    return text

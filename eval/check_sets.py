@@ -62,7 +62,19 @@ def _spec(name: str, role: str) -> SetSpec:
 
 
 # rounds 4-7's fresh sets, in order
-FRESH_ROUNDS = ("fresh", "fresh2", "fresh3", "fresh4", "fresh5", "fresh6", "fresh7", "fresh8", "fresh9", "fresh10", "fresh11")
+FRESH_ROUNDS = (
+    "fresh",
+    "fresh2",
+    "fresh3",
+    "fresh4",
+    "fresh5",
+    "fresh6",
+    "fresh7",
+    "fresh8",
+    "fresh9",
+    "fresh10",
+    "fresh11",
+)
 HELD_OUT_ROUND = "fresh11"  # the newest fresh sets are the held-out ones; each earlier round was held
 # out for its first run and then tuned on, like debian/npm/pydocs (eval/README.md; their files still
 # say HELD-OUT on their first line)

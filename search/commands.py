@@ -284,6 +284,7 @@ def _open_judged(args):
 
 
 def cmd_eval(args) -> int:
+    from search import eval_report as report
     from search import evaluation as ev
     from search.errors import EvalError
 
@@ -297,7 +298,7 @@ def cmd_eval(args) -> int:
     missed = ev.misses(evaluation, kept, rankings)
     if args.details:
         try:
-            Path(args.details).write_text(ev.misses_tsv(missed), encoding="utf-8")
+            Path(args.details).write_text(report.misses_tsv(missed), encoding="utf-8")
         except OSError as exc:
             raise EvalError(f"cannot write the details file ({exc.strerror or exc})", path=args.details) from None
     for warning in warnings:
@@ -334,11 +335,14 @@ def cmd_eval(args) -> int:
         + (f"; kinds: {', '.join(f'{k} {n}' for k, n in kinds.items())}" if kinds else "")
     )
     print()
-    print("\n".join(ev.format_table(evaluation)))
+    print("\n".join(report.format_table(evaluation)))
     if evaluation.paired:
         print()
-        print(f"paired, query by query on reciprocal rank@{args.k} (ties dropped; exact two-sided sign test):")
-        print("\n".join(ev.format_paired(evaluation)))
+        print(
+            f"paired, query by query on reciprocal rank@{args.k} (ties dropped; exact two-sided sign test; "
+            f"bootstrap {report.interval_label()} of the MRR difference):"
+        )
+        print("\n".join(report.format_paired(evaluation)))
     print()
     runs = len(kept) * len(args.mode)
     head = f"misses (no accepted id in the top {args.k}): {len(missed)} of {runs} query runs"
@@ -347,13 +351,13 @@ def cmd_eval(args) -> int:
     else:
         print(head + (":" if missed else ""))
         for m in missed:
-            print("  " + ev.format_miss(m))
+            print("  " + report.format_miss(m))
     return 0
 
 
 def cmd_tune(args) -> int:
     from search import tuning
-    from search.evaluation import format_table
+    from search.eval_report import format_table
 
     kept, warnings, searcher = _open_judged(args)
     try:

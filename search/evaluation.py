@@ -18,7 +18,10 @@ within the top ``k`` (``r`` = none when there is none):
 
 Paired comparisons take each query's reciprocal rank under two systems: a win for A when A's
 is higher, a loss when lower, ties dropped; the p-value is the exact two-sided sign test
-(binomial, p = 1/2) on wins vs losses.
+(binomial, p = 1/2) on wins vs losses.  Each MRR, and each paired difference of MRRs, also has a
+95% percentile bootstrap interval (the queries resampled with replacement, a fixed seed so the
+same run prints the same interval): how far the figure could move on other queries like these.
+The text report is in ``eval_report.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,16 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from search.errors import EvalError
 
 ALL = "all"  # the pseudo-kind every query belongs to
 MISS_SHOWN = 3  # ids shown for what came back instead of an accepted one
+CONFIDENCE = 0.95  # of the bootstrap intervals
+BOOTSTRAP_RESAMPLES = 2000  # the interval's ends move by ~0.005 between seeds on 60 queries
+BOOTSTRAP_SEED = 0  # fixed: the same queries and rankings always give the same interval
+_RESAMPLE_VALUES = 2_000_000  # values drawn per step (16 MB), so a large query file stays bounded
 
 
 # ---------------------------------------------------------------------------------- query files
@@ -150,6 +159,32 @@ def score_query(ranked: Sequence[str], accepted: AbstractSet[str], k: int) -> Qu
     return QueryScore(rank, dcg / ideal if ideal else 0.0)
 
 
+def bootstrap_interval(
+    values: Sequence[float],
+    *,
+    level: float = CONFIDENCE,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean of ``values`` (resampled with replacement), or
+    None for fewer than two values, where it says nothing."""
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError("level must be in (0, 1) and resamples >= 1")
+    data = np.asarray(values, dtype=np.float64)
+    n = data.size
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    step = max(1, _RESAMPLE_VALUES // n)
+    for start in range(0, resamples, step):
+        stop = min(resamples, start + step)
+        means[start:stop] = data[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 @dataclass(frozen=True)
 class Metrics:
     n: int
@@ -157,6 +192,7 @@ class Metrics:
     hitk: float
     mrr: float
     ndcg: float
+    mrr_interval: tuple[float, float] | None = None  # bootstrap, CONFIDENCE; None below two queries
 
     def as_dict(self, k: int) -> dict:
         return {
@@ -165,20 +201,23 @@ class Metrics:
             f"hit@{k}": self.hitk,
             f"mrr@{k}": self.mrr,
             f"ndcg@{k}": self.ndcg,
+            f"mrr@{k}_interval": list(self.mrr_interval) if self.mrr_interval else None,
         }
 
 
 def summarize(scores: Sequence[QueryScore], k: int) -> Metrics:
-    """Means over queries (0.0 for none)."""
+    """Means over queries (0.0 for none) and the MRR's bootstrap interval."""
     n = len(scores)
     if not n:
         return Metrics(0, 0.0, 0.0, 0.0, 0.0)
+    rr = [s.rr for s in scores]
     return Metrics(
         n,
         sum(s.hit(1) for s in scores) / n,
         sum(s.hit(k) for s in scores) / n,
-        sum(s.rr for s in scores) / n,
+        sum(rr) / n,
         sum(s.ndcg for s in scores) / n,
+        bootstrap_interval(rr),
     )
 
 
@@ -203,6 +242,8 @@ class Paired:
     losses: int
     ties: int
     p: float
+    mrr_difference: float  # a's MRR minus b's
+    difference_interval: tuple[float, float] | None  # bootstrap over the queries, paired
 
     def as_dict(self) -> dict:
         return {
@@ -213,6 +254,8 @@ class Paired:
             "losses": self.losses,
             "ties": self.ties,
             "p": self.p,
+            "mrr_difference": self.mrr_difference,
+            "difference_interval": list(self.difference_interval) if self.difference_interval else None,
         }
 
 
@@ -223,6 +266,14 @@ def compare(a: Sequence[QueryScore], b: Sequence[QueryScore]) -> tuple[int, int,
     wins = sum(x.rr > y.rr for x, y in zip(a, b))
     losses = sum(x.rr < y.rr for x, y in zip(a, b))
     return wins, losses, len(a) - wins - losses, sign_test(wins, losses)
+
+
+def difference(a: Sequence[QueryScore], b: Sequence[QueryScore]) -> tuple[float, tuple[float, float] | None]:
+    """``a``'s MRR minus ``b``'s and its bootstrap interval, the queries resampled as pairs."""
+    if len(a) != len(b):
+        raise ValueError("paired comparison needs the same queries on both sides")
+    gaps = [x.rr - y.rr for x, y in zip(a, b)]
+    return (sum(gaps) / len(gaps) if gaps else 0.0), bootstrap_interval(gaps)
 
 
 @dataclass
@@ -275,8 +326,9 @@ def evaluate(
     paired = []
     for a, b in pairs:
         for kind, rows in groups.items():
-            w, lo, t, p = compare([scores[a][q] for q in rows], [scores[b][q] for q in rows])
-            paired.append(Paired(a, b, kind, w, lo, t, p))
+            left, right = [scores[a][q] for q in rows], [scores[b][q] for q in rows]
+            w, lo, t, p = compare(left, right)
+            paired.append(Paired(a, b, kind, w, lo, t, p, *difference(left, right)))
     return Evaluation(k, systems, list(groups), scores, metrics, paired)
 
 
@@ -307,73 +359,6 @@ def misses(
         for q, case in enumerate(cases)
         if evaluation.scores[system][q].rank is None
     ]
-
-
-# ---------------------------------------------------------------------------------- text report
-
-
-def format_table(evaluation: Evaluation, first: str = "mode") -> list[str]:
-    k = evaluation.k
-    head = (first, "kind", "n", "hit@1", f"hit@{k}", f"MRR@{k}", f"nDCG@{k}")
-    rows = [
-        (s, kind, str(m.n), f"{m.hit1:.3f}", f"{m.hitk:.3f}", f"{m.mrr:.3f}", f"{m.ndcg:.3f}")
-        for s in evaluation.systems
-        for kind, m in evaluation.metrics[s].items()
-    ]
-    return _columns(head, rows, right=range(2, 7))
-
-
-def format_paired(evaluation: Evaluation) -> list[str]:
-    head = ("A vs B", "kind", "A wins", "B wins", "ties", "p (sign test)")
-    rows = [(f"{p.a} vs {p.b}", p.kind, str(p.wins), str(p.losses), str(p.ties), _p(p.p)) for p in evaluation.paired]
-    return _columns(head, rows, right=range(2, 6))
-
-
-def format_miss(miss: Miss) -> str:
-    case = miss.case
-    kind = f" ({case.kind})" if case.kind else ""
-    got = ", ".join(miss.got) if miss.got else "(nothing)"
-    return (
-        f"[{miss.system}] line {case.line}{kind}: {case.query!r}  accepted: {', '.join(sorted(case.accepted))}"
-        f"  got: {got}"
-    )
-
-
-def misses_tsv(items: Sequence[Miss]) -> str:
-    """The misses as TSV with a header line (tabs and newlines inside fields become spaces)."""
-
-    def clean(value: str) -> str:
-        return " ".join(value.split())
-
-    lines = ["mode\tline\tkind\tquery\taccepted\tgot"]
-    for m in items:
-        lines.append(
-            "\t".join(
-                [
-                    m.system,
-                    str(m.case.line),
-                    clean(m.case.kind),
-                    clean(m.case.query),
-                    ",".join(sorted(m.case.accepted)),
-                    ",".join(m.got),
-                ]
-            )
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _p(p: float) -> str:
-    return f"{p:.3g}" if p >= 0.001 else f"{p:.1e}"
-
-
-def _columns(head: Sequence[str], rows: Sequence[Sequence[str]], right) -> list[str]:
-    right = set(right)
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-
-    def line(r):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
-
-    return [line(head), *map(line, rows)]
 
 
 # ---------------------------------------------------------------------------------- running a searcher

@@ -150,6 +150,17 @@ def test_figures_report_and_target_rows():
     assert any(line.startswith("| hybrid vs semantic | name |") for line in lines)
     assert any(line.startswith("| keyword vs bm25s | keyword |") for line in lines)
     assert heldout.report_lines({}) == []
+    # hybrid vs semantic overall: 0 on the name, +0.5 on the keyword query, 0 on the last: +1/6
+    q = "heldout.toy.paired.hybrid_vs_semantic.all."
+    assert r[q + "mrr_difference"] == pytest.approx(1 / 6, abs=1e-4)
+    assert r[q + "difference_low"] <= r[q + "mrr_difference"] <= r[q + "difference_high"]
+    assert any(
+        line.startswith("| hybrid vs semantic | all | 1 | 0 | 2 | 1 | +0.167 (+0.000 .. +0.500) |") for line in lines
+    )
+    # a kind of one query has no interval; results recorded before differences were: "-"
+    assert "heldout.toy.paired.hybrid_vs_semantic.name.difference_low" not in r
+    assert heldout_report._difference(r, "heldout.toy.paired.hybrid_vs_semantic.name.") == "+0.000"
+    assert heldout_report._difference({}, q) == "-"
 
 
 def test_pooled_figures_weigh_each_set_by_its_queries():

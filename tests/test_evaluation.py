@@ -10,15 +10,17 @@ import pytest
 
 from search import cli
 from search.errors import EvalError, SearchError
+from search.eval_report import misses_tsv
 from search.evaluation import (
     ALL,
     QueryCase,
+    bootstrap_interval,
     check_ids,
     compare,
+    difference,
     evaluate,
     load_queries,
     misses,
-    misses_tsv,
     parse_queries,
     score_query,
     sign_test,
@@ -75,7 +77,49 @@ def test_summarize_means_by_hand():
     assert m.hitk == pytest.approx(2 / 3)
     assert m.mrr == pytest.approx((1 + 0.25 + 0) / 3)
     assert m.ndcg == pytest.approx((1 + 1 / math.log2(5) + 0) / 3)
-    assert summarize([], 10).n == 0
+    assert m.mrr_interval == bootstrap_interval([1, 0.25, 0])
+    assert m.mrr_interval[0] <= m.mrr <= m.mrr_interval[1]
+    assert summarize([], 10).n == 0 and summarize([], 10).mrr_interval is None
+
+
+# --------------------------------------------------------------------- bootstrap intervals
+
+
+def test_bootstrap_interval_of_a_coin():
+    # 100 values, half 1: the mean's standard error is 0.05, so a 95% interval is about 0.5 +- 0.098
+    low, high = bootstrap_interval([1.0, 0.0] * 50)
+    assert low == pytest.approx(0.402, abs=0.02) and high == pytest.approx(0.598, abs=0.02)
+    assert bootstrap_interval([1.0, 0.0] * 50) == (low, high)  # a fixed seed: the same every run
+
+
+def test_bootstrap_interval_narrows_with_more_queries_and_lower_level():
+    values = [1.0, 0.5, 0.0, 0.25, 1.0, 0.0]
+    few, many = bootstrap_interval(values), bootstrap_interval(values * 10)
+    assert few[1] - few[0] > many[1] - many[0] > 0
+    wide, narrow = bootstrap_interval(values * 10, level=0.99), bootstrap_interval(values * 10, level=0.5)
+    assert wide[0] <= many[0] <= narrow[0] < narrow[1] <= many[1] <= wide[1]
+
+
+def test_bootstrap_interval_edges():
+    assert bootstrap_interval([]) is None and bootstrap_interval([0.5]) is None
+    assert bootstrap_interval([0.25] * 7) == (0.25, 0.25)
+    with pytest.raises(ValueError):
+        bootstrap_interval([0.0, 1.0], level=1.0)
+    with pytest.raises(ValueError):
+        bootstrap_interval([0.0, 1.0], resamples=0)
+
+
+def test_difference_pairs_the_queries():
+    hit = [score_query(["g"], {"g"}, 10) for _ in range(20)]
+    second = [score_query(["x", "g"], {"g"}, 10) for _ in range(20)]
+    # every query half a reciprocal rank apart: resampling pairs cannot move the difference
+    assert difference(hit, second) == (0.5, (0.5, 0.5))
+    assert difference(second, hit) == (-0.5, (-0.5, -0.5))
+    mixed = hit[:10] + second[:10]
+    gap, (low, high) = difference(hit, mixed)
+    assert gap == pytest.approx(0.25) and 0 < low < gap < high <= 0.5
+    with pytest.raises(ValueError):
+        difference(hit, mixed[:3])
 
 
 # ------------------------------------------------------------------------------ the sign test
@@ -268,6 +312,16 @@ def test_cli_eval_json_on_the_demo_index(capsys, model_dir, demo_index, demo_que
     for p in report["paired"]:
         assert p["wins"] + p["losses"] + p["ties"] == report["metrics"][p["a"]][p["kind"]]["n"]
         assert p["p"] == sign_test(p["wins"], p["losses"])
+        a, b = report["metrics"][p["a"]][p["kind"]], report["metrics"][p["b"]][p["kind"]]
+        assert p["mrr_difference"] == pytest.approx(a["mrr@10"] - b["mrr@10"])
+        if p["difference_interval"] is None:  # a kind of one query: no interval
+            assert a["n"] == 1
+        else:
+            low, high = p["difference_interval"]
+            assert low <= p["mrr_difference"] <= high
+    for mode in report["modes"]:
+        low, high = report["metrics"][mode]["all"]["mrr@10_interval"]
+        assert 0 <= low <= report["metrics"][mode]["all"]["mrr@10"] <= high <= 1
     # misses: exactly the per-query runs without a rank, each with the top ids instead
     no_rank = {(m, q["line"]) for q in report["per_query"] for m, r in q["rank"].items() if r is None}
     assert {(m["mode"], m["line"]) for m in report["misses"]} == no_rank
@@ -299,6 +353,7 @@ def test_cli_eval_ranks_match_searcher(capsys, model_dir, demo_index, demo_queri
         "hit@5",
         "mrr@5",
         "ndcg@5",
+        "mrr@5_interval",
     ]
 
 
@@ -309,7 +364,9 @@ def test_cli_eval_text_report(capsys, model_dir, demo_index, demo_queries):
     lines = out.splitlines()
     assert "kinds: name" in lines[0]
     head = next(line for line in lines if line.startswith("mode"))
-    assert head.split() == ["mode", "kind", "n", "hit@1", "hit@10", "MRR@10", "nDCG@10"]
+    assert head.split() == ["mode", "kind", "n", "hit@1", "hit@10", "MRR@10", "MRR", "95%", "interval", "nDCG@10"]
+    paired_head = next(line for line in lines if line.startswith("A vs B"))
+    assert paired_head.split()[-6:] == ["MRR", "A", "-", "B", "95%", "interval"]
     assert any(line.startswith("keyword   name") for line in lines)
     assert any(line.startswith("keyword vs semantic") for line in lines)
     assert any(line.startswith("misses (no accepted id in the top 10)") for line in lines)
