@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from bench.heldout_intervals import difference_text, gap_text, interval_of
+
 COMMAND = "python -m bench --only heldout"
 ENV_SETS = "BENCH_HELDOUT_SETS"
 SYSTEMS = ("pytorch", "semantic", "keyword", "bm25s", "hybrid", "tuned")
@@ -63,17 +65,25 @@ def targets(name: str, evaluation) -> dict:
     p = f"heldout.{name}.target."
     out: dict = {}
     for kind in evaluation.kinds:
-        best = max(m["semantic"][kind].mrr, m["keyword"][kind].mrr)
+        single = "semantic" if m["semantic"][kind].mrr >= m["keyword"][kind].mrr else "keyword"
+        best = m[single][kind].mrr
         have = m["hybrid"][kind].mrr
         out[f"{p}hybrid_vs_best_single.{kind}"] = {
             "value": round(have, 4),
             "target": round(best - SLACK, 4),
             "margin": round(have - (best - SLACK), 4),
             "met": have >= best - SLACK - 1e-12,
+            "against": single,
+            "interval": interval_of(evaluation, "hybrid", single, kind),  # of hybrid - that mode
         }
     ref = m["pytorch"][ALL].mrr
     ratio = m["semantic"][ALL].mrr / ref if ref else float("nan")
-    out[p + "int8_vs_pytorch"] = {"value": round(ratio, 4), "target": INT8_RATIO, "met": bool(ratio >= INT8_RATIO)}
+    out[p + "int8_vs_pytorch"] = {
+        "value": round(ratio, 4),
+        "target": INT8_RATIO,
+        "met": bool(ratio >= INT8_RATIO),
+        "interval": interval_of(evaluation, "semantic", "pytorch", ALL),  # of the MRR difference
+    }
     if "keyword" in evaluation.kinds:
         kw, base = m["keyword"]["keyword"].mrr, m["bm25s"]["keyword"].mrr
         out[p + "keyword_vs_bm25s"] = {
@@ -125,7 +135,8 @@ def target_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
             parts = []
             for kind in kinds:
                 c = t[f"hybrid_vs_best_single.{kind}"]
-                parts.append(f"{kind} {c['value']:.3f} vs {c['target']:.3f}{'' if c['met'] else ' **missed**'}")
+                missed = "" if c["met"] else " **missed**" + gap_text(c, "hybrid", c.get("against", "best"))
+                parts.append(f"{kind} {c['value']:.3f} vs {c['target']:.3f}{missed}")
             out.append(
                 (
                     f"{where}: hybrid MRR@10 per kind vs max(semantic, keyword) - {SLACK}",
@@ -139,7 +150,8 @@ def target_rows(r: dict) -> list[tuple[str, str, str, bool | None]]:
             out.append(
                 (
                     f"{where}: ONNX int8 semantic MRR@10 vs PyTorch fp32",
-                    f"{r[p + 'semantic.all.mrr10']} vs {r[p + 'pytorch.all.mrr10']} = **{c['value'] * 100:.1f}%**",
+                    f"{r[p + 'semantic.all.mrr10']} vs {r[p + 'pytorch.all.mrr10']} = **{c['value'] * 100:.1f}%**"
+                    + gap_text(c, "int8", "PyTorch"),
                     f"≥ {INT8_RATIO * 100:.0f}%",
                     c["met"],
                 )
@@ -376,17 +388,7 @@ def report_lines(r: dict) -> list[str]:
                 if q + "wins" in r:
                     lines.append(
                         f"| {a} vs {b} | {kind} | {r[q + 'wins']} | {r[q + 'losses']} | {r[q + 'ties']} | "
-                        f"{r[q + 'p']:.3g} | {_difference(r, q)} |"
+                        f"{r[q + 'p']:.3g} | {difference_text(r, q)} |"
                     )
         lines.append("")
     return lines
-
-
-def _difference(r: dict, q: str) -> str:
-    """ "+0.052 (-0.010 .. +0.118)" from a pair's recorded difference; "-" in results older than it."""
-    if q + "mrr_difference" not in r:
-        return "-"
-    text = f"{r[q + 'mrr_difference']:+.3f}"
-    if q + "difference_low" in r:
-        text += f" ({r[q + 'difference_low']:+.3f} .. {r[q + 'difference_high']:+.3f})"
-    return text

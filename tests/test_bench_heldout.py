@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from bench import heldout, heldout_report, heldout_sets
+from bench import heldout, heldout_intervals, heldout_report, heldout_sets
 from search.evaluation import evaluate
 from search.hybrid import SENTENCE_SHARE
 from search.tuning import GRID, MAX_P
@@ -136,6 +136,20 @@ def test_targets_met_and_missed():
     assert t[p + "hybrid_vs_best_single.name"]["margin"] == pytest.approx(0.5 - 0.99)
 
 
+def test_a_missed_check_shows_the_interval_of_its_gap():
+    accepted = [{"a"}, {"b"}, {"c"}, {"d"}]
+    kinds = ["paraphrase"] * 4
+    first, second = [["a"], ["b"], ["c"], ["d"]], [["x", "a"], ["x", "b"], ["c"], ["d"]]
+    r = {"pytorch": first, "semantic": first, "keyword": second, "bm25s": second, "hybrid": second, "tuned": second}
+    evaluation = evaluate(r, accepted, 10, kinds, heldout.PAIRS)
+    t = heldout.targets("toy", evaluation)["heldout.toy.target.hybrid_vs_best_single.paraphrase"]
+    assert t["met"] is False and t["against"] == "semantic"
+    low, high = t["interval"]  # hybrid - semantic: -0.5 on two of four queries, 0 on the others
+    assert low <= -0.25 <= high <= 0
+    rows = heldout.target_rows(heldout.figures("toy", evaluation, "held-out", 4))
+    assert f"**missed** (hybrid - semantic: 95% interval {low:+.3f} .. {high:+.3f})" in rows[0][1]
+
+
 def test_figures_report_and_target_rows():
     r = heldout.figures("toy", _evaluation(), "tuning", 4, {"corpus": "toy"})
     assert r["heldout.toy.hybrid.all.mrr10"] == 1.0 and r["heldout.toy.semantic.keyword.hit1"] == 0.0
@@ -159,8 +173,8 @@ def test_figures_report_and_target_rows():
     )
     # a kind of one query has no interval; results recorded before differences were: "-"
     assert "heldout.toy.paired.hybrid_vs_semantic.name.difference_low" not in r
-    assert heldout_report._difference(r, "heldout.toy.paired.hybrid_vs_semantic.name.") == "+0.000"
-    assert heldout_report._difference({}, q) == "-"
+    assert heldout_intervals.difference_text(r, "heldout.toy.paired.hybrid_vs_semantic.name.") == "+0.000"
+    assert heldout_intervals.difference_text({}, q) == "-"
 
 
 def test_pooled_figures_weigh_each_set_by_its_queries():
