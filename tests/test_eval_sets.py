@@ -98,6 +98,19 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     assert len(summaries) == 40
 
 
+def test_the_readme_table_gives_every_set_its_registered_role():
+    """eval/README.md's table is written by hand each round: it must list every set check_sets.py
+    registers, once, as HELD OUT exactly when it is registered as held out."""
+    import re
+
+    rows = re.findall(r"^\| `([^`]+\.tsv)` \| \*\*(TUNING|HELD OUT)\*\*", (EVAL / "README.md").read_text(), re.M)
+    listed = [name for name, _ in rows]
+    assert sorted(listed) == sorted(s.path.name for s in check_sets.SETS) and len(set(listed)) == len(listed)
+    roles = {s.path.name: s.role for s in check_sets.SETS}
+    for name, role in rows:
+        assert (role == "HELD OUT") == (roles[name] == check_sets.HELD_OUT), name
+
+
 # --- the checker on bad input ---------------------------------------------------------
 
 CORPUS_IDS = [f"item-{i}" for i in range(90)] + ["json.dumps", "python3-requests"]
