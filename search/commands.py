@@ -384,9 +384,12 @@ def cmd_tune(args) -> int:
     if versus is None:
         print(f"best: the current share {current:g} (MRR@{k} {result.mrr(current):.3f})")
     else:
+        gap = versus.difference_interval
+        gain = f"; 95% interval of the gain {gap[0]:+.3f} .. {gap[1]:+.3f}" if gap else ""
         print(
             f"best: share {best:g}, MRR@{k} {result.mrr(best):.3f} against {result.mrr(current):.3f} at the current "
             f"{current:g}; {versus.wins} queries better, {versus.losses} worse, {versus.ties} tied, sign-test p = {versus.p:.3g}"
+            f"{gain}"
         )
     if result.recommended != current:
         print(f"recommended: {setting}={result.recommended:g} (or --sentence-share {result.recommended:g})")

@@ -58,6 +58,7 @@ def test_a_significant_winner_is_recommended():
     v = result.versus_current
     assert (v.a, v.b, v.wins, v.losses, v.ties) == (label(0.25), label(0.5), 10, 0, 0)
     assert v.p == sign_test(10, 0) <= MAX_P
+    assert v.mrr_difference == 0.5 and v.difference_interval == (0.5, 0.5)  # every query: 1 against 1/2
 
 
 def test_a_winner_on_too_few_queries_is_not_recommended():
@@ -132,6 +133,8 @@ def test_cli_tune_text_report(capsys, model_dir, demo_index, sentence_queries):
     assert lines[2].split()[:2] == ["share", "kind"]
     assert any(line.split()[:2] == ["0.25", "descriptive"] for line in lines)
     assert lines[-1].startswith("recommended: ") and "SEARCH_HYBRID_SENTENCE_SHARE=" in lines[-1]
+    best = next(line for line in lines if line.startswith("best: "))
+    assert best.startswith("best: the current share") or "95% interval of the gain" in best
 
 
 def test_cli_tune_bad_input_is_one_line(capsys, model_dir, demo_index, tmp_path):
