@@ -27,8 +27,9 @@ def _add_eval_parser(sub, common) -> None:
         common,
         "eval",
         "measure search quality on your own queries",
-        "Run each query of a query file in each mode and report hit@1, hit@k, MRR@k and nDCG@k "
-        "per mode and per kind, paired wins and losses between modes with a sign-test p-value, and the misses. "
+        "Run each query of a query file in each mode and report hit@1, hit@k, MRR@k (with a 95% bootstrap "
+        "interval) and nDCG@k per mode and per kind, paired wins and losses between modes with a sign-test "
+        "p-value and the MRR difference with its interval, and the misses. "
         "Query file: one `query<TAB>accepted ids, comma-separated[<TAB>kind]` a line; # starts a comment. "
         "See docs/quality.md.",
     )
