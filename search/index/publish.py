@@ -21,7 +21,8 @@ Anything else is refused with one line (:class:`IndexBuildError`), ``force`` or 
 symbolic link, a folder that is not an index, an index folder holding files the index does not
 list, a model bundle, the corpus itself or a folder holding the corpus.  The old index is moved
 aside and only the files its manifest lists are deleted, so a file dropped into it meanwhile
-survives (in the ``.<name>.old-XXXXXXXX`` folder left beside it).
+survives (in the ``.<name>.old-XXXXXXXX`` folder left beside it), as does a listed file that
+cannot be deleted: the new index is in place by then, and the build succeeds.
 """
 
 from __future__ import annotations
@@ -171,11 +172,11 @@ def _swap(tmp: Path, out: Path, own_files: tuple[str, ...]) -> None:
     except OSError:
         os.rename(aside, out)  # put the old index back
         raise
-    for name in own_files:
+    for name in own_files:  # the new index is in place: what cannot be deleted stays beside it
         try:
             (aside / name).unlink()
-        except FileNotFoundError:
-            pass
+        except OSError:
+            pass  # gone already, a folder now, or not deletable (read-only)
     try:
         aside.rmdir()
     except OSError:

@@ -118,6 +118,20 @@ def test_a_damaged_index_needs_force(tmp_path, corpus, encoder, index):
     assert (index / "embeddings.npy").is_file()
 
 
+def test_an_old_file_that_cannot_be_deleted_does_not_fail_the_published_build(tmp_path, corpus, encoder, index):
+    """The new index is in place once renamed: an old file that cannot be deleted (here a listed
+    name that is now a folder; elsewhere a read-only one) stays beside it instead of failing the build."""
+    (index / "embeddings.npy").unlink()
+    (index / "embeddings.npy").mkdir()
+    (index / "embeddings.npy" / "notes.txt").write_text("not the build's to delete")
+    more = write_jsonl(tmp_path / "more.jsonl", RECORDS + [{"id": "g9", "text": "a chess engine"}])
+    build(more, encoder, index, force=True)
+    assert json.loads((index / "manifest.json").read_text())["count"] == 4
+    assert (index / "embeddings.npy").is_file()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".index.old-")]
+    assert len(aside) == 1 and (aside[0] / "embeddings.npy" / "notes.txt").read_text() == "not the build's to delete"
+
+
 def test_an_index_of_another_format_needs_force(tmp_path, corpus, encoder, index):
     manifest = json.loads((index / "manifest.json").read_text())
     (index / "manifest.json").write_text(json.dumps({**manifest, "format": "search-index/0"}))
