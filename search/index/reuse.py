@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import SearchError
-from search.fileutil import read_json
+from search.fileutil import read_json, sha256_file
 from search.index.format import (
     EMBEDDINGS_NAME,
     HASHES_NAME,
@@ -94,8 +94,8 @@ def open_reuse(location: str | Path, *, model: dict, dtype: str, dimension: int,
             shutil.rmtree(folder, ignore_errors=True)
             names = [HASHES_NAME, EMBEDDINGS_NAME] + ([SCALES_NAME] if dtype == "int8" else [])
             names += [n for n in TITLE_FILES if n in manifest.get("files", {})]
-            download_files(source, folder, names=names, manifest=manifest)
-            reuse = _open_local(folder, manifest, source, dtype)
+            download_files(source, folder, names=names, manifest=manifest)  # sha256-checked on the way in
+            reuse = _open_local(folder, manifest, source, dtype, checked=True)
             reuse.cleanup.append(folder)
             return reuse
         folder = Path(source)
@@ -110,19 +110,40 @@ def open_reuse(location: str | Path, *, model: dict, dtype: str, dimension: int,
         return Reuse(source, reason=f"it cannot be read ({exc})")
 
 
-def _open_local(folder: Path, manifest: dict, source: str, dtype: str) -> Reuse:
+def damaged_file(folder: Path, manifest: dict, names: list[str]) -> str | None:
+    """Why one of these files of ``folder`` cannot be trusted (not listed in its manifest, missing,
+    or its size or sha256 not what the manifest says), or None.  Reused bytes are copied as they
+    are into a new index whose manifest then vouches for them: a damaged source must not be reused."""
+    files = manifest.get("files")
+    for name in names:
+        info = files.get(name) if isinstance(files, dict) else None
+        if not isinstance(info, dict):
+            return f"its manifest does not list {name}"
+        path = folder / name
+        if not path.is_file() or path.stat().st_size != info.get("bytes") or sha256_file(path) != info.get("sha256"):
+            return f"its {name} differs from its manifest (damaged)"
+    return None
+
+
+def _open_local(folder: Path, manifest: dict, source: str, dtype: str, *, checked: bool = False) -> Reuse:
+    """The reusable arrays of ``folder``; ``checked``: its files were just sha256-checked (an S3 download)."""
     count = int(manifest["count"])
-    hashes = np.load(folder / HASHES_NAME, mmap_mode="r")
-    embeddings = np.load(folder / EMBEDDINGS_NAME, mmap_mode="r")
-    scales = np.load(folder / SCALES_NAME, mmap_mode="r") if dtype == "int8" else None
+    names = [HASHES_NAME, EMBEDDINGS_NAME] + ([SCALES_NAME] if dtype == "int8" else [])
+    with_titles = all(n in manifest.get("files", {}) for n in TITLE_FILES)
+    problem = None if checked else damaged_file(folder, manifest, names + (list(TITLE_FILES) if with_titles else []))
+    if problem:
+        return Reuse(source, reason=problem)
+    hashes = np.load(folder / HASHES_NAME, mmap_mode="r", allow_pickle=False)
+    embeddings = np.load(folder / EMBEDDINGS_NAME, mmap_mode="r", allow_pickle=False)
+    scales = np.load(folder / SCALES_NAME, mmap_mode="r", allow_pickle=False) if dtype == "int8" else None
     if hashes.shape != (count, 32) or embeddings.shape[0] != count or (scales is not None and len(scales) != count):
         return Reuse(source, reason="its files do not match its manifest's count")
     titles = None
-    if all(n in manifest.get("files", {}) for n in TITLE_FILES):
+    if with_titles:
         titles = (
-            np.load(folder / TITLE_HASHES_NAME, mmap_mode="r"),
-            np.load(folder / TITLE_VECTORS_NAME, mmap_mode="r"),
-            np.load(folder / TITLE_SCALES_NAME, mmap_mode="r"),
+            np.load(folder / TITLE_HASHES_NAME, mmap_mode="r", allow_pickle=False),
+            np.load(folder / TITLE_VECTORS_NAME, mmap_mode="r", allow_pickle=False),
+            np.load(folder / TITLE_SCALES_NAME, mmap_mode="r", allow_pickle=False),
         )
         if titles[0].shape != (count, 32) or titles[1].shape[0] != count or len(titles[2]) != count:
             titles = None  # not reused: the titles are embedded again

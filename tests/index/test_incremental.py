@@ -138,6 +138,27 @@ def test_an_incompatible_index_is_not_reused_and_the_build_says_so(tmp_path, tin
     assert outcome.reuse_note == said.strip()
 
 
+@pytest.mark.parametrize("name", ["embeddings.npy", "scales.npy", HASHES_NAME, "title-int8.npy"])
+def test_a_damaged_index_is_not_reused_so_its_damage_is_not_copied(tmp_path, tiny_encoder, records, name):
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    run(corpus, tmp_path / "index", tiny_encoder, reuse=None, dtype="int8")
+    full, _ = run(corpus, tmp_path / "full", tiny_encoder, reuse=None, dtype="int8")
+    damaged = tmp_path / "index" / name
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 0x40  # a flipped bit in the last row: same size, the sha256 differs
+    damaged.write_bytes(bytes(data))
+
+    outcome, said = run(corpus, tmp_path / "index", tiny_encoder, dtype="int8")  # reuses what is at --out
+
+    assert (
+        said.strip()
+        == f"not reusing {tmp_path / 'index'}: its {name} differs from its manifest (damaged); embedding every text"
+    )
+    assert outcome.manifest["build"]["reused"] == outcome.manifest["build"]["titles_reused"] == 0
+    assert data_files(tmp_path / "index") == data_files(tmp_path / "full")
+    SearchIndex.open(tmp_path / "index", verify=True)
+
+
 def test_another_dtype_is_not_reused(tmp_path, tiny_encoder, records):
     corpus = write_jsonl(tmp_path / "c.jsonl", records)
     run(corpus, tmp_path / "i", tiny_encoder, reuse=None, dtype="float16")
