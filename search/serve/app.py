@@ -5,8 +5,8 @@ gets a runtime of its own (tests, embedding); ``create_app(runtime=...)`` shares
 
 A small ASGI middleware wraps every request: request id (API Gateway's, else X-Request-Id, else
 new), the public path prefix behind an API Gateway stage (so /docs finds /prod/openapi.json), the
-body size limit, one access-log line without the query string, and a last-resort 500 in the error
-shape (logged with its traceback, never sent).
+body size limit, a 422 for a query string that is not UTF-8, one access-log line without the
+query string, and a last-resort 500 in the error shape (logged with its traceback, never sent).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -162,6 +163,11 @@ class RequestContext:
             return message
 
         try:
+            if not _utf8_query(scope):  # Starlette would decode the bytes to U+FFFD and search for that
+                await send_error(
+                    scope, receive, send_with_id, 422, "invalid request: the query string is not valid UTF-8"
+                )
+                return
             if _content_length(scope) > limit:
                 await send_error(scope, receive, send_with_id, 413, f"request body larger than {limit} bytes")
                 return
@@ -240,6 +246,17 @@ def _header(scope, name: bytes) -> bytes | None:
         if key == name:
             return value.split(b";")[0].strip().lower()
     return None
+
+
+def _utf8_query(scope) -> bool:
+    """Whether the query string, percent-decoded, is UTF-8 (``&``, ``=`` and ``+`` are ASCII, so
+    decoding it whole is decoding every name and value)."""
+    raw = scope.get("query_string") or b""
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _content_length(scope) -> int:

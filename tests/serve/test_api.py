@@ -250,6 +250,16 @@ def test_blank_query_is_rejected(client):
     assert_error(client.get("/search", params={"q": "\x1c"}), 400, "invalid_query")
 
 
+@pytest.mark.parametrize(
+    "query", ["q=%ff%fe", "q=caf%e9", "q=chess&section=%c3", "q=chess&%ff=games", "q=chess&k=1%80"]
+)
+def test_a_query_string_that_is_not_utf8_is_422(client, query):
+    """Starlette decodes such bytes to U+FFFD, which then searched (or filtered) for nothing asked."""
+    body = assert_error(client.get(f"/search?{query}"), 422, "invalid_request")
+    assert body["error"]["message"] == "invalid request: the query string is not valid UTF-8"
+    assert_error(client.get(f"/items/0ad/similar?{query}"), 422, "invalid_request")
+
+
 def test_unknown_route_and_method(client):
     assert_error(client.get("/nowhere"), 404, "not_found")
     r = client.delete("/search")
