@@ -24,6 +24,7 @@ from search.index import publish
 from search.index.builder import INSERT_BATCH, BuildOptions, finish_index
 from search.index.corpus import CorpusSpec
 from search.index.format import (
+    DTYPES,
     EMBEDDINGS_NAME,
     HASHES_NAME,
     MANIFEST_NAME,
@@ -37,6 +38,7 @@ from search.index.format import (
 )
 from search.index.metadata import MetadataWriter
 from search.index.records import HASH_BYTES
+from search.index.reuse import damaged_file
 from search.index.shards import SHARD_FORMAT, check_no_records
 from search.progress import Progress
 
@@ -55,6 +57,7 @@ def load_shards(folders: list[Path]) -> list[tuple[Path, dict]]:
             raise IndexBuildError(f"{folder}: not a shard folder ({MANIFEST_NAME}: {exc})") from None
         if manifest.get("format") != SHARD_FORMAT:
             raise IndexBuildError(f"{folder}: not a shard folder (format {manifest.get('format')!r})")
+        check_shard(Path(folder), manifest)
         found.append((Path(folder), manifest))
     if not found:
         raise IndexBuildError("merge needs at least one shard folder")
@@ -79,6 +82,38 @@ def load_shards(folders: list[Path]) -> list[tuple[Path, dict]]:
         what = f"shard {dup[0]}/{total} given twice" if dup else f"shard {missing[0]}/{total} missing"
         raise IndexBuildError(f"merge needs each of the {total} shards once: {what}")
     return sorted(found, key=lambda fm: int(fm[1]["shard"]["index"]))
+
+
+def check_shard(folder: Path, manifest: dict) -> None:
+    """The keys merge reads, and every file the manifest lists present with its size and sha256:
+    merged bytes are copied as they are into an index whose manifest then vouches for them, so a
+    damaged shard must fail the merge (naming the shard and the file), not be merged."""
+
+    def bad(problem: str) -> IndexBuildError:
+        return IndexBuildError(f"{folder}: {problem}; rebuild the shard")
+
+    def whole(value, low: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+    shard, corpus, files = manifest.get("shard"), manifest.get("corpus"), manifest.get("files")
+    if not (isinstance(shard, dict) and whole(shard.get("count"), 1) and whole(shard.get("index"), 0)):
+        raise bad("its manifest key shard must be {index, count} (whole numbers)")
+    for key in ("count", "dimension"):
+        if not whole(manifest.get(key), 0 if key == "count" else 1):
+            raise bad(f"its manifest key {key} must be a whole number")
+    if manifest.get("dtype") not in DTYPES:
+        raise bad(f"its manifest key dtype must be one of {', '.join(DTYPES)}")
+    if not (isinstance(corpus, dict) and isinstance(corpus.get("sha256"), str)):
+        raise bad("its manifest key corpus must be an object with the corpus sha256")
+    for key in ("build", "spec", "model"):
+        if not isinstance(manifest.get(key), dict):
+            raise bad(f"its manifest key {key} must be an object")
+    if not isinstance(files, dict):
+        raise bad("its manifest key files must be an object")
+    needed = [RECORDS_NAME, HASHES_NAME, EMBEDDINGS_NAME] + ([SCALES_NAME] if manifest["dtype"] == "int8" else [])
+    problem = damaged_file(folder, manifest, needed + sorted(set(files) - set(needed)))
+    if problem:
+        raise bad(problem)
 
 
 def merge_shards(folders: list[Path], out: str | Path, options: BuildOptions = BuildOptions()) -> dict:

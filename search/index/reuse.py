@@ -120,7 +120,9 @@ def damaged_file(folder: Path, manifest: dict, names: list[str]) -> str | None:
         if not isinstance(info, dict):
             return f"its manifest does not list {name}"
         path = folder / name
-        if not path.is_file() or path.stat().st_size != info.get("bytes") or sha256_file(path) != info.get("sha256"):
+        if not path.is_file():
+            return f"its {name} is missing"
+        if path.stat().st_size != info.get("bytes") or sha256_file(path) != info.get("sha256"):
             return f"its {name} differs from its manifest (damaged)"
     return None
 

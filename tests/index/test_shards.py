@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from search.errors import CorpusError, IndexBuildError
+from search.fileutil import describe_files
 from search.index.builder import BuildOptions
 from search.index.corpus import CorpusSpec
 from search.index.format import TITLE_FILES
@@ -107,6 +108,42 @@ def test_merge_refuses_shards_that_do_not_belong_together(tmp_path, corpus, tiny
     assert not (tmp_path / "m").exists()
 
 
+def flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x40  # same size, another sha256
+    path.write_bytes(bytes(data))
+
+
+def edit_manifest(folder, change):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda f: flip_a_byte(f / "embeddings.npy"), "its embeddings.npy differs from its manifest (damaged)"),
+        (lambda f: flip_a_byte(f / "text-hashes.npy"), "its text-hashes.npy differs from its manifest (damaged)"),
+        (lambda f: flip_a_byte(f / "title-int8.npy"), "its title-int8.npy differs from its manifest (damaged)"),
+        (lambda f: flip_a_byte(f / "records.sqlite"), "its records.sqlite differs from its manifest (damaged)"),
+        (lambda f: (f / "embeddings.npy").unlink(), "its embeddings.npy is missing"),
+        (lambda f: edit_manifest(f, lambda m: m["files"].pop("records.sqlite")), "does not list records.sqlite"),
+        (lambda f: edit_manifest(f, lambda m: m.pop("shard")), "its manifest key shard must be"),
+        (lambda f: edit_manifest(f, lambda m: m.pop("build")), "its manifest key build must be an object"),
+        (lambda f: edit_manifest(f, lambda m: m.pop("corpus")), "its manifest key corpus must be"),
+    ],
+)
+def test_a_damaged_shard_fails_the_merge_naming_it(tmp_path, corpus, tiny_encoder, damage, message):
+    for i in range(3):
+        run_build(corpus, tmp_path / f"s{i}", tiny_encoder, shard=(i, 3), skip_bad=True)
+    damage(tmp_path / "s1")
+    with pytest.raises(IndexBuildError) as caught:
+        merge_shards([tmp_path / f"s{i}" for i in range(3)], tmp_path / "m", options())
+    assert str(caught.value).startswith(f"{tmp_path / 's1'}: ") and message in str(caught.value)
+    assert not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s0", "s1", "s2"]
+
+
 def test_a_duplicate_id_fails_the_shard_that_holds_it(tmp_path, tiny_encoder, demo_records):
     rows = demo_records[:6] + [dict(demo_records[2], text="again")]
     path = write_jsonl(tmp_path / "dup.jsonl", rows)
@@ -131,6 +168,8 @@ def test_a_duplicate_id_across_shards_is_an_error_at_merge(tmp_path, tiny_encode
     conn.execute("UPDATE items SET id = ? WHERE row = (SELECT min(row) FROM items)", (taken,))
     conn.commit()
     conn.close()
+    # the manifest made to vouch for the edited file (else the merge refuses it as damaged, see below)
+    edit_manifest(tmp_path / "s0", lambda m: m["files"].update(describe_files(tmp_path / "s0", ["records.sqlite"])))
     with pytest.raises(IndexBuildError, match=rf"duplicate id {taken!r} in more than one shard"):
         merge_shards([tmp_path / "s0", tmp_path / "s1"], tmp_path / "m", options())
 
