@@ -54,6 +54,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
     assert sorted(n for n, r in roles.items() if r == check_sets.TUNING) == [
         "debian-fresh.tsv",  # held out once, then tuned on
         "debian-fresh10.tsv",
+        "debian-fresh11.tsv",
         "debian-fresh2.tsv",
         "debian-fresh3.tsv",
         "debian-fresh4.tsv",
@@ -67,6 +68,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian.tsv",  # held out until round 3
         "npm-fresh.tsv",
         "npm-fresh10.tsv",
+        "npm-fresh11.tsv",
         "npm-fresh2.tsv",
         "npm-fresh3.tsv",
         "npm-fresh4.tsv",
@@ -79,6 +81,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm.tsv",
         "pydocs-fresh.tsv",
         "pydocs-fresh10.tsv",
+        "pydocs-fresh11.tsv",
         "pydocs-fresh2.tsv",
         "pydocs-fresh3.tsv",
         "pydocs-fresh4.tsv",
@@ -91,11 +94,11 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh11.tsv",
-        "npm-fresh11.tsv",
-        "pydocs-fresh11.tsv",
+        "debian-fresh12.tsv",
+        "npm-fresh12.tsv",
+        "pydocs-fresh12.tsv",
     ]
-    assert len(summaries) == 40
+    assert len(summaries) == 43
 
 
 def test_the_readme_table_gives_every_set_its_registered_role():
@@ -272,6 +275,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh11.tsv",
         "eval/npm-fresh11.tsv",
         "eval/pydocs-fresh11.tsv",
+        "eval/debian-fresh12.tsv",
+        "eval/npm-fresh12.tsv",
+        "eval/pydocs-fresh12.tsv",
     ]
 
 
