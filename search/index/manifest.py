@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+import tokenize
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,8 @@ def load_matrix(path: Path, dtype: str, shape: tuple) -> np.ndarray:
     """A memory-mapped .npy of exactly this dtype and shape, or an IndexLoadError naming the file."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    # a damaged header reaches numpy's header parser: SyntaxError, or tokenize's TokenError from its fallback
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
         raise IndexLoadError(f"not a readable .npy file ({exc})", path=str(path)) from None
     if not isinstance(arr, np.ndarray):  # np.load opens a zip archive as an NpzFile, whatever the name
         close = getattr(arr, "close", None)

@@ -136,26 +136,32 @@ class SearchIndex:
 
         if verify:
             verify_files(path, manifest)
-        embeddings = load_matrix(path / EMBEDDINGS_NAME, dtype, (count, dim))
-        scales = load_matrix(path / SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
-        codes = {f: load_matrix(path / field_file(f), "int32", (count,)) for f in fields}
+
+        def load(name: str, dtype: str, shape: tuple) -> np.ndarray:
+            _listed(files, name, manifest_path)
+            return load_matrix(path / name, dtype, shape)
+
+        embeddings = load(EMBEDDINGS_NAME, dtype, (count, dim))
+        scales = load(SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
+        codes = {f: load(field_file(f), "int32", (count,)) for f in fields}
         scan = None
         if manifest.get("scan"):
             if dtype == "int8":
                 raise IndexLoadError("an int8 index has no scan copy", path=str(manifest_path))
             scan = ScanBlock(
                 embeddings,
-                load_matrix(path / SCAN_NAME, "int8", (count, dim)),
-                load_matrix(path / SCAN_SCALES_NAME, "float32", (count,)),
-                load_matrix(path / SCAN_RESIDUALS_NAME, "float32", (count,)),
+                load(SCAN_NAME, "int8", (count, dim)),
+                load(SCAN_SCALES_NAME, "float32", (count,)),
+                load(SCAN_RESIDUALS_NAME, "float32", (count,)),
             )
-        prefilter = _load_prefilter(path, count, dim) if manifest.get("prefilter") else None
+        prefilter = _load_prefilter(load, count, dim) if manifest.get("prefilter") else None
         titles = None
         if manifest.get("titles"):
             titles = (
-                load_matrix(path / TITLE_VECTORS_NAME, "int8", (count, dim)),
-                load_matrix(path / TITLE_SCALES_NAME, "float32", (count,)),
+                load(TITLE_VECTORS_NAME, "int8", (count, dim)),
+                load(TITLE_SCALES_NAME, "float32", (count,)),
             )
+        _listed(files, METADATA_NAME, manifest_path)
         metadata = MetadataReader(path / METADATA_NAME)
         return cls(path, manifest, embeddings, scales, codes, metadata, scan, prefilter, titles)
 
@@ -361,13 +367,23 @@ def _keep_top(best_rows, best_scores, rows, scores, need: int, min_score: float 
     return _top(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), need)
 
 
-def _load_prefilter(path: Path, count: int, dim: int) -> Prefilter | None:
+def _listed(files: dict, name: str, manifest_path: Path) -> None:
+    """Every file the index reads must be in the manifest's list: only listed files have their size
+    checked at open and their sha256 by verification, so an unlisted one could be damaged unseen."""
+    if name not in files:
+        raise IndexLoadError(
+            f"manifest key files: does not list {name}, which this index reads (its size and sha256 would go unchecked)",
+            path=str(manifest_path),
+        )
+
+
+def _load_prefilter(load, count: int, dim: int) -> Prefilter | None:
     """The int4 copy, validated; None where the compiled kernel (or its int4 entry point) is missing."""
     from search.scoring import native
 
-    packed = load_matrix(path / PREFILTER_NAME, "uint8", (count, dim // 2))
-    scales = load_matrix(path / PREFILTER_SCALES_NAME, "float32", (count,))
-    residuals = load_matrix(path / PREFILTER_RESIDUALS_NAME, "float32", (count,))
+    packed = load(PREFILTER_NAME, "uint8", (count, dim // 2))
+    scales = load(PREFILTER_SCALES_NAME, "float32", (count,))
+    residuals = load(PREFILTER_RESIDUALS_NAME, "float32", (count,))
     kernel = native.load()
     if kernel is None or dim % 2:
         return None

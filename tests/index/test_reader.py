@@ -238,6 +238,33 @@ def test_object_array_npy_is_a_load_error(fresh_index):
         SearchIndex.open(fresh_index)
 
 
+def test_a_damaged_npy_header_is_a_load_error_not_a_tokenizer_traceback(fresh_index):
+    """An unbalanced header (a flipped length byte lets the parse run into the data) sends numpy to
+    its tokenize fallback, which raised tokenize.TokenError past the reader."""
+    header = b"{'descr': '<i4', 'fortran_order': False, 'shape': (50,"
+    header += b" " * (128 - 10 - len(header) - 1) + b"\n"
+    replace_file(
+        fresh_index, "field-section.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(200)
+    )
+    with pytest.raises(IndexLoadError, match=r"field-section.npy: not a readable .npy file"):
+        SearchIndex.open(fresh_index)
+
+
+@pytest.mark.parametrize(
+    "name", ["embeddings.npy", "metadata.sqlite", "scan-int8.npy", "prefilter-int4.npy", "field-section.npy"]
+)
+def test_a_file_the_index_reads_must_be_listed_in_the_manifest(fresh_index, name):
+    """Only listed files are size-checked at open and sha256-checked by verification: a manifest that
+    leaves one out would let that file be damaged unseen (verify=True passed with it flipped)."""
+    edit_manifest(fresh_index, lambda m: m["files"].pop(name))
+    with pytest.raises(IndexLoadError) as caught:
+        SearchIndex.open(fresh_index)
+    assert str(caught.value) == (
+        f"{fresh_index / 'manifest.json'}: manifest key files: does not list {name}, "
+        "which this index reads (its size and sha256 would go unchecked)"
+    )
+
+
 @pytest.mark.parametrize(
     "change, key",
     [
