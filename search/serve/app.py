@@ -46,6 +46,7 @@ JSON_CACHE_CONTROL = b"no-store"  # probes: access log at DEBUG only
 DESCRIPTION = """Meaning-based search over one catalogue: the query is embedded with a sentence-embedding
 model and compared with every item (exact top-k).  Errors are `{"error": {"code", "message"}, "request_id"}`."""
 
+JSON_INVALID_MESSAGE = "invalid request: body: JSON decode error"
 Observer = Callable[[dict], None]
 
 
@@ -91,6 +92,11 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and isinstance(exc.__cause__, (ValueError, RecursionError)):
+            # FastAPI's "error parsing the body": JSON that is not UTF-8, nested too deeply or holds
+            # an integer too long to parse; invalid JSON like any other (422 json_invalid)
+            details = [{"loc": ["body"], "type": "json_invalid"}]
+            return error_response(request, 422, HTTP_CODES[422], JSON_INVALID_MESSAGE, details=details)
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:  # Starlette names the first matching route's methods only

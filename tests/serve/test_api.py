@@ -214,6 +214,23 @@ def test_invalid_json_does_not_echo_the_body(client):
     assert "private" not in r.text
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"query": "caf\xe9 private"}'.encode("latin-1"),  # not UTF-8
+        b'{"query": "private", "filter": ' + b"[" * 20000 + b"]" * 20000 + b"}",  # nested too deeply
+        b'{"query": "private", "k": ' + b"1" * 5000 + b"}",  # an integer over Python's 4300 digits
+    ],
+    ids=["latin-1", "deep", "long-int"],
+)
+def test_a_json_body_python_cannot_parse_is_invalid_json(client, body):
+    """A 422 like any invalid JSON, not FastAPI's undocumented 400 "error parsing the body"."""
+    r = client.post("/search", content=body, headers={"content-type": "application/json"})
+    body = assert_error(r, 422, "invalid_request")
+    assert body["error"]["details"] == [{"loc": ["body"], "type": "json_invalid"}]
+    assert "private" not in r.text
+
+
 def test_validation_errors_never_echo_the_query(client):
     text = "my private words " * 80  # > 1000 characters
     for r in (client.get("/search", params={"q": text}), client.post("/search", json={"query": text})):
