@@ -24,6 +24,7 @@ only the rows that can still reach the top go on to the kernels above.
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,7 @@ CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of prod
 # Below this share of rows left by the filters, gathering them is cheaper than the int4 pass over all.
 PREFILTER_MIN_DENSITY = 0.25
 SEED_FACTOR = 2  # the first pass's floor: the need-th best exact score of this many x need seed rows
+OPEN_ATTEMPTS = 3  # opens of a folder that was replaced meanwhile (a rebuild published) before giving up
 MAX_HEAP_EXTRA = 4096  # rows left out by filters that the kernel's seed heap may absorb (else a numpy pass)
 
 
@@ -93,6 +95,7 @@ class SearchIndex:
         self.metadata = metadata
         self.scan = scan  # (vectors, int8 rows, scales, residuals) when the index has a scan copy
         self.prefilter = prefilter  # the int4 copy, where the index has one and the compiled kernel reads it
+        self.folder_id: tuple[int, int, int] | None = None  # (st_dev, st_ino) of the folder opened (open())
         self.guard = ScoreGuard(path)  # no NaN or out-of-range score is ever returned (verify.py)
         self.pass_rate = PassRate()  # whether the first pass pays on this index's data (see prefilter.py)
         # per dtype, see kernels.py; the scan copy is used where the compiled int8 kernel is built
@@ -109,8 +112,33 @@ class SearchIndex:
         dimension: int | None = None,
         verify: bool = False,
     ) -> SearchIndex:
-        """Open and validate; ``verify=True`` also checks every file's sha256 (slow, not for cold start)."""
+        """Open and validate; ``verify=True`` also checks every file's sha256 (slow, not for cold start).
+
+        A rebuild publishes by renaming a new folder over this path (publish.py), and each file is
+        opened by name: if the folder is replaced while it is being opened, the files opened may
+        come from two versions (the vectors of one, the metadata of the other).  So the folder's
+        identity is taken before and after, and the open is done again when it changed."""
         path = Path(folder)
+        for _attempt in range(OPEN_ATTEMPTS):
+            before = _folder_id(path)
+            try:
+                index = cls._open_once(path, model_fingerprint=model_fingerprint, dimension=dimension, verify=verify)
+            except IndexLoadError:
+                if _folder_id(path) == before:
+                    raise
+                continue  # failed because the folder was being replaced: open the new one
+            if _folder_id(path) == before:
+                index.folder_id = before
+                return index
+            index.close()
+        raise IndexLoadError(
+            f"replaced by another version while it was being opened, {OPEN_ATTEMPTS} times in a row", path=str(path)
+        )
+
+    @classmethod
+    def _open_once(
+        cls, path: Path, *, model_fingerprint: str | None, dimension: int | None, verify: bool
+    ) -> SearchIndex:
         manifest_path = path / MANIFEST_NAME
         if not path.is_dir():
             raise IndexLoadError("index folder not found", path=str(path))
@@ -126,12 +154,15 @@ class SearchIndex:
         )
         for name, info in files.items():
             file_path = path / name
-            if not file_path.is_file():
+            try:
+                size = file_path.stat().st_size if file_path.is_file() else None
+            except OSError:  # removed between the two calls
+                size = None
+            if size is None:
                 raise IndexLoadError("missing file listed in the manifest", path=str(file_path))
-            if file_path.stat().st_size != info["bytes"]:
+            if size != info["bytes"]:
                 raise IndexLoadError(
-                    f"size {file_path.stat().st_size} but the manifest says {info['bytes']} (truncated or replaced)",
-                    path=str(file_path),
+                    f"size {size} but the manifest says {info['bytes']} (truncated or replaced)", path=str(file_path)
                 )
 
         if verify:
@@ -233,8 +264,21 @@ class SearchIndex:
         return title_cosines(*self.titles, np.asarray(rows, dtype=np.int64), query)
 
     def verify(self, pause=None) -> int:
-        """Every file's sha256 and the metadata store's quick_check (slow: reads everything once)."""
-        return verify_files(self.path, self.manifest, pause=pause)
+        """Every file's sha256 and the metadata store's quick_check (slow: reads everything once).
+
+        Files are read by name: when a rebuild has renamed a new folder over this path since it was
+        opened, a mismatch says nothing about the files this index has mapped, and is an
+        IndexLoadError saying so, not an IndexCorruptError."""
+        try:
+            return verify_files(self.path, self.manifest, pause=pause)
+        except IndexCorruptError:
+            now = _folder_id(self.path)  # (device, inode) only: a file added to the folder changes its ctime
+            if self.folder_id is not None and (now is None or now[:2] != self.folder_id[:2]):
+                raise IndexLoadError(
+                    "replaced by another version since it was opened; its files are no longer at this path",
+                    path=str(self.path),
+                ) from None
+            raise
 
     def filter_mask(self, filters: Mapping[str, Sequence[str]] | None) -> np.ndarray | None:
         """Boolean row mask for ``{field: [any of values]}``; fields AND together, values OR."""
@@ -365,6 +409,16 @@ def _keep_top(best_rows, best_scores, rows, scores, need: int, min_score: float 
         keep = scores >= min_score
         rows, scores = rows[keep], scores[keep]
     return _top(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), need)
+
+
+def _folder_id(path: Path) -> tuple[int, int, int] | None:
+    """Which folder ``path`` names now: (st_dev, st_ino, st_ctime_ns), None when there is none.  The
+    change time tells a new folder that was given the inode number of a deleted one apart from it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 def _listed(files: dict, name: str, manifest_path: Path) -> None:

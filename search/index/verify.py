@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.errors import IndexCorruptError
+from search.errors import IndexCorruptError, IndexLoadError
 from search.index.format import METADATA_NAME
 
 logger = logging.getLogger(__name__)
@@ -150,6 +150,9 @@ class Integrity:
             return
         except IndexCorruptError as exc:
             self.fail(exc)
+        except IndexLoadError as exc:  # the folder was replaced since it was opened (a new version)
+            logger.warning("index not verified", extra={"reason": str(exc)})
+            self.state = "unverified"
         except Exception:  # a bug must not leave the state at verifying forever unnoticed
             logger.exception("index verification failed unexpectedly")
             self.state = "unverified"

@@ -298,3 +298,67 @@ def test_malformed_manifest_values_name_the_key(fresh_index, change, key):
     assert message.startswith(str(fresh_index / "manifest.json") + ": "), message
     assert f"key {key}" in message or f"key {key!r}" in message, message
     assert "\n" not in message
+
+
+# -- a rebuild renames a new folder over the path while a reader opens or verifies it ------------
+
+
+def two_versions(tmp_path):
+    """The index at ``live`` (sections "a") and a rebuild of it beside it (other vectors, sections "b")."""
+    old = index_from_vectors(tmp_path / "live", unit_rows(np.random.default_rng(1), 50, 8), sections=["a"] * 50)
+    new = index_from_vectors(tmp_path / "rebuilt", unit_rows(np.random.default_rng(2), 50, 8), sections=["b"] * 50)
+    return old, new
+
+
+def publish_over(new, live):
+    """What publish._swap does: the old folder moved aside, the new one renamed into its place."""
+    live.rename(live.with_name("aside"))
+    new.rename(live)
+
+
+def test_a_folder_replaced_while_it_is_being_opened_is_opened_again(tmp_path, monkeypatch):
+    import search.index.reader as reader
+
+    live, rebuilt = two_versions(tmp_path)
+    new_version = SearchIndex.open(rebuilt).version
+    opened_first = reader.MetadataReader
+
+    def metadata_after_a_publish(path):  # the rebuild lands after the vectors were mapped
+        if (tmp_path / "rebuilt").exists():
+            publish_over(rebuilt, live)
+        return opened_first(path)
+
+    monkeypatch.setattr(reader, "MetadataReader", metadata_after_a_publish)
+    index = SearchIndex.open(live)
+    # one version throughout: before, the manifest and vectors were the old index's, the metadata the new one's
+    assert index.version == new_version
+    assert index.metadata.rows([0])[0]["fields"] == {"section": "b"}
+    np.testing.assert_array_equal(index.embeddings, np.load(live / "embeddings.npy"))
+
+
+def test_verifying_an_index_whose_folder_was_replaced_is_not_corruption(tmp_path):
+    from search.errors import IndexCorruptError
+    from search.index.verify import Integrity
+
+    live, rebuilt = two_versions(tmp_path)
+    index = SearchIndex.open(live)
+    publish_over(rebuilt, live)
+    with pytest.raises(IndexLoadError, match="replaced by another version since it was opened") as caught:
+        index.verify()
+    assert not isinstance(caught.value, IndexCorruptError)  # before: "sha256 differs (corrupt)", then 503s
+    integrity = Integrity(index)
+    integrity.start()
+    assert integrity.wait(30) and integrity.state == "unverified" and integrity.error is None
+
+
+def test_a_damaged_file_is_still_corruption_when_the_folder_was_not_replaced(tmp_path):
+    from search.errors import IndexCorruptError
+
+    live, _ = two_versions(tmp_path)
+    index = SearchIndex.open(live)
+    data = bytearray((live / "embeddings.npy").read_bytes())
+    data[-3] ^= 0x10
+    (live / "embeddings.npy").write_bytes(bytes(data))
+    (live / "stray.txt").write_text("a file dropped into the folder changes its ctime, not its identity")
+    with pytest.raises(IndexCorruptError, match="embeddings.npy: sha256 differs"):
+        index.verify()
