@@ -153,6 +153,8 @@ def read_corpus(
         raise StorageError("names a bucket, not an object", uri=str(path))
     if not is_s3(path):
         path = Path(path)
+        if path.is_dir():
+            raise CorpusError("is a folder, not a corpus file", path=str(path))
         if not path.is_file():
             raise CorpusError("corpus file not found", path=str(path))
     stats = stats if stats is not None else ReadStats()

@@ -71,6 +71,9 @@ def test_title_only_record_is_fine_unless_titles_are_off(tmp_path):
 def test_unknown_format_and_missing_file(tmp_path):
     with pytest.raises(CorpusError, match="not found"):
         read_all(tmp_path / "nope.jsonl")
+    (tmp_path / "folder.jsonl").mkdir()
+    with pytest.raises(CorpusError, match=r"folder\.jsonl: is a folder, not a corpus file$"):
+        read_all(tmp_path / "folder.jsonl")
     odd = tmp_path / "c.parquet"
     odd.write_text("x")
     with pytest.raises(CorpusError, match="unknown corpus format"):
