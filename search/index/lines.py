@@ -109,16 +109,19 @@ def csv_rows(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
     for its bad bytes, and a line over the limit as a placeholder with as many quote characters
     modulo 2 (a quote first toggles the quoting state in the excel dialect, inside a quoted field
     or at a field's start): either way the row it belongs to is still found where it ends, then
-    reported (or skipped) as a whole."""
+    reported (or skipped) as a whole.  A quote never closed (Python's reader would take the rest of
+    the file as one field) stops the read at the line of the row it opened in."""
     problems: dict[int, str] = {}
     sizes: dict[int, int] = {}
+    texts: list[str] = []  # the lines of the row being read (the reader never reads ahead)
 
     def feed() -> Iterator[str]:
         for line in read_lines(fh, max_bytes):
             sizes[line.number] = line.size
             if line.problem is not None:
                 problems[line.number] = line.problem
-            yield line.text if line.text is not None else '"' * (line.quotes % 2) + "-\n"
+            texts.append(line.text if line.text is not None else '"' * (line.quotes % 2) + "-\n")
+            yield texts[-1]
 
     if csv.field_size_limit() <= max_bytes:  # a field may be as long as a record
         csv.field_size_limit(max_bytes + 1)
@@ -128,6 +131,7 @@ def csv_rows(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
         previous = reader.line_num
         if 1 in problems:
             raise LineError(1, f"header line: {problems[1]}")
+        held: tuple[Row, list[str]] | None = None  # each row waits for the next: is it the last one?
         for row in reader:
             span = range(previous + 1, reader.line_num + 1)
             previous = reader.line_num
@@ -138,12 +142,31 @@ def csv_rows(fh: BinaryIO, max_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
             size = sum(sizes.pop(n, 0) for n in span)
             if problem is None and size > max_bytes:
                 bad, problem = span[0], over_limit(size, max_bytes)
-            if problem is not None:
-                yield (span[0] if bad is None else bad), None, problem
-            else:
-                yield reader.line_num, row, None
+            if held is not None:
+                yield held[0]
+            item: Row = ((span[0] if bad is None else bad), None, problem) if problem else (reader.line_num, row, None)
+            held = (item, texts[-len(span) :])
+            texts.clear()
+        if held is not None:
+            if _quote_left_open(held[1]):
+                raise LineError(previous - len(held[1]) + 1, "bad CSV (a quoted field is never closed)")
+            yield held[0]
     except csv.Error as exc:
         raise LineError(reader.line_num, f"bad CSV ({exc})") from None
+
+
+def _quote_left_open(lines: list[str]) -> bool:
+    """Whether the last row's lines end inside a quoted field.  The lenient reader (which reads
+    ``"a"b`` as ``ab``) takes such a field to the end of the file, so one stray quote made every
+    record after it part of one field; the strict reader says so."""
+    if not any('"' in text for text in lines):
+        return False
+    try:
+        for _ in csv.reader(lines, strict=True):
+            pass
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def unpaired_surrogate(values: Mapping[str, str]) -> str | None:

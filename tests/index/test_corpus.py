@@ -203,3 +203,19 @@ def test_csv_keeps_its_quoting_across_an_over_long_line(tmp_path):
     stats = ReadStats()
     assert [(r.id, r.line) for r in read_all(path, skip_bad=True, stats=stats, max_record_bytes=4096)] == [("g", 8)]
     assert [e.split(":")[0] for e in stats.first_errors] == ["line 3", "line 6", "line 7"]  # the long lines
+
+
+@pytest.mark.parametrize(
+    "tail, line",
+    [
+        (b'b,"oops a stray quote\nc,cherry\nd,date\n', 3),  # swallows every line after it
+        (b'b,bread\nc,"cherry\n', 4),  # on the last line
+    ],
+)
+def test_csv_quote_never_closed_names_its_line_instead_of_eating_the_rest(tmp_path, tail, line):
+    """Python's csv reads an unclosed quote to the end of the file as one field: four records became two."""
+    path = tmp_path / "c.csv"
+    path.write_bytes(b"id,text\na,apple\n" + tail)
+    for skip_bad in (False, True):
+        with pytest.raises(CorpusError, match=rf"c\.csv:{line}: bad CSV \(a quoted field is never closed\)"):
+            read_all(path, skip_bad=skip_bad)
