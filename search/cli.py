@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _port, _share, _shares
+from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _min_score, _port, _share, _shares
 from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_tune, cmd_upload
 from search.errors import ConfigError, SearchError
 from search.hybrid import SENTENCE_SHARE
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--min-score",
-        type=float,
+        type=_min_score,
         default=None,
         help="drop results scoring below this (cosine in "
         "semantic mode; 0..1 relative BM25 in keyword mode; 0..1 fused score in hybrid mode)",

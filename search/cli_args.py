@@ -4,6 +4,7 @@ use, or raises ``argparse.ArgumentTypeError`` (a usage error in one line, exit 2
 from __future__ import annotations
 
 import argparse
+import math
 from urllib.parse import urlsplit
 
 
@@ -44,6 +45,17 @@ def _byte_size(raw: str) -> int:
     if size < 1:
         raise argparse.ArgumentTypeError("expected a size such as 4096, 512K, 4M or 1G (bytes, binary units)")
     return size
+
+
+def _min_score(raw: str) -> float:
+    """--min-score: a finite number from -1 to 1, as the HTTP API's ``min_score``."""
+    try:
+        score = float(raw)
+    except ValueError:
+        score = math.nan
+    if not -1.0 <= score <= 1.0:  # also nan and the infinities
+        raise argparse.ArgumentTypeError("expected a number from -1 to 1")
+    return score
 
 
 def _port(raw: str) -> int:

@@ -221,3 +221,10 @@ def test_a_bad_corpus_line_is_one_line_with_its_number_or_skipped(tmp_path, tiny
 @pytest.mark.parametrize("size", ["lots", "0", "-5", "1T"])
 def test_max_record_bytes_must_be_a_size(size):
     one_line(run("build", "--corpus", "c.jsonl", "--max-record-bytes", size), 2, "argument --max-record-bytes")
+
+
+@pytest.mark.parametrize("score", ["nan", "inf", "-inf", "1.5", "-2", "high"])
+def test_min_score_must_be_a_finite_number_from_minus_1_to_1(score):
+    """As the HTTP API's min_score: nan compared false with every score, so it dropped them all."""
+    proc = run("query", "chess", f"--min-score={score}")
+    one_line(proc, 2, "argument --min-score: expected a number from -1 to 1")
