@@ -24,7 +24,6 @@ only the rows that can still reach the top go on to the kernels above.
 from __future__ import annotations
 
 import mmap
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,24 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import IndexCorruptError, IndexLoadError, QueryError
-from search.fileutil import read_json
-from search.index.format import (
-    EMBEDDINGS_NAME,
-    MANIFEST_NAME,
-    METADATA_NAME,
-    PREFILTER_NAME,
-    PREFILTER_RESIDUALS_NAME,
-    PREFILTER_SCALES_NAME,
-    SCALES_NAME,
-    SCAN_NAME,
-    SCAN_RESIDUALS_NAME,
-    SCAN_SCALES_NAME,
-    TITLE_SCALES_NAME,
-    TITLE_VECTORS_NAME,
-    field_file,
-)
-from search.index.manifest import check_manifest, check_model_match, load_matrix
+from search.index.format import EMBEDDINGS_NAME
 from search.index.metadata import MetadataReader
+from search.index.opening import folder_id, open_consistently, open_parts
 from search.index.titles import title_cosines
 from search.index.verify import ScoreGuard, verify_files
 from search.scoring.kernel_protocol import Kernel, ScanBlock, Stored
@@ -61,7 +45,6 @@ CHUNK_ROWS = 65536  # rows scored per step: 65536 x 384 float32 = 96 MiB of prod
 # Below this share of rows left by the filters, gathering them is cheaper than the int4 pass over all.
 PREFILTER_MIN_DENSITY = 0.25
 SEED_FACTOR = 2  # the first pass's floor: the need-th best exact score of this many x need seed rows
-OPEN_ATTEMPTS = 3  # opens of a folder that was replaced meanwhile (a rebuild published) before giving up
 MAX_HEAP_EXTRA = 4096  # rows left out by filters that the kernel's seed heap may absorb (else a numpy pass)
 
 
@@ -113,88 +96,14 @@ class SearchIndex:
         verify: bool = False,
     ) -> SearchIndex:
         """Open and validate; ``verify=True`` also checks every file's sha256 (slow, not for cold start).
-
-        A rebuild publishes by renaming a new folder over this path (publish.py), and each file is
-        opened by name: if the folder is replaced while it is being opened, the files opened may
-        come from two versions (the vectors of one, the metadata of the other).  So the folder's
-        identity is taken before and after, and the open is done again when it changed."""
+        The files come from one version even while a rebuild replaces the folder (see opening.py)."""
         path = Path(folder)
-        for _attempt in range(OPEN_ATTEMPTS):
-            before = _folder_id(path)
-            try:
-                index = cls._open_once(path, model_fingerprint=model_fingerprint, dimension=dimension, verify=verify)
-            except IndexLoadError:
-                if _folder_id(path) == before:
-                    raise
-                continue  # failed because the folder was being replaced: open the new one
-            if _folder_id(path) == before:
-                index.folder_id = before
-                return index
-            index.close()
-        raise IndexLoadError(
-            f"replaced by another version while it was being opened, {OPEN_ATTEMPTS} times in a row", path=str(path)
-        )
 
-    @classmethod
-    def _open_once(
-        cls, path: Path, *, model_fingerprint: str | None, dimension: int | None, verify: bool
-    ) -> SearchIndex:
-        manifest_path = path / MANIFEST_NAME
-        if not path.is_dir():
-            raise IndexLoadError("index folder not found", path=str(path))
-        if not manifest_path.is_file():
-            raise IndexLoadError("missing file (no index manifest here)", path=str(manifest_path))
-        try:
-            manifest = read_json(manifest_path)
-        except (OSError, ValueError) as exc:
-            raise IndexLoadError(f"unreadable manifest ({exc})", path=str(manifest_path)) from None
-        count, dim, dtype, files, fields, index_fingerprint = check_manifest(manifest, manifest_path)
-        check_model_match(
-            dim, index_fingerprint, model_fingerprint=model_fingerprint, dimension=dimension, path=str(path)
-        )
-        for name, info in files.items():
-            file_path = path / name
-            try:
-                size = file_path.stat().st_size if file_path.is_file() else None
-            except OSError:  # removed between the two calls
-                size = None
-            if size is None:
-                raise IndexLoadError("missing file listed in the manifest", path=str(file_path))
-            if size != info["bytes"]:
-                raise IndexLoadError(
-                    f"size {size} but the manifest says {info['bytes']} (truncated or replaced)", path=str(file_path)
-                )
+        def once() -> SearchIndex:
+            return cls(path, *open_parts(path, model_fingerprint=model_fingerprint, dimension=dimension, verify=verify))
 
-        if verify:
-            verify_files(path, manifest)
-
-        def load(name: str, dtype: str, shape: tuple) -> np.ndarray:
-            _listed(files, name, manifest_path)
-            return load_matrix(path / name, dtype, shape)
-
-        embeddings = load(EMBEDDINGS_NAME, dtype, (count, dim))
-        scales = load(SCALES_NAME, "float32", (count,)) if dtype == "int8" else None
-        codes = {f: load(field_file(f), "int32", (count,)) for f in fields}
-        scan = None
-        if manifest.get("scan"):
-            if dtype == "int8":
-                raise IndexLoadError("an int8 index has no scan copy", path=str(manifest_path))
-            scan = ScanBlock(
-                embeddings,
-                load(SCAN_NAME, "int8", (count, dim)),
-                load(SCAN_SCALES_NAME, "float32", (count,)),
-                load(SCAN_RESIDUALS_NAME, "float32", (count,)),
-            )
-        prefilter = _load_prefilter(load, count, dim) if manifest.get("prefilter") else None
-        titles = None
-        if manifest.get("titles"):
-            titles = (
-                load(TITLE_VECTORS_NAME, "int8", (count, dim)),
-                load(TITLE_SCALES_NAME, "float32", (count,)),
-            )
-        _listed(files, METADATA_NAME, manifest_path)
-        metadata = MetadataReader(path / METADATA_NAME)
-        return cls(path, manifest, embeddings, scales, codes, metadata, scan, prefilter, titles)
+        index, index.folder_id = open_consistently(path, once)
+        return index
 
     def close(self) -> None:
         """Release the maps.  numpy arrays hold the mmap's buffer, so the pages are unmapped when the
@@ -272,7 +181,7 @@ class SearchIndex:
         try:
             return verify_files(self.path, self.manifest, pause=pause)
         except IndexCorruptError:
-            now = _folder_id(self.path)  # (device, inode) only: a file added to the folder changes its ctime
+            now = folder_id(self.path)  # (device, inode) only: a file added to the folder changes its ctime
             if self.folder_id is not None and (now is None or now[:2] != self.folder_id[:2]):
                 raise IndexLoadError(
                     "replaced by another version since it was opened; its files are no longer at this path",
@@ -409,36 +318,3 @@ def _keep_top(best_rows, best_scores, rows, scores, need: int, min_score: float 
         keep = scores >= min_score
         rows, scores = rows[keep], scores[keep]
     return _top(np.concatenate([best_rows, rows]), np.concatenate([best_scores, scores]), need)
-
-
-def _folder_id(path: Path) -> tuple[int, int, int] | None:
-    """Which folder ``path`` names now: (st_dev, st_ino, st_ctime_ns), None when there is none.  The
-    change time tells a new folder that was given the inode number of a deleted one apart from it."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_ctime_ns)
-
-
-def _listed(files: dict, name: str, manifest_path: Path) -> None:
-    """Every file the index reads must be in the manifest's list: only listed files have their size
-    checked at open and their sha256 by verification, so an unlisted one could be damaged unseen."""
-    if name not in files:
-        raise IndexLoadError(
-            f"manifest key files: does not list {name}, which this index reads (its size and sha256 would go unchecked)",
-            path=str(manifest_path),
-        )
-
-
-def _load_prefilter(load, count: int, dim: int) -> Prefilter | None:
-    """The int4 copy, validated; None where the compiled kernel (or its int4 entry point) is missing."""
-    from search.scoring import native
-
-    packed = load(PREFILTER_NAME, "uint8", (count, dim // 2))
-    scales = load(PREFILTER_SCALES_NAME, "float32", (count,))
-    residuals = load(PREFILTER_RESIDUALS_NAME, "float32", (count,))
-    kernel = native.load()
-    if kernel is None or dim % 2:
-        return None
-    return Prefilter(packed, scales, residuals, kernel)

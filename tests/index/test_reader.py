@@ -317,18 +317,18 @@ def publish_over(new, live):
 
 
 def test_a_folder_replaced_while_it_is_being_opened_is_opened_again(tmp_path, monkeypatch):
-    import search.index.reader as reader
+    import search.index.opening as opening
 
     live, rebuilt = two_versions(tmp_path)
     new_version = SearchIndex.open(rebuilt).version
-    opened_first = reader.MetadataReader
+    opened_first = opening.MetadataReader
 
     def metadata_after_a_publish(path):  # the rebuild lands after the vectors were mapped
         if (tmp_path / "rebuilt").exists():
             publish_over(rebuilt, live)
         return opened_first(path)
 
-    monkeypatch.setattr(reader, "MetadataReader", metadata_after_a_publish)
+    monkeypatch.setattr(opening, "MetadataReader", metadata_after_a_publish)
     index = SearchIndex.open(live)
     # one version throughout: before, the manifest and vectors were the old index's, the metadata the new one's
     assert index.version == new_version
