@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -16,6 +17,30 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def new_memmap(path: str | os.PathLike, dtype, shape: tuple):
+    """``np.lib.format.open_memmap(path, mode="w+")`` with the file's blocks allocated first.  The file
+    it makes is sparse, and writing through the map into a sparse file on a full disk kills the process
+    with SIGBUS (no message, the temporary folder left behind); allocated up front, a full disk is an
+    OSError (ENOSPC) here instead, which the build reports."""
+    import numpy as np
+
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            del arr
+            raise
+        # EOPNOTSUPP and the like: a file system that cannot allocate ahead; write as before
+    finally:
+        os.close(fd)
+    return arr
 
 
 def describe_files(folder: Path, names: list[str]) -> dict[str, dict]:

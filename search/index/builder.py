@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from search.errors import CorpusError, IndexBuildError
-from search.fileutil import describe_files, write_json_atomic
+from search.fileutil import describe_files, new_memmap, write_json_atomic
 from search.index import publish
 from search.index.corpus import CorpusSpec, ReadStats, is_s3, read_corpus
 from search.index.format import (
@@ -104,8 +104,11 @@ def build_index(
         manifest = _build_into(corpus if is_s3(corpus) else Path(corpus), encoder, tmp, spec, options)
         publish.publish(tmp, out, corpus=corpus, force=options.force)
         return manifest
-    except BaseException:
+    except BaseException as exc:
         publish.discard(tmp)  # only the folder this build made
+        full = publish.disk_full(exc, out)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -244,9 +247,9 @@ def _write_scan_copy(tmp: Path, count: int) -> None:
     form (L2 norm of the difference, rounded up): the search's error bound needs it."""
     stored = np.load(tmp / EMBEDDINGS_NAME, mmap_mode="r")
     dim = stored.shape[1]
-    scan = np.lib.format.open_memmap(tmp / SCAN_NAME, mode="w+", dtype=np.int8, shape=(count, dim))
-    scales = np.lib.format.open_memmap(tmp / SCAN_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
-    residuals = np.lib.format.open_memmap(tmp / SCAN_RESIDUALS_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    scan = new_memmap(tmp / SCAN_NAME, dtype=np.int8, shape=(count, dim))
+    scales = new_memmap(tmp / SCAN_SCALES_NAME, dtype=np.float32, shape=(count,))
+    residuals = new_memmap(tmp / SCAN_RESIDUALS_NAME, dtype=np.float32, shape=(count,))
     for start in range(0, count, SCAN_BLOCK_ROWS):
         block = np.asarray(stored[start : start + SCAN_BLOCK_ROWS], dtype=np.float32)
         rows, row_scales = quantize_int8_rows(block)
@@ -263,9 +266,9 @@ def _write_prefilter(tmp: Path, count: int, dtype: str) -> None:
     stored = np.load(tmp / EMBEDDINGS_NAME, mmap_mode="r")
     row_scales = np.load(tmp / SCALES_NAME, mmap_mode="r") if dtype == "int8" else None
     dim = stored.shape[1]
-    packed = np.lib.format.open_memmap(tmp / PREFILTER_NAME, mode="w+", dtype=np.uint8, shape=(count, dim // 2))
-    scales = np.lib.format.open_memmap(tmp / PREFILTER_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
-    residuals = np.lib.format.open_memmap(tmp / PREFILTER_RESIDUALS_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    packed = new_memmap(tmp / PREFILTER_NAME, dtype=np.uint8, shape=(count, dim // 2))
+    scales = new_memmap(tmp / PREFILTER_SCALES_NAME, dtype=np.float32, shape=(count,))
+    residuals = new_memmap(tmp / PREFILTER_RESIDUALS_NAME, dtype=np.float32, shape=(count,))
     for start in range(0, count, SCAN_BLOCK_ROWS):
         block = np.asarray(stored[start : start + SCAN_BLOCK_ROWS], dtype=np.float32)
         if row_scales is not None:
@@ -282,7 +285,7 @@ def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> No
     counts = Counter(column)
     codes_of = {value: code for code, value in enumerate(sorted(counts))}
     writer.add_field_values(name, [(code, value, counts[value]) for value, code in codes_of.items()])
-    codes = np.lib.format.open_memmap(tmp / field_file(name), mode="w+", dtype=np.int32, shape=(count,))
+    codes = new_memmap(tmp / field_file(name), dtype=np.int32, shape=(count,))
     codes[:] = np.fromiter((codes_of[v] for v in column), dtype=np.int32, count=count)
     codes.flush()
     del codes

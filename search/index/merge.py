@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import IndexBuildError
-from search.fileutil import read_json
+from search.fileutil import new_memmap, read_json
 from search.index import publish
 from search.index.builder import INSERT_BATCH, BuildOptions, finish_index
 from search.index.corpus import CorpusSpec
@@ -130,8 +130,11 @@ def merge_shards(folders: list[Path], out: str | Path, options: BuildOptions = B
         manifest = _merge_into(shards, tmp, spec, options)
         publish.publish(tmp, out, force=options.force)
         return manifest
-    except BaseException:
+    except BaseException as exc:
         publish.discard(tmp)
+        full = publish.disk_full(exc, out)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -175,10 +178,10 @@ def _merge_into(shards: list[tuple[Path, dict]], tmp: Path, spec: CorpusSpec, op
     if row != count:
         raise IndexBuildError(f"the shards' records ({row}) differ from their manifests' counts ({count})")
 
-    hashes = np.lib.format.open_memmap(tmp / HASHES_NAME, mode="w+", dtype=np.uint8, shape=(count, HASH_BYTES))
-    target = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=options.dtype, shape=(count, dim))
+    hashes = new_memmap(tmp / HASHES_NAME, dtype=np.uint8, shape=(count, HASH_BYTES))
+    target = new_memmap(tmp / EMBEDDINGS_NAME, dtype=options.dtype, shape=(count, dim))
     int8 = options.dtype == "int8"
-    scales = np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,)) if int8 else None
+    scales = new_memmap(tmp / SCALES_NAME, dtype=np.float32, shape=(count,)) if int8 else None
     for s, (folder, m) in enumerate(shards):
         if int(m["count"]) == 0:
             continue
@@ -229,9 +232,9 @@ def _merge_titles(shards: list[tuple[Path, dict]], owner: np.ndarray, tmp: Path,
     having = [s for s, (_f, m) in enumerate(shards) if all(n in m.get("files", {}) for n in TITLE_FILES)]
     if not having:
         return False
-    hashes = np.lib.format.open_memmap(tmp / TITLE_HASHES_NAME, mode="w+", dtype=np.uint8, shape=(count, HASH_BYTES))
-    target = np.lib.format.open_memmap(tmp / TITLE_VECTORS_NAME, mode="w+", dtype=np.int8, shape=(count, dim))
-    scales = np.lib.format.open_memmap(tmp / TITLE_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    hashes = new_memmap(tmp / TITLE_HASHES_NAME, dtype=np.uint8, shape=(count, HASH_BYTES))
+    target = new_memmap(tmp / TITLE_VECTORS_NAME, dtype=np.int8, shape=(count, dim))
+    scales = new_memmap(tmp / TITLE_SCALES_NAME, dtype=np.float32, shape=(count,))
     scales[:] = 0.0
     for s in having:
         folder = shards[s][0]

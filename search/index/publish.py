@@ -30,11 +30,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from search.errors import IndexBuildError
-from search.fileutil import read_json
+from search.fileutil import NO_SPACE, read_json
 from search.index.format import INDEX_FORMAT as CURRENT_FORMAT
 from search.index.format import MANIFEST_NAME
 
@@ -181,6 +182,24 @@ def _swap(tmp: Path, out: Path, own_files: tuple[str, ...]) -> None:
         aside.rmdir()
     except OSError:
         pass  # something not ours was put there meanwhile: leave it, never delete it
+
+
+SQLITE_FULL = 13
+
+
+def disk_full(exc: BaseException, out: str | os.PathLike) -> IndexBuildError | None:
+    """The one-line error for a build that ran out of disk space (None: ``exc`` is something else).
+    The build writes beside ``out``, so that is the disk that is full."""
+    full = isinstance(exc, OSError) and exc.errno in NO_SPACE
+    if isinstance(exc, sqlite3.OperationalError):  # SQLite reports ENOSPC as SQLITE_FULL
+        full = getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "database or disk is full" in str(exc)
+    if not full:
+        return None
+    where = Path(out).absolute().parent
+    return IndexBuildError(
+        f"--out {out}: no space left on the device of {where} while writing the index; free some space "
+        "there or build elsewhere (nothing was published, the index there is unchanged)"
+    )
 
 
 def discard(tmp: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from search.errors import SearchError
-from search.fileutil import read_json, sha256_file
+from search.fileutil import new_memmap, read_json, sha256_file
 from search.index.format import (
     EMBEDDINGS_NAME,
     HASHES_NAME,
@@ -162,12 +162,8 @@ def write_vectors(tmp: Path, encoder, writer: MetadataWriter, spec, hashes: Hash
     count = len(column)
     dim = encoder.dimension
     np.save(tmp / HASHES_NAME, column)
-    target = np.lib.format.open_memmap(tmp / EMBEDDINGS_NAME, mode="w+", dtype=options.dtype, shape=(count, dim))
-    scales = (
-        np.lib.format.open_memmap(tmp / SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
-        if options.dtype == "int8"
-        else None
-    )
+    target = new_memmap(tmp / EMBEDDINGS_NAME, dtype=options.dtype, shape=(count, dim))
+    scales = new_memmap(tmp / SCALES_NAME, dtype=np.float32, shape=(count,)) if options.dtype == "int8" else None
     reuse: Reuse | None = options.reuse if options.reuse is not None and options.reuse.usable else None
     old = match_rows(np.asarray(reuse.hashes), column) if reuse is not None else np.full(count, -1, np.int64)
     have = old >= 0

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from search.errors import CorpusError, IndexBuildError
 from search.fileutil import describe_files, read_json, write_json_atomic
+from search.index import publish
 from search.index.builder import BuildOptions, corpus_name, ingest, model_info, write_titles
 from search.index.corpus import CorpusSpec, ReadStats, read_corpus
 from search.index.format import DTYPES, MANIFEST_NAME, RECORDS_NAME
@@ -57,8 +58,11 @@ def build_shard(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return manifest
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = publish.disk_full(exc, out)
+        if full is not None:
+            raise full from None
         raise
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from search.fileutil import new_memmap
 from search.index.format import TITLE_HASHES_NAME, TITLE_SCALES_NAME, TITLE_VECTORS_NAME
 from search.index.metadata import MetadataWriter
 from search.index.names import name_key
@@ -66,8 +67,8 @@ def write_title_vectors(tmp: Path, encoder, writer: MetadataWriter, options) -> 
         return None
     dim = encoder.dimension
     np.save(tmp / TITLE_HASHES_NAME, column)
-    target = np.lib.format.open_memmap(tmp / TITLE_VECTORS_NAME, mode="w+", dtype=np.int8, shape=(count, dim))
-    scales = np.lib.format.open_memmap(tmp / TITLE_SCALES_NAME, mode="w+", dtype=np.float32, shape=(count,))
+    target = new_memmap(tmp / TITLE_VECTORS_NAME, dtype=np.int8, shape=(count, dim))
+    scales = new_memmap(tmp / TITLE_SCALES_NAME, dtype=np.float32, shape=(count,))
     scales[:] = 0.0
     reuse = options.reuse if options.reuse is not None and options.reuse.titles is not None else None
     have = np.zeros(count, dtype=bool)

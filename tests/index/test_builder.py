@@ -97,3 +97,44 @@ def test_compact_storage_keeps_the_top_10(tmp_path, demo_index, dtype):
     assert sum(shared) / (10 * len(shared)) >= 0.98
     # and sizes shrink as promised
     assert compact.embeddings.nbytes * (2 if dtype == "float16" else 4) == exact.embeddings.nbytes
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real small file system: a tmpfs of the size asked for (mounting needs root; else skipped)."""
+    import subprocess
+
+    mounted = []
+
+    def mount(size: str):
+        point = tmp_path / f"disk-{size}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=True)
+
+
+# 500k: the records fit, the vectors do not (written through a memory map: SIGBUS before, rc 135
+# and the temporary folder left behind); 900k: SQLite's keyword index does not (a traceback before)
+@pytest.mark.parametrize("size", ["500k", "900k"])
+def test_a_full_disk_fails_the_build_with_one_line_and_leaves_nothing(small_disk, tiny_model_dir, size):
+    import subprocess
+    import sys
+
+    from tests.conftest import DEMO_CORPUS, ROOT
+
+    disk = small_disk(size)
+    args = ["build", "--model", tiny_model_dir, "--corpus", DEMO_CORPUS, "--out", disk / "index", "--quiet"]
+    proc = subprocess.run([sys.executable, "-m", "search", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr[-500:]
+    assert proc.stderr.strip() == (
+        f"error: --out {disk / 'index'}: no space left on the device of {disk} while writing the index; free some "
+        "space there or build elsewhere (nothing was published, the index there is unchanged)"
+    )
+    assert list(disk.iterdir()) == []  # no index, and no temporary folder
