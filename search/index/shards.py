@@ -49,14 +49,14 @@ def build_shard(
     tmp.mkdir()
     try:
         manifest = _build_shard_into(corpus, encoder, tmp, spec, options, shard)
-        check_shard_target(out)
+        own = check_shard_target(out)
         old = None
         if out.exists():
             old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
             os.rename(out, old)
         os.rename(tmp, out)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _remove_own(old, own)
         return manifest
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -66,17 +66,45 @@ def build_shard(
         raise
 
 
-def check_shard_target(out: Path) -> None:
-    """A shard may replace nothing, an empty folder or an earlier shard folder; anything else is refused."""
+def check_shard_target(out: Path) -> tuple[str, ...]:
+    """A shard may replace nothing, an empty folder or an earlier shard folder holding only what its
+    manifest lists; anything else is refused.  Returns the names the replaced shard owns."""
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise IndexBuildError(f"--out {out} is not a folder; give the shard its own folder")
-    if out.is_dir() and any(out.iterdir()):
+    entries = set(os.listdir(out)) if out.is_dir() else set()
+    if not entries:
+        return ()
+    try:
+        manifest = read_json(out / MANIFEST_NAME)
+    except (OSError, ValueError):
+        manifest = {}
+    files = manifest.get("files")
+    if not str(manifest.get("format", "")).startswith("search-shard/") or not isinstance(files, dict):
+        raise IndexBuildError(f"--out {out} holds something other than a shard; give the shard its own folder")
+    own = (set(files) | {MANIFEST_NAME}) & entries
+    stray = sorted(entries - own)
+    if stray:
+        more = f" and {len(stray) - 1} more" if len(stray) > 1 else ""
+        raise IndexBuildError(
+            f"--out {out} holds files the shard does not list ({stray[0]!r}{more}); refusing to delete them"
+        )
+    return tuple(sorted(own))
+
+
+def _remove_own(old: Path, own: tuple[str, ...]) -> None:
+    """Delete the replaced shard's own files, then its folder if nothing else was put there meanwhile."""
+    for name in own:
+        path = old / name
         try:
-            fmt = str(read_json(out / MANIFEST_NAME).get("format", ""))
-        except (OSError, ValueError):
-            fmt = ""
-        if not fmt.startswith("search-shard/"):
-            raise IndexBuildError(f"--out {out} holds something other than a shard; give the shard its own folder")
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return  # leave the folder beside the shard rather than fail a shard already in place
+    try:
+        old.rmdir()
+    except OSError:
+        pass
 
 
 def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions, shard) -> dict:

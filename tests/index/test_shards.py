@@ -144,6 +144,19 @@ def test_a_damaged_shard_fails_the_merge_naming_it(tmp_path, corpus, tiny_encode
     assert not (tmp_path / "m").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["s0", "s1", "s2"]
 
 
+def test_a_shard_build_never_deletes_files_its_shard_folder_does_not_list(tmp_path, corpus, tiny_encoder):
+    run_build(corpus, tmp_path / "s", tiny_encoder, shard=(0, 3), skip_bad=True)
+    (tmp_path / "s" / "NOTES.txt").write_text("mine")
+    (tmp_path / "s" / "mine").mkdir()
+    with pytest.raises(IndexBuildError, match=r"holds files the shard does not list \('NOTES.txt' and 1 more\)"):
+        run_build(corpus, tmp_path / "s", tiny_encoder, shard=(0, 3), skip_bad=True)
+    assert (tmp_path / "s" / "NOTES.txt").read_text() == "mine" and (tmp_path / "s" / "mine").is_dir()
+    (tmp_path / "s" / "NOTES.txt").unlink()
+    (tmp_path / "s" / "mine").rmdir()
+    run_build(corpus, tmp_path / "s", tiny_encoder, shard=(0, 3), skip_bad=True)  # only its own files: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temporary or old folder left
+
+
 def test_a_duplicate_id_fails_the_shard_that_holds_it(tmp_path, tiny_encoder, demo_records):
     rows = demo_records[:6] + [dict(demo_records[2], text="again")]
     path = write_jsonl(tmp_path / "dup.jsonl", rows)
