@@ -1,13 +1,15 @@
 """``python -m search``: build, merge, query, info, serve, upload, eval, tune.
 
 Errors the user can fix print one line and exit 1; usage errors print one line and exit 2; a
-closed stdout (``search query ... | head``) ends the command quietly with 141, like SIGPIPE.
+closed stdout (``search query ... | head``) ends the command quietly with 141, like SIGPIPE;
+SIGTERM ends a build or merge as Ctrl-C does (its temporary folder removed), with 143.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _min_score, _port, _share, _shares
@@ -340,6 +342,26 @@ def _silence_stdout() -> None:
         pass
 
 
+class Terminated(BaseException):
+    """SIGTERM during a build or merge (``timeout``, ``docker stop``, a scheduler): raised like
+    KeyboardInterrupt, so the build removes its temporary folder on the way out."""
+
+
+def _terminated(signum, _frame) -> None:
+    raise Terminated()
+
+
+def _run(args) -> int:
+    """The command, with SIGTERM as an exception while a build or merge writes (unless ignored)."""
+    if args.func not in (cmd_build, cmd_merge) or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return args.func(args)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return args.func(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     bad = _not_utf8(argv)
@@ -350,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         resolve_settings(args)
-        code = args.func(args)
+        code = _run(args)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
@@ -365,3 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM

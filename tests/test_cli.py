@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -228,3 +229,26 @@ def test_min_score_must_be_a_finite_number_from_minus_1_to_1(score):
     """As the HTTP API's min_score: nan compared false with every score, so it dropped them all."""
     proc = run("query", "chess", f"--min-score={score}")
     one_line(proc, 2, "argument --min-score: expected a number from -1 to 1")
+
+
+def test_sigterm_during_a_build_removes_its_temp_folder(tmp_path, model_dir):
+    """`timeout`, `docker stop` and schedulers send SIGTERM: it ends a build as Ctrl-C does, leaving
+    neither the index nor its half-written `.<name>.tmp-*` folder."""
+    from tests.conftest import DEMO_CORPUS
+
+    command = [sys.executable, "-m", "search", "build", "--corpus", str(DEMO_CORPUS), "--model", str(model_dir)]
+    with subprocess.Popen(
+        [*command, "--out", str(tmp_path / "index"), "--threads", "1"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # progress: 1,108 texts take seconds to embed after this line
+            if line.startswith("embedding: "):
+                break
+        proc.terminate()
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 143, rest
+    assert rest.splitlines()[-1] == "terminated", rest
+    assert os.listdir(tmp_path) == []
