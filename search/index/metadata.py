@@ -95,6 +95,11 @@ class MetadataReader:
 
     def _failed(self, exc: sqlite3.DatabaseError) -> IndexLoadError:
         code = getattr(exc, "sqlite_errorcode", None)
+        if str(exc).startswith("Could not decode to UTF-8"):  # Python's sqlite3, on a damaged text value
+            # (its message quotes the damaged text: not repeated here)
+            return IndexCorruptError(
+                "metadata store is corrupt (a stored text is not valid UTF-8)", path=str(self.path)
+            )
         if (code is not None and code & 0xFF in SQLITE_DAMAGED) or "malformed" in str(exc):
             return IndexCorruptError(f"metadata store is corrupt ({exc})", path=str(self.path))
         return IndexLoadError(f"metadata store query failed ({exc})", path=str(self.path))

@@ -229,3 +229,19 @@ def test_readyz_detail_never_public(model_dir, tmp_path):
         time.sleep(0.05)
     r = client.get("/readyz")
     assert r.status_code == 503 and str(tmp_path) not in r.text, r.text
+
+
+def test_a_stored_text_that_is_not_utf8_is_index_corrupt_not_not_ready(model_dir, index_copy, tmp_path, caplog):
+    """Python's sqlite3 raises OperationalError 'Could not decode to UTF-8 ... with text ...' for it:
+    that was IndexLoadError, so searches said 503 not_ready while /readyz said ready."""
+    conn = sqlite3.connect(index_copy / "metadata.sqlite")
+    conn.execute("UPDATE items SET text = CAST(X'41FF42' AS TEXT) WHERE id = '0ad'")
+    conn.commit()
+    conn.close()
+    agree_manifest(index_copy, "metadata.sqlite")
+    client = ready_client(app_for(model_dir, index_copy, tmp_path, verify_index=False))
+    with caplog.at_level(logging.ERROR):
+        assert_error(client.get("/items/0ad"), 503, "index_corrupt")
+    assert "metadata.sqlite: metadata store is corrupt (a stored text is not valid UTF-8)" in logged(caplog)
+    assert "A\udcffB" not in logged(caplog)  # the damaged text is not quoted
+    assert client.get("/readyz").status_code == 503
