@@ -169,7 +169,7 @@ class RequestContext:
             return message
 
         try:
-            if not _utf8_query(scope):  # Starlette would decode the bytes to U+FFFD and search for that
+            if not _utf8_query(scope) and _route_path(scope) != "/":  # the page reads its own (app.js)
                 await send_error(
                     scope, receive, send_with_id, 422, "invalid request: the query string is not valid UTF-8"
                 )
@@ -256,7 +256,8 @@ def _header(scope, name: bytes) -> bytes | None:
 
 def _utf8_query(scope) -> bool:
     """Whether the query string, percent-decoded, is UTF-8 (``&``, ``=`` and ``+`` are ASCII, so
-    decoding it whole is decoding every name and value)."""
+    decoding it whole is decoding every name and value).  Starlette would decode other bytes to
+    U+FFFD: a search for that, or a filter value that matches nothing."""
     raw = scope.get("query_string") or b""
     try:
         unquote_to_bytes(raw).decode("utf-8")

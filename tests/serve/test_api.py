@@ -275,6 +275,8 @@ def test_a_query_string_that_is_not_utf8_is_422(client, query):
     body = assert_error(client.get(f"/search?{query}"), 422, "invalid_request")
     assert body["error"]["message"] == "invalid request: the query string is not valid UTF-8"
     assert_error(client.get(f"/items/0ad/similar?{query}"), 422, "invalid_request")
+    page = client.get(f"/?{query}")  # the search page decodes its own address, as browsers do
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
 
 
 def test_unknown_route_and_method(client):
