@@ -16,6 +16,8 @@ from search.index.format import MANIFEST_NAME
 from search.storage.transfer import (
     _EXPECTED,
     DATA_PREFIX_KEY,
+    SAFE_NAME_RE,
+    SHA256_RE,
     UPLOAD_READ_TIMEOUT_S,
     S3Location,
     TransferOptions,
@@ -144,12 +146,18 @@ def upload_folder(
 
 def _prune(client, loc: S3Location, keep: set) -> int:
     """Delete ``data/<version>/`` folders other than the new one and the one it replaced (a reader
-    may be downloading that one right now)."""
+    may be downloading that one right now).  Only objects upload wrote are deleted: keys of the
+    form ``data/<version>/<file>`` carrying the ``sha256`` metadata it sets (one HEAD each), so other
+    objects under ``data/`` (the prefix may be a bucket's root) are never touched."""
     keep_keys = tuple(loc.key(p) for p in keep if p)
     doomed = []
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key("data/")):
-            doomed += [o["Key"] for o in page.get("Contents", []) if not o["Key"].startswith(keep_keys)]
+            doomed += [
+                o["Key"]
+                for o in page.get("Contents", [])
+                if not o["Key"].startswith(keep_keys) and _ours(client, loc, o)
+            ]
         for i in range(0, len(doomed), 1000):
             client.delete_objects(
                 Bucket=loc.bucket, Delete={"Objects": [{"Key": k} for k in doomed[i : i + 1000]], "Quiet": True}
@@ -157,6 +165,15 @@ def _prune(client, loc: S3Location, keep: set) -> int:
     except _EXPECTED as exc:
         raise storage_error(exc, loc, "data/") from None
     return len(doomed)
+
+
+def _ours(client, loc: S3Location, listed: dict) -> bool:
+    """Whether a listed object under ``data/`` is a data file upload wrote."""
+    parts = listed["Key"][len(loc.key("data/")) :].split("/")
+    if len(parts) != 2 or not all(SAFE_NAME_RE.match(part) for part in parts):
+        return False
+    head = client.head_object(Bucket=loc.bucket, Key=listed["Key"])
+    return bool(SHA256_RE.match(str(head.get("Metadata", {}).get("sha256", ""))))
 
 
 # -- manifests and chosen files (build inputs: a previous index or shard, shard folders) ---------

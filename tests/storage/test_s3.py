@@ -264,6 +264,26 @@ def test_upload_layout_skip_unchanged_and_prune(bucket, moto_url, tiny_index, tm
     assert published_manifest["version"] == "v3" and published_manifest["data_prefix"] == "data/v3/"
 
 
+def test_prune_deletes_only_what_upload_wrote(bucket, moto_url, tiny_index, tmp_path):
+    """At a bucket's root, ``data/`` may hold anything: prune deleted every object under it."""
+    s3 = boto3.client("s3", endpoint_url=moto_url)
+    theirs = ["data/2025/report.csv", "data/photos/cat.jpg", "data/notes.txt", "data/a/b/c.npy"]
+    for key in theirs:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"not the tool's")
+    for version in ("v1", "v2", "v3"):
+        folder = tmp_path / version
+        shutil.copytree(tiny_index, folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps(dict(manifest, version=version)))
+        report = objects.upload_folder(
+            folder, f"s3://{bucket}/", endpoint_url=moto_url, show_progress=False, prune=True
+        )
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert set(theirs) <= keys  # before: all four deleted
+    assert {k.split("/")[1] for k in keys - set(theirs) if k.startswith("data/")} == {"v2", "v3"}
+    assert report.pruned == len(json.loads((tiny_index / "manifest.json").read_text())["files"])  # v1's files
+
+
 def run_cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-m", "search", *map(str, args)],
