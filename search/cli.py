@@ -12,7 +12,17 @@ import os
 import signal
 import sys
 
-from search.cli_args import _byte_size, _endpoint_url, _eval_k, _eval_modes, _min_score, _port, _share, _shares
+from search.cli_args import (
+    _byte_size,
+    _endpoint_url,
+    _eval_k,
+    _eval_modes,
+    _min_score,
+    _port,
+    _share,
+    _shares,
+    _threads,
+)
 from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_tune, cmd_upload
 from search.errors import ConfigError, SearchError
 from search.hybrid import SENTENCE_SHARE
@@ -138,9 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--index", default=None, help=INDEX_HELP)
         p.add_argument(
             "--threads",
-            type=int,
+            type=_threads,
             default=None,
-            help="CPU threads (default: SEARCH_THREADS or the CPUs this process may use)",
+            help="CPU threads, or auto (default: SEARCH_THREADS or auto: the CPUs this process may use)",
         )
 
     p = sub.add_parser(

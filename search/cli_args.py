@@ -47,6 +47,20 @@ def _byte_size(raw: str) -> int:
     return size
 
 
+def _threads(raw: str) -> int | str:
+    """--threads: a number >= 1, or ``auto`` (also 0), which beats SEARCH_THREADS as a number does."""
+    text = raw.strip().lower()
+    if text == "auto":
+        return text
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise argparse.ArgumentTypeError("expected a number >= 1 or auto")
+    return threads
+
+
 def _min_score(raw: str) -> float:
     """--min-score: a finite number from -1 to 1, as the HTTP API's ``min_score``."""
     try:

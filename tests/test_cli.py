@@ -252,3 +252,10 @@ def test_sigterm_during_a_build_removes_its_temp_folder(tmp_path, model_dir):
         assert proc.wait(timeout=120) == 143, rest
     assert rest.splitlines()[-1] == "terminated", rest
     assert os.listdir(tmp_path) == []
+
+
+def test_threads_takes_auto_as_its_error_message_says(demo_index):
+    """`--threads -3` answers "must be >= 1 or 'auto'"; `--threads auto` then has to work."""
+    one_line(run("query", "chess", "--threads", "-3"), 2, "argument --threads: expected a number >= 1 or auto")
+    proc = run("query", "chess", "-k", "1", "--threads", "auto", "--index", demo_index)
+    assert proc.returncode == 0 and "1  " in proc.stdout, proc.stderr
