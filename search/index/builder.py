@@ -35,6 +35,7 @@ from search.index.format import (
     PREFILTER_NAME,
     PREFILTER_RESIDUALS_NAME,
     PREFILTER_SCALES_NAME,
+    RESERVED_FIELD_NAMES,
     SCALES_NAME,
     SCAN_FILES,
     SCAN_NAME,
@@ -88,15 +89,26 @@ class BuildOptions:
     title_vectors: bool = True  # also embed each title alone (titles.py; hybrid's max-sim for terse queries)
 
 
+def check_field_names(fields) -> None:
+    """Names a field may have: a file name part (``field-<name>.npy``), and not a search parameter."""
+    for name in fields:
+        if not FIELD_NAME_RE.match(name):
+            raise IndexBuildError(f"field name {name!r} is not allowed (letters, digits, _ . -)")
+        if name in RESERVED_FIELD_NAMES:
+            names = ", ".join(sorted(RESERVED_FIELD_NAMES))
+            raise IndexBuildError(
+                f"field name {name!r} is one of GET /search's own parameters ({names}), so it could not be "
+                "filtered on; rename it in the corpus"
+            )
+
+
 def build_index(
     corpus: str | Path, encoder: VectorSource, out: str | Path, spec: CorpusSpec, options: BuildOptions = BuildOptions()
 ) -> dict:
     """Build and publish the index at ``out``; returns its manifest."""
     if options.dtype not in DTYPES:
         raise IndexBuildError(f"dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
-    for name in spec.fields:
-        if not FIELD_NAME_RE.match(name):
-            raise IndexBuildError(f"field name {name!r} is not allowed (letters, digits, _ . -)")
+    check_field_names(spec.fields)
     out = Path(out)
     publish.check_target(out, corpus=corpus, force=options.force)  # refuse before any work (see publish.py)
     tmp = publish.make_temp(out)

@@ -30,6 +30,8 @@ INDEX_FORMAT = "search-index/1"
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float32", "float16", "int8")
 FIELD_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+# GET /search's own parameters (serve/routes.py): a stored field of one of these names could not be filtered on
+RESERVED_FIELD_NAMES = frozenset({"q", "k", "offset", "min_score", "mode"})
 
 EMBEDDINGS_NAME = "embeddings.npy"
 SCALES_NAME = "scales.npy"

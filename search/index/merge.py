@@ -21,7 +21,7 @@ import numpy as np
 from search.errors import IndexBuildError
 from search.fileutil import new_memmap, read_json
 from search.index import publish
-from search.index.builder import INSERT_BATCH, BuildOptions, finish_index
+from search.index.builder import INSERT_BATCH, BuildOptions, check_field_names, finish_index
 from search.index.corpus import CorpusSpec
 from search.index.format import (
     DTYPES,
@@ -123,6 +123,7 @@ def merge_shards(folders: list[Path], out: str | Path, options: BuildOptions = B
     first = shards[0][1]
     spec_dict = dict(first["spec"], fields=tuple(first["spec"].get("fields", ())))
     spec = CorpusSpec(**spec_dict)
+    check_field_names(spec.fields)  # shards written before shard builds checked them
     options = dataclasses.replace(options, dtype=first["dtype"])
     publish.check_target(out, force=options.force)
     tmp = publish.make_temp(out)

@@ -27,7 +27,7 @@ from pathlib import Path
 from search.errors import CorpusError, IndexBuildError
 from search.fileutil import describe_files, read_json, write_json_atomic
 from search.index import publish
-from search.index.builder import BuildOptions, corpus_name, ingest, model_info, write_titles
+from search.index.builder import BuildOptions, check_field_names, corpus_name, ingest, model_info, write_titles
 from search.index.corpus import CorpusSpec, ReadStats, read_corpus
 from search.index.format import DTYPES, MANIFEST_NAME, RECORDS_NAME
 from search.index.metadata import MetadataWriter
@@ -42,6 +42,7 @@ def build_shard(
     """Write shard ``shard = (I, N)`` of ``corpus`` to the folder ``out``; returns its manifest."""
     if options.dtype not in DTYPES:
         raise IndexBuildError(f"dtype {options.dtype!r} is not one of {', '.join(DTYPES)}")
+    check_field_names(spec.fields)
     out = Path(out)
     check_shard_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)

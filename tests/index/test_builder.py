@@ -80,6 +80,24 @@ def test_empty_corpus_and_bad_field_name(tmp_path, tiny_encoder):
     assert not (tmp_path / "i").exists()
 
 
+@pytest.mark.parametrize("field", ["q", "k", "offset", "min_score", "mode"])
+def test_a_field_named_like_a_search_parameter_is_refused(tmp_path, tiny_encoder, field):
+    """GET /search and the search page read ?mode= (q, k, ...) as the parameter: a field of that
+    name could never be filtered on, and the page's control for it overwrote the mode."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"id": "a", "text": "apple", field: "x"}])
+    spec = CorpusSpec(fields=("section", field))
+    with pytest.raises(IndexBuildError, match=f"field name {field!r} is one of GET /search's own parameters"):
+        build_index(corpus, tiny_encoder, tmp_path / "i", spec, BuildOptions(show_progress=False))
+    assert not (tmp_path / "i").exists()
+
+
+def test_the_reserved_field_names_are_the_search_parameters():
+    from search.index.format import RESERVED_FIELD_NAMES
+    from search.serve.routes import RESERVED_PARAMS
+
+    assert RESERVED_FIELD_NAMES == RESERVED_PARAMS
+
+
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_compact_storage_keeps_the_top_10(tmp_path, demo_index, dtype):
     """On real vectors (the demo corpus), float16/int8 storage returns nearly float32's top-10: the same

@@ -157,6 +157,25 @@ def test_a_shard_build_never_deletes_files_its_shard_folder_does_not_list(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # no temporary or old folder left
 
 
+@pytest.mark.parametrize("field", ["../x", "mode"])
+def test_a_shard_refuses_a_field_name_a_build_refuses(tmp_path, corpus, tiny_encoder, field):
+    """`--shard` took any --fields, and `search merge` then failed with a traceback (field-../x.npy)."""
+    spec = CorpusSpec(fields=("section", field))
+    with pytest.raises(IndexBuildError, match=f"field name {field!r}"):
+        build(str(corpus), str(tmp_path / "s0"), tiny_encoder, spec, options(), shard=(0, 1), stream=io.StringIO())
+    assert not (tmp_path / "s0").exists()
+
+
+def test_merge_refuses_a_shard_with_a_field_name_a_build_refuses(tmp_path, corpus, tiny_encoder):
+    run_build(corpus, tmp_path / "s0", tiny_encoder, shard=(0, 1), skip_bad=True)
+    manifest = json.loads((tmp_path / "s0" / "manifest.json").read_text())
+    manifest["spec"]["fields"] = ["section", "../x"]  # as a shard build wrote it before it checked names
+    (tmp_path / "s0" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexBuildError, match="field name '../x'"):
+        merge_shards([tmp_path / "s0"], tmp_path / "index", options())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s0"]
+
+
 def test_a_duplicate_id_fails_the_shard_that_holds_it(tmp_path, tiny_encoder, demo_records):
     rows = demo_records[:6] + [dict(demo_records[2], text="again")]
     path = write_jsonl(tmp_path / "dup.jsonl", rows)
