@@ -18,6 +18,7 @@ from search.cli_args import (
     _eval_k,
     _eval_modes,
     _min_score,
+    _not_utf8,
     _port,
     _share,
     _shares,
@@ -329,17 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_parser(sub, common)  # search eval and search tune, see their blocks above
     _add_tune_parser(sub, common)
     return parser
-
-
-def _not_utf8(argv: list[str]) -> int | None:
-    """Position of the first argument that is not valid UTF-8 (Python keeps such bytes as lone
-    surrogates, which fail later wherever the text is encoded), or None."""
-    for position, arg in enumerate(argv, start=1):
-        try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:
-            return position
-    return None
 
 
 def _silence_stdout() -> None:

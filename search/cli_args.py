@@ -123,3 +123,14 @@ def _shares(value: str) -> tuple[float, ...]:
         return parse_grid(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _not_utf8(argv: list[str]) -> int | None:
+    """Position of the first argument that is not valid UTF-8 (Python keeps such bytes as lone
+    surrogates, which fail later wherever the text is encoded), or None."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return position
+    return None
