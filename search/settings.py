@@ -24,7 +24,10 @@ DEFAULT_CACHE_DIR = "/tmp/search"
 
 def _int(low: int | None = None, high: int | None = None):
     def parse(raw: Any) -> int:
-        value = int(raw)
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ValueError("must be a whole number") from None
         if (low is not None and value < low) or (high is not None and value > high):
             raise ValueError(f"must be between {low} and {high}")
         return value
@@ -34,7 +37,10 @@ def _int(low: int | None = None, high: int | None = None):
 
 def _float(low: float, high: float):
     def parse(raw: Any) -> float:
-        value = float(raw)
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = float("nan")
         if not low <= value <= high:  # also rejects nan
             raise ValueError(f"must be between {low:g} and {high:g}")
         return value
@@ -45,7 +51,10 @@ def _float(low: float, high: float):
 def _optional_int(raw: Any) -> int | None:
     if raw in (None, "", "0", 0, "auto"):
         return None
-    value = int(raw)
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        value = 0
     if value < 1:
         raise ValueError("must be >= 1 or 'auto'")
     return value
@@ -161,7 +170,8 @@ class Settings:
             try:
                 values[name] = parse(raw)
             except (TypeError, ValueError) as exc:
-                raise ConfigError(f"{source}={raw!r}: {exc}") from None
+                shown = repr(raw) if len(str(raw)) <= 40 else repr(str(raw)[:40]) + "..."
+                raise ConfigError(f"{source}={shown}: {exc}") from None
         return cls(**values)
 
     @classmethod
