@@ -314,7 +314,8 @@ class LiveIndex:
             old, old_cached = self._index, self._cached_path
             self._stamp = stamp
             if old is not None and index.version == old.version and index.path == old.path:
-                return False  # same content republished (new ETag): keep the mapped one
+                index.close()  # same content republished (new ETag): keep the mapped one
+                return False
             with self._load_lock:
                 self._index, self._cached_path = index, cached  # the swap: one assignment
             self.swaps += 1

@@ -204,6 +204,22 @@ def test_local_folder_in_place_with_page_in_and_rebuild_swap(two_versions, tiny_
     assert folder.exists()  # a path we do not own is never deleted
 
 
+def test_same_content_republished_keeps_the_old_index_and_closes_the_new_open(two_versions, monkeypatch):
+    live = LiveIndex(str(two_versions["a"]), refresh_seconds=0)
+    opened = []
+    real_open = live._open
+    monkeypatch.setattr(live, "_open", lambda path: opened.append(real_open(path)) or opened[-1])
+    first = live.load()
+    manifest = two_versions["a"] / "manifest.json"
+    data = manifest.read_bytes()
+    manifest.unlink()
+    manifest.write_bytes(data)  # a new file, the same content: the stamp changes, the version does not
+    assert live.maybe_refresh(force=True) is False
+    assert live.current() is first and len(opened) == 2
+    assert opened[1].embeddings is None  # the second open was closed, not left to the garbage collector
+    assert first.metadata.rows([0])[0]["id"].startswith("a-")
+
+
 def test_background_refresh_does_not_block_the_caller(two_versions, bucket, moto_url, proxy, tmp_path):
     uri = f"s3://{bucket}/bg/"
     storage.upload_folder(two_versions["a"], uri, endpoint_url=moto_url, show_progress=False)
