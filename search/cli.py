@@ -23,6 +23,7 @@ from search.cli_args import (
     _share,
     _shares,
     _threads,
+    _workers,
 )
 from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_tune, cmd_upload
 from search.errors import ConfigError, SearchError
@@ -291,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument("--port", type=_port, default=8000, help="port (default: %(default)s)")
     p.add_argument(
-        "--workers", type=int, default=1, help="processes, each with its own model copy (default: %(default)s)"
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes, each with its own model copy, 1-64 (default: %(default)s)",
     )
     p.add_argument(
         "--cpu-workers",

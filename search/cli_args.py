@@ -61,6 +61,20 @@ def _threads(raw: str) -> int | str:
     return threads
 
 
+MAX_WORKERS = 64  # processes under `search serve` (each loads its own model copy), as SEARCH_CPU_WORKERS
+
+
+def _workers(raw: str) -> int:
+    """serve --workers: 1 to 64 processes (uvicorn forks as many as it is told)."""
+    try:
+        workers = int(raw)
+    except ValueError:
+        workers = 0
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_WORKERS}")
+    return workers
+
+
 def _min_score(raw: str) -> float:
     """--min-score: a finite number from -1 to 1, as the HTTP API's ``min_score``."""
     try:

@@ -259,3 +259,9 @@ def test_threads_takes_auto_as_its_error_message_says(demo_index):
     one_line(run("query", "chess", "--threads", "-3"), 2, "argument --threads: expected a number >= 1 or auto")
     proc = run("query", "chess", "-k", "1", "--threads", "auto", "--index", demo_index)
     assert proc.returncode == 0 and "1  " in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["0", "-1", "65", "100000", "two"])
+def test_serve_workers_is_bounded(workers):
+    """`--workers 100000` forked until a shared 2-core machine reached load 386; 0 and -1 served anyway."""
+    one_line(run("serve", f"--workers={workers}", timeout=60), 2, "argument --workers: expected a number from 1 to 64")
