@@ -102,7 +102,8 @@ class SearchIndex:
         def once() -> SearchIndex:
             return cls(path, *open_parts(path, model_fingerprint=model_fingerprint, dimension=dimension, verify=verify))
 
-        index, index.folder_id = open_consistently(path, once)
+        index, folder_id = open_consistently(path, once)
+        index.folder_id = folder_id
         return index
 
     def close(self) -> None:
