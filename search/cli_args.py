@@ -7,6 +7,8 @@ import argparse
 import math
 from urllib.parse import urlsplit
 
+from search.settings import MAX_THREADS
+
 
 def _filters(pairs: list[str] | None) -> dict[str, list[str]]:
     """``["section=games", "section=x11", "lang=en"]`` -> ``{"section": ["games", "x11"], "lang": ["en"]}``."""
@@ -48,7 +50,7 @@ def _byte_size(raw: str) -> int:
 
 
 def _threads(raw: str) -> int | str:
-    """--threads: a number >= 1, or ``auto`` (also 0), which beats SEARCH_THREADS as a number does."""
+    """--threads: 1 to MAX_THREADS, or ``auto`` (also 0), which beats SEARCH_THREADS as a number does."""
     text = raw.strip().lower()
     if text == "auto":
         return text
@@ -56,8 +58,8 @@ def _threads(raw: str) -> int | str:
         threads = int(text)
     except ValueError:
         threads = -1
-    if threads < 0:
-        raise argparse.ArgumentTypeError("expected a number >= 1 or auto")
+    if not 0 <= threads <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_THREADS} or auto")
     return threads
 
 

@@ -48,15 +48,18 @@ def _float(low: float, high: float):
     return parse
 
 
-def _optional_int(raw: Any) -> int | None:
+MAX_THREADS = 64  # a build starts this many embedding processes: a typo must not fork hundreds
+
+
+def _threads(raw: Any) -> int | None:
     if raw in (None, "", "0", 0, "auto"):
         return None
     try:
         value = int(raw)
     except (TypeError, ValueError):
         value = 0
-    if value < 1:
-        raise ValueError("must be >= 1 or 'auto'")
+    if not 1 <= value <= MAX_THREADS:
+        raise ValueError(f"must be from 1 to {MAX_THREADS} or 'auto'")
     return value
 
 
@@ -94,7 +97,7 @@ SPEC: dict[str, tuple[str, Any, Any]] = {
     "model_dir": ("SEARCH_MODEL_DIR", DEFAULT_MODEL_DIR, _str),
     "index_uri": ("SEARCH_INDEX_URI", DEFAULT_INDEX_URI, _str),
     "cache_dir": ("SEARCH_CACHE_DIR", DEFAULT_CACHE_DIR, _str),
-    "threads": ("SEARCH_THREADS", None, _optional_int),
+    "threads": ("SEARCH_THREADS", None, _threads),
     "max_query_chars": ("SEARCH_MAX_QUERY_CHARS", 1000, _int(1, 100_000)),
     "max_k": ("SEARCH_MAX_K", 100, _int(1, 10_000)),
     "max_offset": ("SEARCH_MAX_OFFSET", 1000, _int(0, 1_000_000)),

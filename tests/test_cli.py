@@ -255,8 +255,12 @@ def test_sigterm_during_a_build_removes_its_temp_folder(tmp_path, model_dir):
 
 
 def test_threads_takes_auto_as_its_error_message_says(demo_index):
-    """`--threads -3` answers "must be >= 1 or 'auto'"; `--threads auto` then has to work."""
-    one_line(run("query", "chess", "--threads", "-3"), 2, "argument --threads: expected a number >= 1 or auto")
+    """`--threads -3` answers "from 1 to 64 or auto"; `--threads auto` then has to work.  A build starts
+    one embedding process a thread, so `--threads 100000` is refused as `--workers 100000` is."""
+    for bad in ("-3", "65", "100000"):
+        one_line(
+            run("query", "chess", "--threads", bad), 2, "argument --threads: expected a number from 1 to 64 or auto"
+        )
     proc = run("query", "chess", "-k", "1", "--threads", "auto", "--index", demo_index)
     assert proc.returncode == 0 and "1  " in proc.stdout, proc.stderr
 

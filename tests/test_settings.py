@@ -11,7 +11,8 @@ from search.settings import Settings
     [
         ({"SEARCH_MAX_K": "abc"}, "SEARCH_MAX_K='abc': must be a whole number"),
         ({"SEARCH_MAX_K": "2.5"}, "SEARCH_MAX_K='2.5': must be a whole number"),
-        ({"SEARCH_THREADS": "many"}, "SEARCH_THREADS='many': must be >= 1 or 'auto'"),
+        ({"SEARCH_THREADS": "many"}, "SEARCH_THREADS='many': must be from 1 to 64 or 'auto'"),
+        ({"SEARCH_THREADS": "100000"}, "SEARCH_THREADS='100000': must be from 1 to 64 or 'auto'"),
         ({"SEARCH_HYBRID_SENTENCE_SHARE": "half"}, "SEARCH_HYBRID_SENTENCE_SHARE='half': must be between 0 and 1"),
     ],
 )
