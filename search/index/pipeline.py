@@ -43,7 +43,10 @@ def _reuse_for(reuse, out, encoder, dtype: str, work: Path) -> Reuse | None:
     if reuse is None:
         return None
     location = out if reuse == DEFAULT else reuse
-    return open_reuse(location, model=model_info(encoder), dtype=dtype, dimension=encoder.dimension, work_dir=work)
+    source = open_reuse(location, model=model_info(encoder), dtype=dtype, dimension=encoder.dimension, work_dir=work)
+    if reuse != DEFAULT and not source.usable and source.reason is None:
+        source.reason = "there is no index there"  # asked for by name: say so, unlike a first build at --out
+    return source
 
 
 def reuse_note(source: Reuse | None) -> str | None:

@@ -115,6 +115,15 @@ def test_reuse_from_another_folder_and_the_progress_line(tmp_path, tiny_encoder,
     assert outcome.manifest["build"]["embedded"] == 5
 
 
+def test_a_reuse_source_named_but_missing_is_said_not_ignored(tmp_path, tiny_encoder, records):
+    corpus = write_jsonl(tmp_path / "c.jsonl", records)
+    outcome, said = run(corpus, tmp_path / "new", tiny_encoder, reuse=str(tmp_path / "no-such-index"))
+    assert said.strip() == f"not reusing {tmp_path / 'no-such-index'}: there is no index there; embedding every text"
+    assert outcome.manifest["build"]["embedded"] == len(records)
+    _, first = run(corpus, tmp_path / "first", tiny_encoder)  # nothing at --out yet: a first build, no note
+    assert first == ""
+
+
 @pytest.mark.parametrize(
     "change, reason",
     [
