@@ -80,6 +80,8 @@ def open_parts(path: Path, *, model_fingerprint: str | None, dimension: int | No
     """(manifest, embeddings, scales, codes, metadata, scan, prefilter, titles) of the index at ``path``."""
     manifest_path = path / MANIFEST_NAME
     if not path.is_dir():
+        if path.exists():  # e.g. the corpus file given as --index
+            raise IndexLoadError("not a folder (an index is a folder built by `search build`)", path=str(path))
         raise IndexLoadError("index folder not found", path=str(path))
     if not manifest_path.is_file():
         raise IndexLoadError("missing file (no index manifest here)", path=str(manifest_path))

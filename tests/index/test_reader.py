@@ -110,6 +110,9 @@ def edit_manifest(folder, change):
 def test_missing_folder_and_manifest(tmp_path, fresh_index):
     with pytest.raises(IndexLoadError, match="index folder not found"):
         SearchIndex.open(tmp_path / "nothing")
+    (tmp_path / "corpus.jsonl").write_text("{}\n")
+    with pytest.raises(IndexLoadError, match=r"corpus.jsonl: not a folder \(an index is a folder built by"):
+        SearchIndex.open(tmp_path / "corpus.jsonl")
     (fresh_index / "manifest.json").unlink()
     with pytest.raises(IndexLoadError, match="manifest.json: missing file"):
         SearchIndex.open(fresh_index)
