@@ -219,8 +219,9 @@ def finish_index(
     prefilter = options.prefilter and dimension % 2 == 0
     if prefilter:
         _write_prefilter(tmp, count, options.dtype)
-    for name in spec.fields:
-        _write_field(tmp, writer, name, count)
+    empty = [name for name in spec.fields if _write_field(tmp, writer, name, count) == 0]
+    if empty:  # most likely a misspelt --fields name: the summary line says so
+        build["fields_without_values"] = empty
     lexical = write_lexical_index(writer.conn)  # keyword index inside metadata.sqlite: its sha256 covers it
     writer.close()
 
@@ -292,7 +293,8 @@ def _write_prefilter(tmp: Path, count: int, dtype: str) -> None:
     del stored, row_scales, packed, scales, residuals
 
 
-def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> None:
+def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> int:
+    """The field's codes and values; returns how many records have a value for it."""
     column = list(writer.field_column(name))
     counts = Counter(column)
     codes_of = {value: code for code, value in enumerate(sorted(counts))}
@@ -301,3 +303,4 @@ def _write_field(tmp: Path, writer: MetadataWriter, name: str, count: int) -> No
     codes[:] = np.fromiter((codes_of[v] for v in column), dtype=np.int32, count=count)
     codes.flush()
     del codes
+    return count - counts[""]

@@ -135,5 +135,7 @@ def summary(outcome: Outcome, what: str) -> str:
         parts.append(f"titles {build['titles_reused']} reused, {build['titles_embedded']} embedded")
     if skipped:
         parts.append(f"{skipped} bad records skipped")
+    if build.get("fields_without_values"):
+        parts.append(f"no record has field {', '.join(build['fields_without_values'])} (misspelt?)")
     where = outcome.out + (" (uploaded)" if outcome.uploaded is not None else "")
     return f"{what} {where}: " + ", ".join(parts) + f" in {m['build_seconds']}s"

@@ -91,6 +91,26 @@ def test_a_field_named_like_a_search_parameter_is_refused(tmp_path, tiny_encoder
     assert not (tmp_path / "i").exists()
 
 
+def test_a_field_no_record_has_is_named_in_the_build_summary(tmp_path, tiny_encoder):
+    """`--fields sectoin` (a typo) builds a field every record lacks: the summary line says so."""
+    from search.index.pipeline import Outcome, summary
+
+    corpus = write_jsonl(
+        tmp_path / "c.jsonl", [{"id": "a", "text": "apple", "section": "fruit"}, {"id": "b", "text": "bean"}]
+    )
+    spec = CorpusSpec(fields=("section", "sectoin"))
+    manifest = build_index(corpus, tiny_encoder, tmp_path / "i", spec, BuildOptions(show_progress=False))
+    assert manifest["build"]["fields_without_values"] == ["sectoin"]
+    line = summary(Outcome(manifest, str(tmp_path / "i"), None), "built")
+    assert "no record has field sectoin (misspelt?)" in line
+    full = build_index(
+        corpus, tiny_encoder, tmp_path / "j", CorpusSpec(fields=("section",)), BuildOptions(show_progress=False)
+    )
+    assert "fields_without_values" not in full["build"] and "no record has" not in summary(
+        Outcome(full, "j", None), "built"
+    )
+
+
 def test_the_reserved_field_names_are_the_search_parameters():
     from search.index.format import RESERVED_FIELD_NAMES
     from search.serve.routes import RESERVED_PARAMS
