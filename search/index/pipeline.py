@@ -130,7 +130,8 @@ def summary(outcome: Outcome, what: str) -> str:
     build = m.get("build") or {}
     skipped = m["corpus"].get("skipped", 0)
     parts = [f"{m['count']} items, {m['dimension']}-d {m['dtype']}, version {m['version']}"]
-    parts.append(f"{build.get('reused', 0)} vectors reused, {build.get('embedded', 0)} embedded")
+    by = " by its shards" if "shards" in build else ""  # a merge embeds nothing: it adds up its shards
+    parts.append(f"{build.get('reused', 0)} vectors reused, {build.get('embedded', 0)} embedded{by}")
     if "titles_embedded" in build:
         parts.append(f"titles {build['titles_reused']} reused, {build['titles_embedded']} embedded")
     if skipped:

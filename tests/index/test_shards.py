@@ -255,6 +255,7 @@ def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"merged {tmp_path / 'm'}: 93 items")
+    assert " embedded by its shards, titles " in done.stdout  # a merge embeds nothing itself
     assert data_files(tmp_path / "m") == data_files(single)
     bad = subprocess.run(
         [
