@@ -150,3 +150,18 @@ def _not_utf8(argv: list[str]) -> int | None:
         except UnicodeEncodeError:
             return position
     return None
+
+
+def port_problem(host: str, port: int) -> str | None:
+    """Why ``serve`` cannot listen on host:port (in use, not allowed), or None: checked before uvicorn
+    starts, so the answer is one line instead of its start-up log and exit code 3."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            sock.bind(address)
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None

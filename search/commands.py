@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from search.cli_args import _endpoint_url, _filters
+from search.cli_args import _endpoint_url, _filters, port_problem
 from search.errors import ConfigError, SearchError
 from search.settings import SPEC, Settings
 
@@ -157,12 +157,12 @@ def cmd_info(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    import os
-
     import uvicorn
 
     from search.model.bundle import ModelBundle
 
+    if problem := port_problem(args.host, args.port):
+        raise SearchError(problem)
     settings = args.settings
     ModelBundle.load(settings.model_dir)  # fail here with one line, not later in a worker
     if not settings.index_uri.startswith("s3://") and not (Path(settings.index_uri) / "manifest.json").is_file():
@@ -182,8 +182,6 @@ def cmd_serve(args) -> int:
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
-    from search.settings import SPEC
-
     env = {}
     for name, (var, _default, _parse) in SPEC.items():
         value = getattr(settings, name)

@@ -124,6 +124,19 @@ def one_line(proc, code, *needles):
         assert needle in err, err
 
 
+def test_serve_on_a_port_in_use_is_one_line():
+    """Not uvicorn's start-up log and exit code 3."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        one_line(
+            run("serve", "--host", "127.0.0.1", "--port", port, timeout=60), 1, f"cannot listen on 127.0.0.1:{port}: "
+        )
+
+
 @pytest.mark.parametrize("port", ["99999", "-1", "http"])
 def test_serve_port_out_of_range_is_one_line(port):
     one_line(run("serve", "--port", port), 2, "argument --port: expected a port number from 0 to 65535")
