@@ -20,6 +20,7 @@ from search.cli_args import (
     _min_score,
     _not_utf8,
     _port,
+    _shard,
     _share,
     _shares,
     _threads,
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard",
         default=None,
+        type=_shard,
         metavar="I/N",
         help="build only shard I of N (records by a stable hash of the id) into the folder --out; "
         "`search merge` assembles the index",

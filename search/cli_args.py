@@ -63,6 +63,18 @@ def _threads(raw: str) -> int | str:
     return threads
 
 
+def _shard(raw: str) -> str:
+    """build --shard I/N, checked as the build pipeline checks it, so a bad one is a usage error."""
+    from search.errors import ConfigError
+    from search.index.records import parse_shard
+
+    try:
+        parse_shard(raw)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard ")) from None
+    return raw
+
+
 MAX_WORKERS = 64  # processes under `search serve` (each loads its own model copy), as SEARCH_CPU_WORKERS
 
 

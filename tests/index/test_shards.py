@@ -276,7 +276,8 @@ def test_cli_shard_and_merge(tmp_path, corpus, single, tiny_model_dir):
         text=True,
         timeout=120,
     )
-    assert bad.returncode != 0 and bad.stderr.strip().count("\n") == 0 and "--shard '3/2'" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0, bad.stderr  # a usage error, as others
+    assert "argument --shard: '3/2': need 0 <= I < N" in bad.stderr
 
 
 @pytest.mark.parametrize("text", ["1", "2/2", "-1/3", "a/b", "0/0"])
