@@ -100,7 +100,8 @@ def open_reuse(location: str | Path, *, model: dict, dtype: str, dimension: int,
             return reuse
         folder = Path(source)
         if not (folder / MANIFEST_NAME).is_file():
-            return Reuse(source, reason=None if not folder.exists() else "it holds no manifest.json")
+            empty = not folder.is_dir() or not any(folder.iterdir())  # nothing there yet: nothing to say
+            return Reuse(source, reason=None if empty else "it holds no manifest.json")
         manifest = read_json(folder / MANIFEST_NAME)
         reason = incompatibility(manifest, model=model, dtype=dtype, dimension=dimension)
         if reason:

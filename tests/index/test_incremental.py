@@ -122,6 +122,9 @@ def test_a_reuse_source_named_but_missing_is_said_not_ignored(tmp_path, tiny_enc
     assert outcome.manifest["build"]["embedded"] == len(records)
     _, first = run(corpus, tmp_path / "first", tiny_encoder)  # nothing at --out yet: a first build, no note
     assert first == ""
+    (tmp_path / "made-for-it").mkdir()
+    _, into_empty = run(corpus, tmp_path / "made-for-it", tiny_encoder)  # an empty folder made for the index
+    assert into_empty == ""
 
 
 @pytest.mark.parametrize(
