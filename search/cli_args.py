@@ -54,13 +54,18 @@ def _threads(raw: str) -> int | str:
     text = raw.strip().lower()
     if text == "auto":
         return text
+    return _int_in(text, 0, MAX_THREADS, f"expected a number from 1 to {MAX_THREADS} or auto")
+
+
+def _int_in(raw: str, low: int, high: int | None, message: str) -> int:
+    """A whole number from ``low`` to ``high`` (None: no limit), else a usage error saying ``message``."""
     try:
-        threads = int(text)
+        value = int(raw)
     except ValueError:
-        threads = -1
-    if not 0 <= threads <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_THREADS} or auto")
-    return threads
+        raise argparse.ArgumentTypeError(message) from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(message)
+    return value
 
 
 def _shard(raw: str) -> str:
@@ -80,13 +85,7 @@ MAX_WORKERS = 64  # processes under `search serve` (each loads its own model cop
 
 def _workers(raw: str) -> int:
     """serve --workers: 1 to 64 processes (uvicorn forks as many as it is told)."""
-    try:
-        workers = int(raw)
-    except ValueError:
-        workers = 0
-    if not 1 <= workers <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_WORKERS}")
-    return workers
+    return _int_in(raw, 1, MAX_WORKERS, f"expected a number from 1 to {MAX_WORKERS}")
 
 
 def _min_score(raw: str) -> float:
@@ -101,13 +100,7 @@ def _min_score(raw: str) -> float:
 
 
 def _port(raw: str) -> int:
-    try:
-        port = int(raw)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError("expected a port number from 0 to 65535")
-    return port
+    return _int_in(raw, 0, 65535, "expected a port number from 0 to 65535")
 
 
 def _eval_modes(value: str) -> list[str]:
@@ -121,13 +114,7 @@ def _eval_modes(value: str) -> list[str]:
 
 
 def _eval_k(value: str) -> int:
-    try:
-        k = int(value)
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise argparse.ArgumentTypeError(f"-k {value!r}: expected a whole number >= 1")
-    return k
+    return _int_in(value, 1, None, f"-k {value!r}: expected a whole number >= 1")
 
 
 def _share(value: str) -> float:
