@@ -475,6 +475,22 @@ def test_an_index_without_keyword_index_falls_back_to_semantic(tiny_demo, tiny_i
     assert demo.keyword_status() is None
 
 
+def test_a_manifest_naming_a_missing_names_table_turns_keyword_search_off_at_open(tiny_demo, tiny_index, tmp_path):
+    """Found by the storage audit: the bogus table was an IndexLoadError on the first search."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_index, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["lexical"]["names_table"] = "no_such_names"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    index = SearchIndex.open(copy)
+    try:
+        assert "keyword index unreadable" in tiny_demo.keyword_status(index)
+        result = tiny_demo.search("0ad", k=3, index=index)
+        assert result.mode == "semantic" and "fell back" in result.note
+    finally:
+        index.close()
+
+
 def test_a_sqlite_without_fts5_still_serves_semantic_search(tiny_demo, tiny_index, tmp_path):
     """What a Python whose SQLite lacks FTS5 sees: the schema names a module it does not have.
     Renaming the module in a copy's schema gives exactly that on this machine."""

@@ -236,6 +236,7 @@ class LexicalIndex:
         try:  # one tiny read: proves FTS5 is compiled in and the tables are there, loads nothing
             metadata.fetch(f"SELECT rowid FROM {index.table} LIMIT 0")
             metadata.fetch(f"SELECT term FROM {index.terms_table} LIMIT 0")
+            metadata.fetch(f"SELECT row, hash FROM {index.names_table} LIMIT 0")  # exact name matches
         except IndexLoadError as exc:
             if "no such module" in str(exc):
                 raise LexicalUnavailable(
