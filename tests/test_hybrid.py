@@ -455,16 +455,26 @@ def test_bad_mode_and_bad_paging_are_query_errors(tiny_demo):
 
 
 # -- an index without a keyword side --------------------------------------------------------------
-def test_an_index_without_keyword_index_falls_back_to_semantic(tiny_demo, tiny_index, tmp_path):
-    demo, demo_index = tiny_demo, tiny_index
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda m: m.pop("lexical"), "without a keyword index"),  # an index built before the keyword side
+        # found by the storage audit: a bogus names table was an IndexLoadError on the first search
+        (lambda m: m["lexical"].update(names_table="no_such_names"), "keyword index unreadable"),
+    ],
+)
+def test_an_index_without_a_usable_keyword_index_falls_back_to_semantic(
+    tiny_demo, tiny_index, tmp_path, change, reason
+):
+    demo = tiny_demo
     old = tmp_path / "old-index"
-    shutil.copytree(demo_index, old)
+    shutil.copytree(tiny_index, old)
     manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["lexical"]  # what an index built before the keyword side looks like
+    change(manifest)
     (old / "manifest.json").write_text(json.dumps(manifest))
     index = SearchIndex.open(old)
     try:
-        assert "without a keyword index" in demo.keyword_status(index)
+        assert reason in demo.keyword_status(index)
         result = demo.search("0ad", k=3, index=index)
         assert result.mode == "semantic" and "fell back" in result.note
         assert [h["signals"] for h in result.hits] == [["semantic"]] * 3
@@ -473,22 +483,6 @@ def test_an_index_without_keyword_index_falls_back_to_semantic(tiny_demo, tiny_i
     finally:
         index.close()
     assert demo.keyword_status() is None
-
-
-def test_a_manifest_naming_a_missing_names_table_turns_keyword_search_off_at_open(tiny_demo, tiny_index, tmp_path):
-    """Found by the storage audit: the bogus table was an IndexLoadError on the first search."""
-    copy = tmp_path / "copy"
-    shutil.copytree(tiny_index, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["lexical"]["names_table"] = "no_such_names"
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    index = SearchIndex.open(copy)
-    try:
-        assert "keyword index unreadable" in tiny_demo.keyword_status(index)
-        result = tiny_demo.search("0ad", k=3, index=index)
-        assert result.mode == "semantic" and "fell back" in result.note
-    finally:
-        index.close()
 
 
 def test_a_sqlite_without_fts5_still_serves_semantic_search(tiny_demo, tiny_index, tmp_path):
