@@ -112,16 +112,10 @@ def build_index(
     out = Path(out)
     publish.check_target(out, corpus=corpus, force=options.force)  # refuse before any work (see publish.py)
     tmp = publish.make_temp(out)
-    try:
+    with publish.cleaned_up(tmp, out):  # on failure only the folder this build made is removed
         manifest = _build_into(corpus if is_s3(corpus) else Path(corpus), encoder, tmp, spec, options)
         publish.publish(tmp, out, corpus=corpus, force=options.force)
-        return manifest
-    except BaseException as exc:
-        publish.discard(tmp)  # only the folder this build made
-        full = publish.disk_full(exc, out)
-        if full is not None:
-            raise full from None
-        raise
+    return manifest
 
 
 def _build_into(corpus: Path | str, encoder: VectorSource, tmp: Path, spec: CorpusSpec, options: BuildOptions) -> dict:

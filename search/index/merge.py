@@ -127,16 +127,10 @@ def merge_shards(folders: list[Path], out: str | Path, options: BuildOptions = B
     options = dataclasses.replace(options, dtype=first["dtype"])
     publish.check_target(out, force=options.force)
     tmp = publish.make_temp(out)
-    try:
+    with publish.cleaned_up(tmp, out):
         manifest = _merge_into(shards, tmp, spec, options)
         publish.publish(tmp, out, force=options.force)
-        return manifest
-    except BaseException as exc:
-        publish.discard(tmp)
-        full = publish.disk_full(exc, out)
-        if full is not None:
-            raise full from None
-        raise
+    return manifest
 
 
 def _rows(folder: Path, shard: int):

@@ -4,9 +4,9 @@
 
     check_target(out, corpus=...)   before any work: refuse a place it must not write over
     tmp = make_temp(out)            a fresh folder beside ``out`` (``.<name>.tmp-XXXXXXXX``)
-    ... the build writes into tmp ...
-    publish(tmp, out, corpus=...)   checks again, then renames tmp into place
-    discard(tmp)                    on failure: removes that folder, which this build made
+    with cleaned_up(tmp, out):      on failure: removes that folder, which this build made, and
+        ... writes into tmp ...     turns a full disk into one line
+        publish(tmp, out, ...)      checks again, then renames tmp into place
 
 ``out`` may be replaced only when it is
 
@@ -31,6 +31,8 @@ import os
 import secrets
 import shutil
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,15 +79,21 @@ def check_target(out: str | os.PathLike, *, corpus: str | os.PathLike | None = N
             f"--out {where} is a folder that is not an index (no {MANIFEST_NAME}); refusing to replace it"
         )
     listed, problem = _own_index(out)  # raises when the manifest is not one this tool wrote
-    stray = sorted(entries - listed - {MANIFEST_NAME})
-    if stray:
-        more = f" and {len(stray) - 1} more" if len(stray) > 1 else ""
-        raise IndexBuildError(
-            f"--out {where} holds files the index does not list ({stray[0]!r}{more}); refusing to delete them"
-        )
+    refuse_strays(where, entries, listed | {MANIFEST_NAME}, "index")
     if problem and not force:
         raise IndexBuildError(f"--out {where} is an index, but {problem}; pass --force to replace it")
     return Target(out, "index", tuple(sorted(entries & (listed | {MANIFEST_NAME}))))
+
+
+def refuse_strays(where: str | os.PathLike, entries: set[str], own: set[str], what: str) -> None:
+    """IndexBuildError when the folder at ``--out`` holds entries its manifest does not list: a
+    rebuild deletes only what it listed, so it must not take such a folder over."""
+    stray = sorted(entries - own)
+    if stray:
+        more = f" and {len(stray) - 1} more" if len(stray) > 1 else ""
+        raise IndexBuildError(
+            f"--out {where} holds files the {what} does not list ({stray[0]!r}{more}); refusing to delete them"
+        )
 
 
 def _check_parent(out: Path) -> None:
@@ -157,14 +165,15 @@ def publish(tmp: Path, out: str | os.PathLike, *, corpus: str | os.PathLike | No
             os.rmdir(out)  # fails if a file appeared meanwhile
             os.rename(tmp, out)
         else:
-            _swap(tmp, out, target.own_files)
+            swap(tmp, out, target.own_files)
     except IndexBuildError:
         raise
     except OSError as exc:
         raise IndexBuildError(f"--out {out}: cannot put the new index in place ({exc.strerror or exc})") from None
 
 
-def _swap(tmp: Path, out: Path, own_files: tuple[str, ...]) -> None:
+def swap(tmp: Path, out: Path, own_files: tuple[str, ...]) -> None:
+    """Rename ``tmp`` over the folder at ``out``, then delete only ``own_files`` of the old one."""
     # rename(2) may replace an empty folder: reserve a unique name for the old index first.
     aside = _new_folder(out, "old")
     os.rename(out, aside)
@@ -205,3 +214,17 @@ def disk_full(exc: BaseException, out: str | os.PathLike) -> IndexBuildError | N
 def discard(tmp: Path) -> None:
     """Remove a folder ``make_temp`` made (after a failed build)."""
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def cleaned_up(tmp: Path, out: str | os.PathLike) -> Iterator[None]:
+    """Around the writing of ``tmp`` (make_temp's) for ``out``: on any failure, Ctrl-C and SIGTERM
+    included, ``tmp`` is removed, and a full disk becomes one IndexBuildError line."""
+    try:
+        yield
+    except BaseException as exc:
+        discard(tmp)
+        full = disk_full(exc, out)
+        if full is not None:
+            raise full from None
+        raise

@@ -78,7 +78,7 @@ class SearchIndex:
         self.metadata = metadata
         self.scan = scan  # (vectors, int8 rows, scales, residuals) when the index has a scan copy
         self.prefilter = prefilter  # the int4 copy, where the index has one and the compiled kernel reads it
-        self.folder_id: tuple[int, int, int] | None = None  # (st_dev, st_ino) of the folder opened (open())
+        self.folder_id: tuple[int, int, int] | None = None  # (st_dev, st_ino, st_ctime_ns) of the folder open() opened
         self.guard = ScoreGuard(path)  # no NaN or out-of-range score is ever returned (verify.py)
         self.pass_rate = PassRate()  # whether the first pass pays on this index's data (see prefilter.py)
         # per dtype, see kernels.py; the scan copy is used where the compiled int8 kernel is built

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
-import shutil
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -45,26 +43,15 @@ def build_shard(
     check_field_names(spec.fields)
     out = Path(out)
     check_shard_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
+    tmp = publish.make_temp(out)
+    with publish.cleaned_up(tmp, out):
         manifest = _build_shard_into(corpus, encoder, tmp, spec, options, shard)
         own = check_shard_target(out)
-        old = None
         if out.exists():
-            old = out.with_name(f".{out.name}.old-{secrets.token_hex(4)}")
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            _remove_own(old, own)
-        return manifest
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        full = publish.disk_full(exc, out)
-        if full is not None:
-            raise full from None
-        raise
+            publish.swap(tmp, out, own)  # deletes only the replaced shard's own files
+        else:
+            os.rename(tmp, out)
+    return manifest
 
 
 def check_shard_target(out: Path) -> tuple[str, ...]:
@@ -82,30 +69,9 @@ def check_shard_target(out: Path) -> tuple[str, ...]:
     files = manifest.get("files")
     if not str(manifest.get("format", "")).startswith("search-shard/") or not isinstance(files, dict):
         raise IndexBuildError(f"--out {out} holds something other than a shard; give the shard its own folder")
-    own = (set(files) | {MANIFEST_NAME}) & entries
-    stray = sorted(entries - own)
-    if stray:
-        more = f" and {len(stray) - 1} more" if len(stray) > 1 else ""
-        raise IndexBuildError(
-            f"--out {out} holds files the shard does not list ({stray[0]!r}{more}); refusing to delete them"
-        )
-    return tuple(sorted(own))
-
-
-def _remove_own(old: Path, own: tuple[str, ...]) -> None:
-    """Delete the replaced shard's own files, then its folder if nothing else was put there meanwhile."""
-    for name in own:
-        path = old / name
-        try:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return  # leave the folder beside the shard rather than fail a shard already in place
-    try:
-        old.rmdir()
-    except OSError:
-        pass
+    own = set(files) | {MANIFEST_NAME}
+    publish.refuse_strays(out, entries, own, "shard")
+    return tuple(sorted(own & entries))
 
 
 def _build_shard_into(corpus, encoder, tmp: Path, spec: CorpusSpec, options: BuildOptions, shard) -> dict:

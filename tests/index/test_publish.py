@@ -14,7 +14,7 @@ import pytest
 from search.errors import IndexBuildError
 from search.index.builder import BuildOptions, build_index
 from search.index.corpus import CorpusSpec
-from search.index.publish import _swap, check_target, make_temp, publish
+from search.index.publish import check_target, make_temp, publish, swap
 from tests.conftest import ROOT, write_jsonl
 
 RECORDS = [{"id": f"g{n}", "title": f"Game {n}", "text": f"a strategy game number {n}"} for n in range(3)]
@@ -196,7 +196,7 @@ def test_a_file_dropped_into_the_old_index_during_the_swap_survives(tmp_path, in
     tmp = make_temp(index)
     (tmp / "manifest.json").write_text("{}")
     (index / "late.txt").write_text("written after the check")
-    _swap(tmp, index, target.own_files)
+    swap(tmp, index, target.own_files)
     aside = [p for p in tmp_path.iterdir() if p.name.startswith(".index.old-")]
     assert len(aside) == 1 and sorted(os.listdir(aside[0])) == ["late.txt"]
 

@@ -314,7 +314,7 @@ def two_versions(tmp_path):
 
 
 def publish_over(new, live):
-    """What publish._swap does: the old folder moved aside, the new one renamed into its place."""
+    """What publish.swap does: the old folder moved aside, the new one renamed into its place."""
     live.rename(live.with_name("aside"))
     new.rename(live)
 
