@@ -55,6 +55,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "debian-fresh.tsv",  # held out once, then tuned on
         "debian-fresh10.tsv",
         "debian-fresh11.tsv",
+        "debian-fresh12.tsv",
         "debian-fresh2.tsv",
         "debian-fresh3.tsv",
         "debian-fresh4.tsv",
@@ -69,6 +70,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "npm-fresh.tsv",
         "npm-fresh10.tsv",
         "npm-fresh11.tsv",
+        "npm-fresh12.tsv",
         "npm-fresh2.tsv",
         "npm-fresh3.tsv",
         "npm-fresh4.tsv",
@@ -82,6 +84,7 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs-fresh.tsv",
         "pydocs-fresh10.tsv",
         "pydocs-fresh11.tsv",
+        "pydocs-fresh12.tsv",
         "pydocs-fresh2.tsv",
         "pydocs-fresh3.tsv",
         "pydocs-fresh4.tsv",
@@ -94,11 +97,11 @@ def test_no_tuning_query_reappears_in_a_held_out_set():
         "pydocs.tsv",
     ]
     assert sorted(n for n, r in roles.items() if r == check_sets.HELD_OUT) == [
-        "debian-fresh12.tsv",
-        "npm-fresh12.tsv",
-        "pydocs-fresh12.tsv",
+        "debian-fresh13.tsv",
+        "npm-fresh13.tsv",
+        "pydocs-fresh13.tsv",
     ]
-    assert len(summaries) == 43
+    assert len(summaries) == 46
 
 
 def test_the_readme_table_gives_every_set_its_registered_role():
@@ -278,6 +281,9 @@ def test_main_prints_one_line_per_set_and_exits_0(capsys):
         "eval/debian-fresh12.tsv",
         "eval/npm-fresh12.tsv",
         "eval/pydocs-fresh12.tsv",
+        "eval/debian-fresh13.tsv",
+        "eval/npm-fresh13.tsv",
+        "eval/pydocs-fresh13.tsv",
     ]
 
 
