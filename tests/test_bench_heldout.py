@@ -127,7 +127,8 @@ def test_targets_met_and_missed():
     assert all(t[p + f"hybrid_vs_best_single.{k}"]["met"] for k in ("all", "name", "keyword", "descriptive"))
     assert t[p + "int8_vs_pytorch"]["value"] == pytest.approx((1 + 0.5 + 1) / 3, abs=1e-4)
     assert t[p + "int8_vs_pytorch"]["met"] is False
-    assert t[p + "keyword_vs_bm25s"] == {"value": 1.0, "target": 0.5, "margin": 0.5, "met": True}
+    # one keyword-style query: no interval
+    assert t[p + "keyword_vs_bm25s"] == {"value": 1.0, "target": 0.5, "margin": 0.5, "met": True, "interval": None}
     assert t[p + "names_hit1"]["met"] is True
 
     t = heldout.targets("toy", _evaluation(hybrid_name_rank1=False))
@@ -148,6 +149,21 @@ def test_a_missed_check_shows_the_interval_of_its_gap():
     assert low <= -0.25 <= high <= 0
     rows = heldout.target_rows(heldout.figures("toy", evaluation, "held-out", 4))
     assert f"**missed** (hybrid - semantic: 95% interval {low:+.3f} .. {high:+.3f})" in rows[0][1]
+
+
+def test_keyword_under_bm25s_shows_the_interval_of_its_gap():
+    accepted = [{"a"}, {"b"}, {"c"}, {"d"}]
+    kinds = ["keyword"] * 4
+    first, second = [["a"], ["b"], ["c"], ["d"]], [["x", "a"], ["b"], ["x", "c"], ["d"]]
+    r = {"pytorch": first, "semantic": first, "keyword": second, "bm25s": first, "hybrid": first, "tuned": first}
+    evaluation = evaluate(r, accepted, 10, kinds, heldout.PAIRS)
+    t = heldout.targets("toy", evaluation)["heldout.toy.target.keyword_vs_bm25s"]
+    assert t["met"] is False and t["margin"] == pytest.approx(-0.25)
+    low, high = t["interval"]  # keyword - bm25s: -0.5 on two of four queries, 0 on the others
+    assert low <= -0.25 <= high <= 0
+    rows = heldout.target_rows(heldout.figures("toy", evaluation, "held-out", 4))
+    (row,) = [row for row in rows if "keyword MRR@10 vs bm25s" in row[0]]
+    assert row[1].endswith(f"(keyword - bm25s: 95% interval {low:+.3f} .. {high:+.3f})") and row[3] is False
 
 
 def test_figures_report_and_target_rows():
