@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import CORPUS, INDEX_64K, MODEL, ROOT, emit, ensure_index, log, require_model
+from bench.heldout_chance import query_ranks
 from bench.heldout_report import (  # noqa: F401 - bench/report.py and the tests read them from here
     COMMAND,
     ENV_SETS,
@@ -246,7 +247,8 @@ def run_set(
         rows, queries, cache=cache, name=qs.corpus, encode=encode, pool=pool
     )
     rankings = {s: rankings[s] for s in SYSTEMS}
-    evaluation = ev.evaluate(rankings, [c.accepted for c in kept], TOP, [c.kind for c in kept], PAIRS)
+    kinds = [c.kind for c in kept]
+    evaluation = ev.evaluate(rankings, [c.accepted for c in kept], TOP, kinds, PAIRS)
     (cache / f"{qs.name}.details.tsv").write_text(details_tsv(kept, evaluation, rankings), encoding="utf-8")
     extra = {
         "corpus": qs.corpus,
@@ -262,7 +264,7 @@ def run_set(
         **{f"tuned_{k}": v for k, v in tuned.items()},
         "seconds": round(time.monotonic() - t0, 1),
     }
-    return figures(qs.name, evaluation, qs.role, len(rows), extra)
+    return {**figures(qs.name, evaluation, qs.role, len(rows), extra), **query_ranks(qs.name, evaluation, kinds)}
 
 
 def tune_pool(qs: QuerySet) -> list:

@@ -300,8 +300,8 @@ def _round_order(name: str) -> list:
 
 
 def settings_round_lines(r: dict) -> list[str]:
-    """The README table of settings_round_pools, then the pooled sign tests of hybrid against each
-    single mode (the sets' own counts summed: each query is in one set)."""
+    """settings_round_pools' table, the pooled sign tests (each query is in one set) and chance_lines."""
+    from bench.heldout_chance import chance_lines
     from search.evaluation import sign_test
 
     pools = settings_round_pools(r)
@@ -339,7 +339,7 @@ def settings_round_lines(r: dict) -> list[str]:
     ]
     if paired:
         lines += ["", "Query by query, over the same rounds: " + "; ".join(paired) + "."]
-    return [*lines, ""]
+    return [*lines, "", *chance_lines(r)]
 
 
 def report_lines(r: dict) -> list[str]:
