@@ -405,9 +405,13 @@ def test_cli_eval_bad_files_are_one_line_errors(capsys, model_dir, demo_index, t
         cli.main(["eval", "--queries", str(bad), "--mode", "semantic,fuzzy"])
     assert exit_.value.code == 2
     assert "choose from semantic, keyword, hybrid" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        cli.main(["eval", "--queries", str(bad), "-k", "0"])
-    assert "expected a whole number >= 1" in capsys.readouterr().err
+    for k in ["0", "10001", "99999999999999999999"]:  # the last one overflowed SQLite: a traceback
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["eval", "--queries", str(bad), "-k", k])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: argument -k: -k '{k}': expected a whole number from 1 to 10000 (see python -m search eval --help)"
+        ]
 
 
 def test_cli_eval_help(capsys):
