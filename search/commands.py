@@ -273,8 +273,11 @@ def _open_judged(args):
                 + (" ..." if len(left_out) > 20 else "")
                 + ")"
             )
-        if not kept:
-            raise EvalError("no query has an accepted id in this index", path=args.queries)
+        if not kept:  # the warnings are not printed: the error names the ids itself
+            raise EvalError(
+                f"no query has an accepted id in this index ({len(unknown)} id(s) not in it: {_listing(unknown)})",
+                path=args.queries,
+            )
     except BaseException:
         searcher.index.close()
         raise

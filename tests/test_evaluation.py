@@ -397,9 +397,12 @@ def test_cli_eval_bad_files_are_one_line_errors(capsys, model_dir, demo_index, t
     assert rc == 1 and err == f"error: {tmp_path / 'none.tsv'}: query file not found\n"
 
     unanswerable = tmp_path / "ghosts.tsv"
-    unanswerable.write_text("q\tghost\n", encoding="utf-8")
+    unanswerable.write_text("q\tghost\n# x\nr\tghost,spook\n", encoding="utf-8")
     rc, _, err = _eval(capsys, model_dir, demo_index, "--queries", unanswerable)
-    assert rc == 1 and "no query has an accepted id in this index" in err.splitlines()[-1]
+    assert rc == 1 and err == (  # one line that names the ids the index lacks
+        f"error: {unanswerable}: no query has an accepted id in this index "
+        "(2 id(s) not in it: 'ghost' (lines 1, 3), 'spook' (line 3))\n"
+    )
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["eval", "--queries", str(bad), "--mode", "semantic,fuzzy"])
