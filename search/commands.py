@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -284,11 +285,58 @@ def _open_judged(args):
     return kept, warnings, searcher
 
 
+def _check_details(details: str, queries: str) -> None:
+    """Fail before any search when ``--details`` cannot be written or is the query file itself."""
+    from search.errors import EvalError
+
+    path = Path(details)
+    if path.is_dir():
+        raise EvalError("is a folder, not a file for the misses", path=details)
+    if not path.parent.is_dir():
+        raise EvalError("cannot write the details file (its folder does not exist)", path=details)
+    try:
+        same = path.exists() and os.path.samefile(path, queries)
+    except OSError:
+        same = False
+    if same:
+        raise EvalError("is the query file: the misses would overwrite it", path=details)
+
+
+def _write_details(details: str, text: str) -> None:
+    """Write the misses TSV whole or not at all: a regular file (or a new one) is written beside
+    itself and renamed into place, so a failed write leaves what was there; a device or a pipe
+    (``/dev/stdout``) is written to directly."""
+    from search.errors import EvalError
+
+    try:
+        try:
+            st = os.stat(details)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            with open(details, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            return
+        target = os.path.realpath(details) if st is not None else details  # a symlink's target is replaced
+        tmp = Path(target).with_name(f".{Path(target).name}.tmp-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, (st.st_mode & 0o777) if st else 0o666)
+        try:
+            with open(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # ours: O_EXCL made it
+            raise
+    except OSError as exc:
+        raise EvalError(f"cannot write the details file ({exc.strerror or exc})", path=details) from None
+
+
 def cmd_eval(args) -> int:
     from search import eval_report as report
     from search import evaluation as ev
-    from search.errors import EvalError
 
+    if args.details:
+        _check_details(args.details, args.queries)
     kept, warnings, searcher = _open_judged(args)
     try:
         rankings, notes = ev.rank_with(searcher, kept, args.mode, args.k)
@@ -297,13 +345,10 @@ def cmd_eval(args) -> int:
     warnings += notes
     evaluation = ev.evaluate(rankings, [c.accepted for c in kept], args.k, [c.kind for c in kept])
     missed = ev.misses(evaluation, kept, rankings)
-    if args.details:
-        try:
-            Path(args.details).write_text(report.misses_tsv(missed), encoding="utf-8")
-        except OSError as exc:
-            raise EvalError(f"cannot write the details file ({exc.strerror or exc})", path=args.details) from None
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.details:
+        _write_details(args.details, report.misses_tsv(missed))
     if args.json:
         out = {
             "index": str(args.index),

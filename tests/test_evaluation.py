@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +28,7 @@ from search.evaluation import (
     sign_test,
     summarize,
 )
+from tests.conftest import ROOT
 
 # ------------------------------------------------------------------------------------ metrics
 
@@ -415,6 +418,47 @@ def test_cli_eval_bad_files_are_one_line_errors(capsys, model_dir, demo_index, t
         assert capsys.readouterr().err.splitlines() == [
             f"error: argument -k: -k '{k}': expected a whole number from 1 to 10000 (see python -m search eval --help)"
         ]
+
+
+def test_cli_eval_details_never_overwrites_the_query_file_nor_leaves_half_a_file(
+    capsys, model_dir, demo_index, tmp_path
+):
+    queries = tmp_path / "q.tsv"
+    text = "".join(f"chess {i}\t0ad\n" for i in range(6))  # -k 1: every run misses, 18 TSV rows
+    queries.write_text(text, encoding="utf-8")
+    link = tmp_path / "link.tsv"
+    link.symlink_to(queries)
+    for details in (queries, link):  # the query file was overwritten with the misses
+        rc, out, err = _eval(capsys, model_dir, demo_index, "--queries", queries, "-k", "1", "--details", details)
+        assert rc == 1 and out == "" and err == f"error: {details}: is the query file: the misses would overwrite it\n"
+        assert queries.read_text(encoding="utf-8") == text
+    missing = tmp_path / "no-such-folder" / "misses.tsv"
+    rc, _, err = _eval(capsys, model_dir, demo_index, "--queries", queries, "--details", missing)
+    assert rc == 1 and err == f"error: {missing}: cannot write the details file (its folder does not exist)\n"
+
+    # a write that fails half-way (here: a 300-byte file size limit) leaves the old file as it was
+    details = tmp_path / "misses.tsv"
+    details.write_text("keep me\n", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = (
+        "import resource, signal, sys\n"
+        "from search import cli\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    args = ["eval", "--model", model_dir, "--index", demo_index, "--queries", queries, "-k", "1"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args), "--threads", "1", "--details", details],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == f"error: {details}: cannot write the details file (File too large)\n"
+    assert details.read_text(encoding="utf-8") == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file left
 
 
 def test_cli_eval_help(capsys):
