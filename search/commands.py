@@ -425,21 +425,21 @@ def cmd_tune(args) -> int:
     print()
     print("\n".join(format_table(result.evaluation, first="share")))
     print()
-    k, best, current = args.k, result.best, result.current
-    versus = result.versus_current
+    k, versus = args.k, result.versus_current
+    best, current, recommended = (tuning.label(s) for s in (result.best, result.current, result.recommended))
     if versus is None:
-        print(f"best: the current share {current:g} (MRR@{k} {result.mrr(current):.3f})")
+        print(f"best: the current share {current} (MRR@{k} {result.mrr(result.current):.3f})")
     else:
         gap = versus.difference_interval
         gain = f"; 95% interval of the gain {gap[0]:+.3f} .. {gap[1]:+.3f}" if gap else ""
         print(
-            f"best: share {best:g}, MRR@{k} {result.mrr(best):.3f} against {result.mrr(current):.3f} at the current "
-            f"{current:g}; {versus.wins} queries better, {versus.losses} worse, {versus.ties} tied, sign-test p = {versus.p:.3g}"
-            f"{gain}"
+            f"best: share {best}, MRR@{k} {result.mrr(result.best):.3f} against {result.mrr(result.current):.3f} at "
+            f"the current {current}; {versus.wins} queries better, {versus.losses} worse, {versus.ties} tied, "
+            f"sign-test p = {versus.p:.3g}{gain}"
         )
-    if result.recommended != current:
-        print(f"recommended: {setting}={result.recommended:g} (or --sentence-share {result.recommended:g})")
+    if result.recommended != result.current:
+        print(f"recommended: {setting}={recommended} (or --sentence-share {recommended})")
     else:
         reason = "" if versus is None else f" (the gain is not significant at p <= {tuning.MAX_P:g})"
-        print(f"recommended: keep {setting}={current:g}{reason}")
+        print(f"recommended: keep {setting}={current}{reason}")
     return 0

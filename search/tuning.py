@@ -29,7 +29,11 @@ HYBRID = "hybrid"
 
 
 def label(share: float) -> str:
-    return f"{share:g}"
+    """The share as it was written: "0", "0.25", "1", and distinct for distinct shares (not
+    rounded to 6 digits, so 0.1234561 and 0.1234562 are two rows, and the recommendation is the
+    exact share measured)."""
+    text = repr(float(share) + 0.0)  # + 0.0: -0.0 is 0
+    return text.removesuffix(".0")
 
 
 def parse_grid(text: str) -> tuple[float, ...]:
@@ -43,7 +47,7 @@ def parse_grid(text: str) -> tuple[float, ...]:
             raise ValueError(f"{part!r} is not a number") from None
         if not 0.0 <= value <= 1.0:  # also rejects nan
             raise ValueError(f"{part!r} is not between 0 and 1")
-        values.append(value)
+        values.append(value + 0.0)  # -0 is 0
     if not values:
         raise ValueError("no share given")
     return tuple(sorted(set(values)))
@@ -84,7 +88,7 @@ def tune(searcher, cases: Sequence[QueryCase], k: int = 10, grid: Sequence[float
     """Rank every sentence of ``cases`` in hybrid mode at each share of ``grid`` (and the
     searcher's current one) and recommend one; the searcher's share is left as it was."""
     current = searcher.sentence_share
-    shares = tuple(sorted(set(grid) | {current}))
+    shares = tuple(sorted({s + 0.0 for s in grid} | {current + 0.0}))  # -0.0 is 0.0 (one row, one label)
     sentences = [c for c in cases if not keyword_style(c.query)]
     if not sentences:
         raise EvalError("every query is keyword-style (1-3 words, no function word): the sentence share changes none")
@@ -100,6 +104,7 @@ def tune(searcher, cases: Sequence[QueryCase], k: int = 10, grid: Sequence[float
                 ranked.append([hit["id"] for hit in result.hits])
     finally:
         searcher.sentence_share = current
+    current += 0.0
     pairs = [(label(s), label(current)) for s in shares if s != current]
     evaluation = evaluate(rankings, [c.accepted for c in sentences], k, [c.kind for c in sentences], pairs=pairs)
     mrr = {s: evaluation.metrics[label(s)][ALL].mrr for s in shares}

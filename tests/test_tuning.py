@@ -77,6 +77,21 @@ def test_the_current_share_is_always_tried_and_ties_stay_near_it():
     assert report["best_vs_current"] is None and report["keyword_style_left_out"] == 0
 
 
+def test_shares_are_labelled_exactly_and_minus_zero_is_zero():
+    assert [label(s) for s in (0.0, -0.0, 0.25, 1.0, 0.1234561)] == ["0", "0", "0.25", "1", "0.1234561"]
+    assert [label(s) for s in parse_grid("-0,0.5")] == ["0", "0.5"]
+    # a current share of -0 (--sentence-share -0) was a second label for 0: KeyError '-0'
+    searcher = ShareSensitiveSearcher(good_share=0.5, sentence_share=-0.0)
+    result = tune(searcher, _cases(4), grid=(0.0, 0.5))
+    assert [label(s) for s in result.grid] == ["0", "0.5"] and label(result.current) == "0"
+    assert result.best == 0.5 and result.versus_current.wins == 4
+    # two shares that round alike to 6 digits were one row of the table (the second overwrote the first)
+    searcher = ShareSensitiveSearcher(good_share=0.1234562, sentence_share=1.0)
+    result = tune(searcher, _cases(4), grid=(0.1234561, 0.1234562))
+    assert result.evaluation.systems == ["0.1234561", "0.1234562", "1"]
+    assert result.mrr(0.1234561) == 0.5 and result.mrr(0.1234562) == 1.0 and result.best == 0.1234562
+
+
 def test_only_keyword_style_queries_or_no_hybrid_are_errors():
     with pytest.raises(EvalError, match="every query is keyword-style"):
         tune(ShareSensitiveSearcher(good_share=0.5), [QueryCase("pdf viewer", frozenset({"x"}), "", 1)])
