@@ -274,6 +274,14 @@ def _open_judged(args):
                 + (" ..." if len(left_out) > 20 else "")
                 + ")"
             )
+        repeated = ev.repeats(kept)
+        if repeated:
+            shown = ", ".join(f"line {line} repeats line {earlier}" for line, earlier in repeated[:10])
+            warnings.append(
+                f"{args.queries}: {len(repeated)} queries repeat an earlier one ({shown}"
+                + (" ..." if len(repeated) > 10 else "")
+                + "); each copy counts in the figures"
+            )
         if not kept:  # the warnings are not printed: the error names the ids itself
             raise EvalError(
                 f"no query has an accepted id in this index ({len(unknown)} id(s) not in it: {_listing(unknown)})",

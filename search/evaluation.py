@@ -125,6 +125,20 @@ def check_ids(cases: Sequence[QueryCase], known: Callable[[str], bool]) -> tuple
     return kept, unknown
 
 
+def repeats(cases: Sequence[QueryCase]) -> list[tuple[int, int]]:
+    """(line, earlier line) for each case whose query repeats an earlier one's (case and runs of
+    spaces aside): each copy counts as one more query in every figure."""
+    first: dict[str, int] = {}
+    out = []
+    for case in cases:
+        key = " ".join(case.query.split()).casefold()
+        if key in first:
+            out.append((case.line, first[key]))
+        else:
+            first[key] = case.line
+    return out
+
+
 # ---------------------------------------------------------------------------------- metrics (pure)
 
 

@@ -24,6 +24,7 @@ from search.evaluation import (
     load_queries,
     misses,
     parse_queries,
+    repeats,
     score_query,
     sign_test,
     summarize,
@@ -271,6 +272,23 @@ def test_check_ids_drops_unknown_ids_and_empty_cases():
     assert unknown == {"ghost": [1, 2]}
 
 
+def test_repeats_names_each_repeated_query_and_its_first_line():
+    cases = parse_queries(["chess\ta", "# c", "Chess\tb", "pdf  viewer\tc", "pdf viewer\td", "chess\ta"], "q.tsv")
+    assert repeats(cases) == [(3, 1), (5, 4), (6, 1)]
+    assert repeats(cases[1:3]) == []
+
+
+def test_cli_eval_warns_about_repeated_queries(capsys, model_dir, demo_index, tmp_path):
+    path = tmp_path / "q.tsv"
+    path.write_text("chess\tgnuchess\n0ad\t0ad\nchess\tknights\n", encoding="utf-8")
+    rc, out, err = _eval(capsys, model_dir, demo_index, "--queries", path, "--mode", "keyword", "--json")
+    assert rc == 0 and json.loads(out)["queries"] == 3  # still counted, but said
+    assert (
+        err
+        == f"warning: {path}: 1 queries repeat an earlier one (line 3 repeats line 1); each copy counts in the figures\n"
+    )
+
+
 # ------------------------------------------------------------------------ the CLI on the demo index
 
 
@@ -281,7 +299,7 @@ def demo_queries(tmp_path_factory, demo_records):
     lines = ["# demo query set for tests/test_evaluation.py"]
     lines += [f"{r['id']}\t{r['id']}\tname" for r in picked]
     lines += [f"{r['title']}\t{r['id']}\ttitle" for r in picked]
-    lines.append("real-time strategy game of ancient warfare\t0ad,0ad-data\tdescriptive")
+    lines.append("real-time strategy game in ancient times\t0ad,0ad-data\tdescriptive")  # not 0ad's title
     path = tmp_path_factory.mktemp("eval") / "demo.tsv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path, picked
