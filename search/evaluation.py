@@ -37,6 +37,7 @@ import numpy as np
 from search.errors import EvalError
 
 ALL = "all"  # the pseudo-kind every query belongs to
+SHARE = "share"  # not a kind either: `search tune --json` names each grid row's share with it
 MISS_SHOWN = 3  # ids shown for what came back instead of an accepted one
 CONFIDENCE = 0.95  # of the bootstrap intervals
 BOOTSTRAP_RESAMPLES = 2000  # the ends move by ~0.003 (one sd) between seeds on 60 queries (measured)
@@ -81,6 +82,8 @@ def parse_queries(lines: Iterable[str], path: str = "<queries>") -> list[QueryCa
         kind = parts[2].strip() if len(parts) == 3 else ""
         if kind == ALL:
             raise EvalError(f"kind {ALL!r} is reserved for the overall figures", path=path, line=number)
+        if kind == SHARE:
+            raise EvalError(f"kind {SHARE!r} is reserved (search tune's rows are named by it)", path=path, line=number)
         cases.append(QueryCase(query, accepted, kind, number))
     if not cases:
         raise EvalError("no queries (every line is blank or a # comment)", path=path)

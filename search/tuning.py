@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from search.errors import EvalError
-from search.evaluation import ALL, Evaluation, Paired, QueryCase, evaluate
+from search.evaluation import ALL, SHARE, Evaluation, Paired, QueryCase, evaluate
 from search.hybrid import keyword_style
 
 __all__ = ["GRID", "MAX_P", "Tuning", "label", "parse_grid", "tune"]
@@ -77,7 +77,7 @@ class Tuning:
             "sentences": len(self.sentences),
             "keyword_style_left_out": self.left_out,
             "grid": [
-                {"share": s, **{kind: m.as_dict(k) for kind, m in self.evaluation.metrics[label(s)].items()}}
+                {SHARE: s, **{kind: m.as_dict(k) for kind, m in self.evaluation.metrics[label(s)].items()}}
                 for s in self.grid
             ],
             "best_vs_current": self.versus_current.as_dict() if self.versus_current else None,

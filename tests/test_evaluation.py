@@ -233,6 +233,7 @@ def test_parse_queries_format():
         (["ok\tid", "  \tid"], "q.tsv:2: ", "empty query"),
         (["q\t , ,"], "q.tsv:1: ", "no accepted ids"),
         (["q\tid\tall"], "q.tsv:1: ", "reserved"),
+        (["q\tid\tname", "r\tid\tshare"], "q.tsv:2: ", "kind 'share' is reserved"),  # tune's JSON lost it
         (["# only", "", "#"], "q.tsv: ", "no queries"),
     ],
 )
