@@ -19,6 +19,7 @@ from search.cli_args import (
     _eval_modes,
     _min_score,
     _not_utf8,
+    _offset,
     _port,
     _shard,
     _share,
@@ -253,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("text", help="the query")
     common(p)
-    p.add_argument("-k", type=int, default=10, help="number of results (default: %(default)s)")
-    p.add_argument("--offset", type=int, default=0, help="skip this many results (pagination)")
+    p.add_argument("-k", type=_eval_k, default=10, help="number of results, 1-10000 (default: %(default)s)")
+    p.add_argument("--offset", type=_offset, default=0, help="skip this many results (pagination)")
     p.add_argument(
         "--mode",
         default="hybrid",

@@ -120,6 +120,14 @@ def _eval_k(value: str) -> int:
     return _int_in(value, 1, MAX_EVAL_K, f"-k {value!r}: expected a whole number from 1 to {MAX_EVAL_K}")
 
 
+MAX_QUERY_OFFSET = 1_000_000  # query --offset: the largest SEARCH_MAX_OFFSET the HTTP API takes
+
+
+def _offset(value: str) -> int:
+    message = f"--offset {value!r}: expected a whole number from 0 to {MAX_QUERY_OFFSET}"
+    return _int_in(value, 0, MAX_QUERY_OFFSET, message)
+
+
 def _share(value: str) -> float:
     """--sentence-share: a number from 0 to 1."""
     from search.tuning import parse_grid

@@ -95,6 +95,20 @@ def test_missing_index_and_bad_filter(tiny_model_dir, tiny_index, tmp_path):
     assert proc.returncode == 1 and "unknown filter field 'colour'" in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("-k", "99999999999999999999", "from 1 to 10000"),  # overflowed SQLite: a traceback
+        ("-k", "0", "from 1 to 10000"),
+        ("--offset", "99999999999999999999", "from 0 to 1000000"),
+        ("--offset", "-1", "from 0 to 1000000"),
+    ],
+)
+def test_query_paging_out_of_range_is_one_usage_line(tiny_index, tmp_path, option, value, expected):
+    proc = run("query", "--index", tiny_index, "x", option, value)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and expected in proc.stderr
+
+
 def test_unknown_command_exits_2():
     proc = run("frobnicate")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
