@@ -27,8 +27,9 @@ from search.cli_args import (
     _threads,
     _workers,
 )
-from search.commands import cmd_build, cmd_eval, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_tune, cmd_upload
+from search.commands import cmd_build, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_upload
 from search.errors import ConfigError, SearchError
+from search.eval_commands import cmd_eval, cmd_tune
 from search.hybrid import SENTENCE_SHARE
 from search.index.lines import MAX_RECORD_BYTES  # the default of --max-record-bytes
 from search.settings import ARG_SETTINGS, DEFAULT_INDEX_URI, DEFAULT_MODEL_DIR, SPEC, Settings
