@@ -130,8 +130,12 @@ def cmd_eval(args) -> int:
     if args.details:
         _check_details(args.details, args.queries)
     kept, warnings, searcher = _open_judged(args)
+    modes, unavailable = list(args.mode), searcher.keyword_status()
+    if unavailable and "keyword" in modes and len(modes) > 1:  # measure the others (keyword alone: one error line)
+        modes.remove("keyword")
+        warnings.append(f"keyword mode left out: keyword search is unavailable ({unavailable})")
     try:
-        rankings, notes = ev.rank_with(searcher, kept, args.mode, args.k)
+        rankings, notes = ev.rank_with(searcher, kept, modes, args.k)
     finally:
         searcher.index.close()
     warnings += notes
@@ -146,14 +150,14 @@ def cmd_eval(args) -> int:
             "index": str(args.index),
             "queries_file": str(args.queries),
             "queries": len(kept),
-            "modes": args.mode,
+            "modes": modes,
             **evaluation.as_dict(),
             "per_query": [
                 {
                     "line": c.line,
                     "kind": c.kind,
                     "query": c.query,
-                    "rank": {m: evaluation.scores[m][q].rank for m in args.mode},
+                    "rank": {m: evaluation.scores[m][q].rank for m in modes},
                 }
                 for q, c in enumerate(kept)
             ],
@@ -182,7 +186,7 @@ def cmd_eval(args) -> int:
         )
         print("\n".join(report.format_paired(evaluation)))
     print()
-    runs = len(kept) * len(args.mode)
+    runs = len(kept) * len(modes)
     head = f"misses (no accepted id in the top {args.k}): {len(missed)} of {runs} query runs"
     if args.details:
         print(f"{head}, listed in {args.details}")

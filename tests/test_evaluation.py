@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -406,6 +407,22 @@ def test_cli_eval_unknown_ids_warn_or_fail_with_strict(capsys, model_dir, demo_i
     rc, out, err = _eval(capsys, model_dir, demo_index, "--queries", path, "--strict")
     assert rc == 1 and out == ""
     assert err.startswith(f"error: {path}: 2 accepted id(s) not in the index") and "Traceback" not in err
+
+
+def test_cli_eval_leaves_keyword_mode_out_where_the_index_has_no_keyword_search(
+    capsys, model_dir, demo_index, demo_queries, tmp_path
+):
+    index = tmp_path / "no-keyword"
+    shutil.copytree(demo_index, index)
+    manifest = json.loads((index / "manifest.json").read_text())
+    manifest["lexical"]["names_table"] = "no_such_table"
+    (index / "manifest.json").write_text(json.dumps(manifest))
+    path, _ = demo_queries
+    rc, out, err = _eval(capsys, model_dir, index, "--queries", path, "--json")
+    assert rc == 0 and json.loads(out)["modes"] == ["hybrid", "semantic"]
+    assert "keyword mode left out: keyword search is unavailable" in err and "fell back to semantic" in err
+    rc, out, err = _eval(capsys, model_dir, index, "--queries", path, "--mode", "keyword")  # nothing else to measure
+    assert rc == 1 and out == "" and err.count("\n") == 1 and "keyword search is unavailable" in err
 
 
 def test_cli_eval_bad_files_are_one_line_errors(capsys, model_dir, demo_index, tmp_path):
