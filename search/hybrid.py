@@ -1,6 +1,7 @@
 """Fusing the semantic and keyword candidate lists into one ranking.
 
-Each side proposes its own top N (SEARCH_HYBRID_CANDIDATES); every candidate gets
+Each side proposes its own top N (SEARCH_HYBRID_CANDIDATES; for a sentence the semantic side only
+the page's rows, see searcher.semantic_candidates); every candidate gets
 
     score = (cosine + w * coverage) / (1 + w),   w = KEYWORD_WEIGHT * share * min(1, 5 / query words)
 

@@ -196,12 +196,13 @@ class Searcher:
         t0 = time.perf_counter()
         need = offset + k
         n = max(self.hybrid_candidates, need)  # a page past the candidates still has a full list
+        terse = keyword_style(query)
         # SQLite and onnxruntime both release the GIL: the keyword side costs no wall time
         # when a second core is free, and little more than a thread hand-off when not.
         keyword_side = _keyword_pool().submit(_keyword_side, lexical, index, query, n, filters)
         vec = self.embed_query(query)
         t1 = time.perf_counter()
-        semantic = index.search(vec, k=n, filters=filters)
+        semantic = index.search(vec, k=semantic_candidates(terse, n, need), filters=filters)
         t2 = time.perf_counter()
         exact, keyword, ideal, keyword_ms = keyword_side.result()
         t3 = time.perf_counter()
@@ -210,7 +211,7 @@ class Searcher:
         if missing:  # keyword-only candidates: their exact cosine, from the stored vectors
             cosine.update(zip(missing, _cosines(index, missing, vec).tolist()))
             keyword = [h for h in keyword if index.guard.plausible(h.row, cosine[h.row])]  # damaged rows out
-        if keyword_style(query):  # terse queries: the better of document and title cosine (hybrid.py)
+        if terse:  # terse queries: the better of document and title cosine (hybrid.py)
             cosine = _with_titles(index, cosine, vec)
         fused = weighted_fuse(
             [h.row for h in semantic],
@@ -301,6 +302,16 @@ def _keyword_pool() -> ThreadPoolExecutor:
         if _pool is None:
             _pool = ThreadPoolExecutor(KEYWORD_THREADS, thread_name_prefix="search-keyword")
         return _pool
+
+
+def semantic_candidates(terse: bool, n: int, need: int) -> int:
+    """How many semantic rows hybrid fuses: the top ``n`` for a terse query, only the page's ``need``
+    for a sentence.  A sentence scores by the document cosine alone, so a semantic row below the top
+    ``need`` that the keyword side did not propose scores cosine / (1 + w), no more than each of the
+    ``need`` rows above it, and can never reach the page (the rows the keyword side did propose are
+    fused with their exact cosine either way): the page is the one the top ``n`` gives, for a
+    shorter scan.  A terse query's title cosine can lift any row, so it keeps the top ``n``."""
+    return n if terse else need
 
 
 def _keyword_side(lexical, index: SearchIndex, query: str, n: int, filters):
