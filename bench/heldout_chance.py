@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bench.heldout_report import INT8_RATIO, NAME_HIT1, SLACK, settings_round_pools
+from bench.heldout_report import INT8_RATIO, NAME_HIT1, meets_per_kind, settings_round_pools
 
 __all__ = ["CHECKS", "chance_lines", "checks", "expected_misses", "query_ranks"]
 
@@ -51,8 +51,7 @@ def checks(kinds: np.ndarray, rr: dict[str, np.ndarray]) -> dict[str, np.ndarray
         name = f"hybrid vs the better single mode: {kind}"
         if name in CHECKS and rows.any():
             m = {s: rr[s][:, rows].mean(axis=1) for s in ("hybrid", "semantic", "keyword")}
-            best = np.maximum(m["semantic"], m["keyword"])
-            out[name] = np.asarray(m["hybrid"] >= best - SLACK - 1e-12)  # heldout_report.meets_per_kind
+            out[name] = np.asarray(meets_per_kind(m["hybrid"], np.maximum(m["semantic"], m["keyword"])))
     semantic, pytorch = rr["semantic"].mean(axis=1), rr["pytorch"].mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         out["int8 vs PyTorch"] = semantic / pytorch >= INT8_RATIO

@@ -57,8 +57,8 @@ def figures(name: str, evaluation, role: str, documents: int, extra: dict | None
     return out
 
 
-def meets_per_kind(hybrid: float, best_single: float) -> bool:
-    """issue 15's per-kind check: hybrid's MRR@10 within SLACK of the better single mode's."""
+def meets_per_kind(hybrid, best_single):
+    """issue 15's per-kind check: hybrid's MRR@10 within SLACK of the best single mode's (or arrays)."""
     return hybrid >= best_single - SLACK - 1e-12
 
 

@@ -15,7 +15,6 @@ import sys
 from search.cli_args import (
     _byte_size,
     _endpoint_url,
-    _eval_k,
     _eval_modes,
     _min_score,
     _not_utf8,
@@ -25,6 +24,7 @@ from search.cli_args import (
     _share,
     _shares,
     _threads,
+    _top_k,
     _workers,
 )
 from search.commands import cmd_build, cmd_info, cmd_merge, cmd_query, cmd_serve, cmd_upload
@@ -89,7 +89,7 @@ def _judged_parser(sub, common, name: str, summary: str, description: str):
     p = sub.add_parser(name, help=summary, description=description)
     common(p)
     p.add_argument("--queries", required=True, help="query file: query<TAB>accepted ids[<TAB>kind] a line")
-    p.add_argument("-k", type=_eval_k, default=10, help="cut-off for hit@k, MRR@k and nDCG@k (default: %(default)s)")
+    p.add_argument("-k", type=_top_k, default=10, help="cut-off for hit@k, MRR@k and nDCG@k (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--strict", action="store_true", help="an accepted id missing from the index is an error")
     return p
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("text", help="the query")
     common(p)
-    p.add_argument("-k", type=_eval_k, default=10, help="number of results, 1-10000 (default: %(default)s)")
+    p.add_argument("-k", type=_top_k, default=10, help="number of results, 1-10000 (default: %(default)s)")
     p.add_argument("--offset", type=_offset, default=0, help="skip this many results (pagination)")
     p.add_argument(
         "--mode",

@@ -113,11 +113,11 @@ def _eval_modes(value: str) -> list[str]:
     return modes
 
 
-MAX_EVAL_K = 10_000  # eval/tune -k: the HTTP API's largest k (SEARCH_MAX_K); beyond it SQLite overflows
+MAX_TOP_K = 10_000  # query/eval/tune -k: the HTTP API's largest k (SEARCH_MAX_K); beyond it SQLite overflows
 
 
-def _eval_k(value: str) -> int:
-    return _int_in(value, 1, MAX_EVAL_K, f"-k {value!r}: expected a whole number from 1 to {MAX_EVAL_K}")
+def _top_k(value: str) -> int:
+    return _int_in(value, 1, MAX_TOP_K, f"-k {value!r}: expected a whole number from 1 to {MAX_TOP_K}")
 
 
 MAX_QUERY_OFFSET = 1_000_000  # query --offset: the largest SEARCH_MAX_OFFSET the HTTP API takes

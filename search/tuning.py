@@ -87,8 +87,9 @@ class Tuning:
 def tune(searcher, cases: Sequence[QueryCase], k: int = 10, grid: Sequence[float] = GRID) -> Tuning:
     """Rank every sentence of ``cases`` in hybrid mode at each share of ``grid`` (and the
     searcher's current one) and recommend one; the searcher's share is left as it was."""
-    current = searcher.sentence_share
-    shares = tuple(sorted({s + 0.0 for s in grid} | {current + 0.0}))  # -0.0 is 0.0 (one row, one label)
+    original = searcher.sentence_share
+    current = original + 0.0  # -0.0 is 0.0: one row, one label
+    shares = tuple(sorted({s + 0.0 for s in grid} | {current}))
     sentences = [c for c in cases if not keyword_style(c.query)]
     if not sentences:
         raise EvalError("every query is keyword-style (1-3 words, no function word): the sentence share changes none")
@@ -103,8 +104,7 @@ def tune(searcher, cases: Sequence[QueryCase], k: int = 10, grid: Sequence[float
                     raise EvalError(f"hybrid search is unavailable on this index ({result.note})")
                 ranked.append([hit["id"] for hit in result.hits])
     finally:
-        searcher.sentence_share = current
-    current += 0.0
+        searcher.sentence_share = original
     pairs = [(label(s), label(current)) for s in shares if s != current]
     evaluation = evaluate(rankings, [c.accepted for c in sentences], k, [c.kind for c in sentences], pairs=pairs)
     mrr = {s: evaluation.metrics[label(s)][ALL].mrr for s in shares}
