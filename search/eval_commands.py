@@ -10,6 +10,7 @@ import stat
 import sys
 from pathlib import Path
 
+from search.fileutil import write_text_atomic
 from search.settings import SPEC, Settings
 
 __all__ = ["cmd_eval", "cmd_tune"]
@@ -110,15 +111,7 @@ def _write_details(details: str, text: str) -> None:
                 fh.write(text)
             return
         target = os.path.realpath(details) if st is not None else details  # a symlink's target is replaced
-        tmp = Path(target).with_name(f".{Path(target).name}.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, (st.st_mode & 0o777) if st else 0o666)
-        try:
-            with open(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # ours: O_EXCL made it
-            raise
+        write_text_atomic(target, text, (st.st_mode & 0o777) if st else 0o666)
     except OSError as exc:
         raise EvalError(f"cannot write the details file ({exc.strerror or exc})", path=details) from None
 
